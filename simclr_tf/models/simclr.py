@@ -1,0 +1,325 @@
+"""SimCLRModel: encoder + projection head + optional supervised head."""
+
+import keras
+from keras import ops
+
+from simclr_tf import distribute
+from simclr_tf import losses
+from simclr_tf import optimizers
+from simclr_tf.models import heads as heads_lib
+from simclr_tf.models import resnet as resnet_lib
+
+TRAIN_MODES = ("pretrain", "finetune", "linear_eval")
+
+# Keys of the dict SimCLRModel.call returns.
+FINAL_AVG_POOL = resnet_lib.FINAL_AVG_POOL
+PROJ_HEAD_INPUT = "proj_head_input"
+PROJ_HEAD_OUTPUT = "proj_head_output"
+SUPERVISED_HEAD_INPUT = "supervised_head_input"
+LOGITS_SUP = "logits_sup"
+
+# Metric names, as in the authors' code and our TensorBoard tags.
+CONTRAST_LOSS = "contrast_loss"
+CONTRAST_ACC = "contrast_acc"
+CONTRAST_ENTROPY = "contrast_entropy"
+SUPERVISED_LOSS = "supervised_loss"
+SUPERVISED_ACC = "supervised_acc"
+WEIGHT_DECAY = "weight_decay"
+TOTAL_LOSS = "total_loss"
+EVAL_TOP_1 = "label_top_1_accuracy"
+EVAL_TOP_5 = "label_top_5_accuracy"
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class SimCLRModel(keras.Model):
+  """The SimCLR model, trainable with `fit` under any tf.distribute strategy.
+
+  Inputs are images (B, H, W, 3 * V) with V views stacked on the channel axis
+  (V = 2 for pretraining); the views are moved to the batch axis, so the
+  encoder sees (V * B, H, W, 3) with view 1 first. `fit` data are
+  `(images, labels)` with one-hot labels (an all-zero row means unlabeled).
+
+  Train modes:
+    pretrain: NT-Xent on the projections, negatives from the global batch. A
+      supervised head, if given, trains beside it on stop_gradient features
+      of both views (linear eval while pretraining).
+    finetune: supervised loss through the head; the encoder trains except
+      what `fine_tune_after_block` froze (see `resnet.freeze_through_block`).
+    linear_eval: encoder and the projection layers feeding the head are
+      frozen (BatchNorm in inference mode); only the head trains.
+
+  The loss for gradients is divided by the replica count once, here, because
+  the optimizer sums gradients over replicas. Metrics report unscaled values.
+
+  Args:
+    encoder: a `resnet()` model.
+    projection_head: a `ProjectionHead`.
+    supervised_head: a `SupervisedHead`, or None.
+    train_mode: "pretrain", "finetune" or "linear_eval".
+    temperature: NT-Xent temperature.
+    hidden_norm: L2-normalise projections in the loss.
+    weight_decay: weight decay rate for the loss term (see
+      `optimizers.l2_weight_decay`).
+    optimizer_name: "lars", "momentum" or "adam": decides which weights the
+      loss term decays (LARS decays the rest itself).
+  """
+
+  def __init__(self, encoder, projection_head, supervised_head=None,
+               train_mode="pretrain", temperature=0.1, hidden_norm=True,
+               weight_decay=0.0, optimizer_name="lars", **kwargs):
+    super().__init__(**kwargs)
+    if train_mode not in TRAIN_MODES:
+      raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. "
+                       f"Received: train_mode={train_mode!r}")
+    if train_mode != "pretrain" and supervised_head is None:
+      raise ValueError(f"train_mode={train_mode!r} needs a supervised head. "
+                       "Received: supervised_head=None")
+    if temperature <= 0:
+      raise ValueError("`temperature` must be positive. Received: "
+                       f"temperature={temperature}")
+    self.encoder = encoder
+    self.projection_head = projection_head
+    self.supervised_head = supervised_head
+    self.train_mode = train_mode
+    self.temperature = temperature
+    self.hidden_norm = hidden_norm
+    self.weight_decay = weight_decay
+    self.optimizer_name = optimizer_name
+    self._metric_trackers = {
+        name: keras.metrics.Mean(name=name) for name in self._metric_names()}
+    # Top-1 by argmax as the authors do: in_top_k would count ties as hits.
+    self._top_1 = keras.metrics.CategoricalAccuracy(name=EVAL_TOP_1)
+    self._top_5 = keras.metrics.TopKCategoricalAccuracy(5, name=EVAL_TOP_5)
+    self._eval_loss = keras.metrics.Mean(name=SUPERVISED_LOSS)
+
+  def build(self, input_shape):
+    features_shape = self.encoder.output_shape
+    # Heads restored by `from_config` arrive built.
+    if not self.projection_head.built:
+      self.projection_head.build(features_shape)
+    if self.supervised_head is not None and not self.supervised_head.built:
+      _, head_input_shape = self.projection_head.compute_output_shape(
+          features_shape)
+      self.supervised_head.build(head_input_shape)
+    # Freeze only once every sublayer exists: `trainable = False` reaches
+    # the sublayers present when it is set, not ones built later.
+    if self.train_mode == "linear_eval":
+      self.encoder.trainable = False
+      self.projection_head.freeze_through_selector()
+    if self.train_mode != "pretrain":
+      self.projection_head.freeze_after_selector()
+
+  def _metric_names(self):
+    names = []
+    if self.train_mode == "pretrain":
+      names += [CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY]
+    if self.supervised_head is not None:
+      names += [SUPERVISED_LOSS, SUPERVISED_ACC]
+    return names + [WEIGHT_DECAY, TOTAL_LOSS]
+
+  @property
+  def metrics(self):
+    if self._is_evaluating:
+      return [self._eval_loss, self._top_1, self._top_5]
+    return list(self._metric_trackers.values())
+
+  @property
+  def _is_evaluating(self):
+    return getattr(self, "_evaluating", False)
+
+  def call(self, images, training=False):
+    """Runs the network on every view.
+
+    Args:
+      images: (B, H, W, 3 * V) float images in [0, 1].
+      training: BatchNorm in training mode (frozen parts stay in inference).
+
+    Returns:
+      A dict with FINAL_AVG_POOL (V * B, d) encoder features,
+      PROJ_HEAD_INPUT (same), PROJ_HEAD_OUTPUT (V * B, proj_out_dim),
+      SUPERVISED_HEAD_INPUT and, with a supervised head, LOGITS_SUP.
+    """
+    channels = images.shape[-1]
+    if channels is None or channels % 3:
+      raise ValueError("Images must stack RGB views on the last axis "
+                       "(3 * views channels). Received: images.shape="
+                       f"{tuple(images.shape)}")
+    num_views = channels // 3
+    if num_views > 1:
+      images = ops.concatenate(ops.split(images, num_views, axis=-1), axis=0)
+    features = self.encoder(images, training=training)
+    projection, head_input = self.projection_head(features, training=training)
+    outputs = {
+        FINAL_AVG_POOL: features,
+        PROJ_HEAD_INPUT: features,
+        PROJ_HEAD_OUTPUT: projection,
+        SUPERVISED_HEAD_INPUT: head_input,
+    }
+    if self.supervised_head is not None:
+      if self.train_mode == "pretrain":
+        # Linear eval beside pretraining must not shape the representation.
+        head_input = ops.stop_gradient(head_input)
+      outputs[LOGITS_SUP] = self.supervised_head(head_input,
+                                                 training=training)
+    return outputs
+
+  def compute_losses(self, images, labels, outputs):
+    """All loss terms of one training batch (unscaled by replicas).
+
+    Args:
+      images: the batch given to `call`.
+      labels: (B, C) one-hot labels, all-zero rows for unlabeled examples.
+      outputs: what `call` returned for `images`.
+
+    Returns:
+      A dict of scalars: TOTAL_LOSS, WEIGHT_DECAY and the terms of the mode,
+      plus per-example tensors under CONTRAST_ACC and SUPERVISED_ACC, and
+      "label_mask" for the latter.
+    """
+    terms = {}
+    total = 0.0
+    if self.train_mode == "pretrain":
+      if images.shape[-1] != 6:
+        raise ValueError("Pretraining needs two views of each image: images "
+                         "of 6 channels. Received: images.shape="
+                         f"{tuple(images.shape)}")
+      loss, logits_ab, contrast_labels = losses.contrastive_loss(
+          outputs[PROJ_HEAD_OUTPUT], temperature=self.temperature,
+          hidden_norm=self.hidden_norm)
+      terms[CONTRAST_LOSS] = loss
+      terms[CONTRAST_ACC] = losses.contrastive_accuracy(logits_ab,
+                                                        contrast_labels)
+      terms[CONTRAST_ENTROPY] = losses.contrastive_entropy(logits_ab)
+      total += loss
+    if self.supervised_head is not None:
+      logits = outputs[LOGITS_SUP]
+      repeats = ops.shape(logits)[0] // ops.shape(labels)[0]
+      labels = ops.tile(ops.cast(labels, "float32"), (repeats, 1))
+      mask = ops.cast(ops.sum(labels, axis=-1) > 0, "float32")
+      loss = losses.supervised_loss(labels, logits, mask)
+      terms[SUPERVISED_LOSS] = loss
+      terms[SUPERVISED_ACC] = ops.cast(
+          ops.equal(ops.argmax(labels, -1), ops.argmax(logits, -1)),
+          "float32")
+      terms["label_mask"] = mask
+      total += loss
+    decay = optimizers.l2_weight_decay(self.trainable_variables,
+                                       self.weight_decay, self.optimizer_name)
+    terms[WEIGHT_DECAY] = decay
+    terms[TOTAL_LOSS] = total + decay
+    return terms
+
+  def _update_train_metrics(self, terms):
+    for name, tracker in self._metric_trackers.items():
+      if name == SUPERVISED_ACC:
+        tracker.update_state(terms[name], sample_weight=terms["label_mask"])
+      else:
+        tracker.update_state(terms[name])
+    return {name: tracker.result()
+            for name, tracker in self._metric_trackers.items()}
+
+  def train_step(self, data):
+    import tensorflow as tf  # Gradient tapes are the TF backend's.
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    with tf.GradientTape() as tape:
+      outputs = self(images, training=True)
+      terms = self.compute_losses(images, labels, outputs)
+      loss = terms[TOTAL_LOSS] / distribute.num_replicas_in_sync()
+      loss = self.optimizer.scale_loss(loss)
+    variables = self.trainable_variables
+    gradients = tape.gradient(loss, variables)
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    return self._update_train_metrics(terms)
+
+  def test_step(self, data):
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    if self.supervised_head is None:
+      raise ValueError("Evaluation needs a supervised head: pretrain with "
+                       "lineareval_while_pretraining, or run linear_eval / "
+                       "finetune first.")
+    logits = self(images, training=False)[LOGITS_SUP]
+    labels = ops.cast(labels, "float32")
+    self._eval_loss.update_state(losses.supervised_loss(labels, logits))
+    self._top_1.update_state(labels, logits)
+    self._top_5.update_state(labels, logits)
+    return {m.name: m.result() for m in self.metrics}
+
+  def evaluate(self, *args, **kwargs):
+    self._evaluating = True
+    try:
+      return super().evaluate(*args, **kwargs)
+    finally:
+      self._evaluating = False
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        encoder=keras.saving.serialize_keras_object(self.encoder),
+        projection_head=keras.saving.serialize_keras_object(
+            self.projection_head),
+        supervised_head=(keras.saving.serialize_keras_object(
+            self.supervised_head) if self.supervised_head else None),
+        train_mode=self.train_mode, temperature=self.temperature,
+        hidden_norm=self.hidden_norm, weight_decay=self.weight_decay,
+        optimizer_name=self.optimizer_name)
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    for key in ("encoder", "projection_head", "supervised_head"):
+      if config.get(key) is not None:
+        config[key] = keras.saving.deserialize_keras_object(config[key])
+    return cls(**config)
+
+
+def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
+                       with_supervised_head, temperature=0.1,
+                       hidden_norm=True, weight_decay=0.0,
+                       optimizer_name="lars"):
+  """Builds a `SimCLRModel` from a `config.ModelConfig`.
+
+  Call it inside `strategy.scope()` so variables are mirrored.
+
+  Args:
+    model_config: a `simclr_tf.config.ModelConfig`.
+    image_size: input side; picks the CIFAR stem at <= 32 px unless the
+      config says otherwise.
+    num_classes: classes of the supervised head.
+    train_mode: "pretrain", "finetune" or "linear_eval".
+    with_supervised_head: add the supervised head (always true outside
+      pretraining).
+    temperature: NT-Xent temperature.
+    hidden_norm: L2-normalise projections in the loss.
+    weight_decay: weight decay rate.
+    optimizer_name: optimizer the weight decay is split with.
+
+  Returns:
+    A built `SimCLRModel`.
+  """
+  encoder = resnet_lib.resnet(
+      model_config.resnet_depth,
+      width_multiplier=model_config.width_multiplier,
+      cifar_stem=model_config.use_cifar_stem(image_size),
+      sk_ratio=model_config.sk_ratio, se_ratio=model_config.se_ratio,
+      sync_bn=model_config.global_bn,
+      bn_momentum=model_config.batch_norm_decay, name="encoder")
+  if train_mode == "finetune":
+    resnet_lib.freeze_through_block(encoder,
+                                    model_config.fine_tune_after_block)
+  projection_head = heads_lib.ProjectionHead(
+      model_config.proj_head_mode, model_config.proj_out_dim,
+      model_config.num_proj_layers, model_config.ft_proj_selector,
+      momentum=model_config.batch_norm_decay,
+      synchronized=model_config.global_bn, name="projection_head")
+  supervised_head = None
+  if with_supervised_head or train_mode != "pretrain":
+    supervised_head = heads_lib.SupervisedHead(
+        num_classes, zero_init=model_config.zero_init_logits_layer)
+  model = SimCLRModel(encoder, projection_head, supervised_head,
+                      train_mode=train_mode, temperature=temperature,
+                      hidden_norm=hidden_norm, weight_decay=weight_decay,
+                      optimizer_name=optimizer_name, name="simclr")
+  num_views = 2 if train_mode == "pretrain" else 1
+  model(ops.zeros((1, image_size, image_size, 3 * num_views)))
+  return model
