@@ -345,3 +345,30 @@ def test_model_config_round_trip():
     return path.removeprefix("simclr/")
   assert ([(strip(v.path), v.shape) for v in clone.weights] ==
           [(strip(v.path), v.shape) for v in model.weights])
+
+
+def test_checkpoint_restores_the_encoder_through_the_model_graph(tmp_path):
+  """Variables must be reachable through the model, not only through the
+  optimizer's variable list, or loading a pretrained encoder (without the
+  optimizer) silently keeps random weights."""
+  model = tiny_model(with_head=True,
+                     model_config=tiny_config(se_ratio=0.25, sk_ratio=0.0625))
+  model.compile(optimizer=optimizers.LARS(0.5))
+  images, labels = fixed_batch()
+  model.fit(tf.data.Dataset.from_tensors((images, labels)), verbose=0)
+  path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(
+      str(tmp_path / "ckpt"))
+
+  fresh = tiny_model("finetune", with_head=True,
+                     model_config=tiny_config(se_ratio=0.25, sk_ratio=0.0625))
+  status = tf.train.Checkpoint(model=tf.train.Checkpoint(
+      encoder=fresh.encoder, projection_head=fresh.projection_head)).restore(
+          path)
+  status.expect_partial().assert_existing_objects_matched()
+  pairs = list(zip(model.encoder.weights + model.projection_head.weights,
+                   fresh.encoder.weights + fresh.projection_head.weights))
+  assert len(pairs) == len(model.encoder.weights) + len(
+      model.projection_head.weights)
+  for trained, restored in pairs:
+    np.testing.assert_array_equal(restored.numpy(), trained.numpy(),
+                                  err_msg=trained.path)

@@ -8,6 +8,7 @@ from simclr_tf.models.layers import BatchNormRelu
 from simclr_tf.models.layers import Conv2DFixedPadding
 from simclr_tf.models.layers import SelectiveKernelConv2D
 from simclr_tf.models.layers import SqueezeExcite
+from simclr_tf.models.layers import track_layer_list
 
 BLOCK_TYPES = ("residual", "bottleneck")
 
@@ -62,6 +63,8 @@ class _ResNetBlock(layers.Layer):
     if se_ratio > 0:
       self.residual_layers.append(
           SqueezeExcite(filters, se_ratio, name="squeeze_excite"))
+    track_layer_list(self, "shortcut", self.shortcut_layers)
+    track_layer_list(self, "residual", self.residual_layers)
 
   def _residual_layers(self):
     raise NotImplementedError
@@ -188,6 +191,7 @@ class BlockGroup(layers.Layer):
                     synchronized=synchronized, name=f"block_{i}")
         for i in range(num_blocks)
     ]
+    track_layer_list(self, "block", self.blocks)
 
   def build(self, input_shape):
     _build_chain(self.blocks, input_shape)

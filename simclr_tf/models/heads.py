@@ -5,6 +5,7 @@ from keras import layers
 from keras import ops
 
 from simclr_tf.models.layers import BatchNormRelu
+from simclr_tf.models.layers import track_layer_list
 
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 SUPERVISED_HEAD_NAME = "head_supervised"
@@ -128,6 +129,7 @@ class ProjectionHead(layers.Layer):
           for j in range(num_proj_layers - 1)
       ] + [LinearLayer(proj_out_dim, use_bias=False,
                        name=f"nl_{num_proj_layers - 1}", **bn_args)]
+    track_layer_list(self, "layer", self.linear_layers)
     if not 0 <= ft_proj_selector <= len(self.linear_layers):
       raise ValueError(
           f"`ft_proj_selector` must be in [0, {len(self.linear_layers)}] for "

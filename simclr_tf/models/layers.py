@@ -7,6 +7,24 @@ from keras import ops
 BATCH_NORM_EPSILON = 1e-5
 
 
+def track_layer_list(owner, prefix, layer_list):
+  """Makes layers held in a Python list visible to tf.train.Checkpoint.
+
+  Keras keeps list attributes in its own TrackedList, which TensorFlow's
+  object-graph checkpointing does not follow; without this the layers'
+  variables are saved only through the optimizer's variable list, and a
+  restore through the model (e.g. loading a pretrained encoder) misses them.
+  Each layer is also set as a named attribute, which TensorFlow does follow.
+
+  Args:
+    owner: the layer holding the list.
+    prefix: attribute name prefix; layer i becomes `{prefix}_{i}`.
+    layer_list: the layers.
+  """
+  for index, layer in enumerate(layer_list):
+    setattr(owner, f"{prefix}_{index}", layer)
+
+
 def conv_initializer():
   # The authors' VarianceScaling(): scale 1, fan-in, truncated normal.
   return keras.initializers.VarianceScaling()
