@@ -1,0 +1,540 @@
+"""SimCLR image augmentations (paper appendix A) as TensorFlow ops.
+
+Two entry points share every random-parameter sampler, so they draw from the
+same distribution:
+
+- `preprocess_for_train` / `preprocess_for_eval`: one image of any size, for
+  `tf.data.Dataset.map` on the host. They use `tf.image.resize` (bicubic) on
+  crops of data-dependent size, which XLA cannot compile: do not call them
+  under `jit_compile=True`.
+- `augment_batch`: a whole (B, H, W, 3) batch at once with vectorised ops and
+  independent parameters per image, so it can run inside the train step on an
+  accelerator (also under `tf.function(jit_compile=True)`).
+
+The train transform, in the authors' order:
+
+1. random crop: area fraction ~ U(crop_area_range), log aspect ratio
+   ~ U(log crop_aspect_ratio_range), bicubic resize to `size`;
+2. horizontal flip with `flip_probability`;
+3. colour jitter with `color_jitter_probability`: brightness (multiplicative,
+   the authors' "simclrv2" variant), contrast and saturation with factors in
+   [1 - 0.8 s, 1 + 0.8 s] and hue shift in [-0.2 s, 0.2 s], applied in a random
+   order per image, clipping to [0, 1] after each;
+4. grayscale with `grayscale_probability`, independent of step 3 (the paper's
+   `random_apply(color_drop, p=0.2)`), so the overall grayscale rate is
+   `grayscale_probability`;
+5. Gaussian blur with `blur_probability` when `use_blur`.
+
+Where this differs from the authors' TF code, on purpose:
+
+- The crop is sampled as the paper states it (area uniform, aspect ratio
+  log-uniform, up to `_CROP_ATTEMPTS` tries, then the whole image) instead of
+  `tf.image.sample_distorted_bounding_box`, whose per-attempt height is uniform
+  rather than the area. Our sampler is plain tensor math, so the batched path
+  can share it and it compiles with XLA.
+- Blur pads by reflection instead of zeros, so blurred borders do not darken,
+  and each image gets its own sigma (the authors' batch blur shares one sigma
+  across the batch).
+- Contrast and saturation factors are floored at 0 for strengths above 1.25,
+  where `1 - 0.8 s` would turn negative.
+"""
+
+import math
+from typing import Optional, Union
+
+import tensorflow as tf
+
+# Tries of the crop sampler before it falls back to the whole image. With the
+# default ranges a try fails with probability ~0.1, so 10 tries almost never
+# fall back.
+_CROP_ATTEMPTS = 10
+# At or below this side the evaluation transform only resizes (the authors'
+# `test_crop=False` for CIFAR-sized images).
+EVAL_CENTER_CROP_MIN_SIZE = 33
+# Keys' cubic convolution parameter used by TensorFlow's bicubic resize.
+_CUBIC_A = -0.5
+# ITU-R 601 luma weights, as in `tf.image.rgb_to_grayscale`.
+_GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+_NUM_JITTER_OPS = 4
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(_NUM_JITTER_OPS)
+
+SeedType = Optional[Union[int, tf.Tensor]]
+
+
+def _check_size(size: int) -> None:
+  if not isinstance(size, int) or size < 1:
+    raise ValueError(f"`size` must be a positive int. Received: size={size!r}")
+
+
+def to_float_image(image: tf.Tensor) -> tf.Tensor:
+  """Converts uint8 images to float32 in [0, 1]; clips float images to [0, 1].
+
+  Args:
+    image: uint8 or floating image tensor, any rank, channels last.
+
+  Returns:
+    float32 tensor of the same shape with values in [0, 1].
+  """
+  image = tf.convert_to_tensor(image)
+  if image.dtype.is_integer:
+    return tf.image.convert_image_dtype(image, tf.float32)
+  return tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0)
+
+
+def _as_seed_pair(seed) -> tf.Tensor:
+  """An int or shape-[2] seed as the int64 pair stateless ops take."""
+  seed = tf.convert_to_tensor(seed)
+  if seed.shape.rank == 0:
+    seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+  return tf.cast(seed, tf.int64)
+
+
+class _Random:
+  """Uniform draws, stateful or (with a seed) stateless and repeatable.
+
+  Each draw folds a running counter into the seed, so one seed gives
+  independent streams to each parameter in a fixed call order.
+  """
+
+  def __init__(self, seed: SeedType):
+    self._seed = None if seed is None else _as_seed_pair(seed)
+    self._count = 0
+
+  def uniform(self, shape, minval=0.0, maxval=1.0) -> tf.Tensor:
+    self._count += 1
+    if self._seed is None:
+      return tf.random.uniform(shape, minval, maxval, dtype=tf.float32)
+    seed = tf.random.experimental.stateless_fold_in(self._seed, self._count)
+    return tf.random.stateless_uniform(shape, seed, minval, maxval,
+                                       dtype=tf.float32)
+
+  def bernoulli(self, shape, probability: float) -> tf.Tensor:
+    return self.uniform(shape) < probability
+
+
+def sample_crop_boxes(num: Union[int, tf.Tensor], height, width,
+                      area_range=(0.08, 1.0),
+                      aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+                      seed: SeedType = None):
+  """Samples random-resized-crop boxes the way the paper describes them.
+
+  Each box has area `a * height * width` with `a ~ U(area_range)` and
+  width / height `r` with `log r ~ U(log aspect_ratio_range)`. Up to 10 tries
+  are drawn at once; the first that fits the image wins, and if none fits the
+  box is the whole image (as the authors' fallback).
+
+  Args:
+    num: number of boxes (images).
+    height: image height in pixels (int or scalar tensor).
+    width: image width in pixels (int or scalar tensor).
+    area_range: (low, high) crop area as a fraction of the image area.
+    aspect_ratio_range: (low, high) crop width / height.
+    seed: optional int or shape-[2] seed for stateless sampling.
+
+  Returns:
+    (offset_y, offset_x, crop_height, crop_width), each an int32 tensor of
+    shape (num,).
+  """
+  return _sample_crop_boxes(num, height, width, area_range,
+                            aspect_ratio_range, _Random(seed))
+
+
+def _sample_crop_boxes(num, height, width, area_range, aspect_ratio_range,
+                       rng: _Random):
+  height_f = tf.cast(height, tf.float32)
+  width_f = tf.cast(width, tf.float32)
+  shape = tf.stack([num, _CROP_ATTEMPTS])
+  area = rng.uniform(shape, area_range[0], area_range[1]) * height_f * width_f
+  log_ratio = rng.uniform(shape, math.log(aspect_ratio_range[0]),
+                          math.log(aspect_ratio_range[1]))
+  ratio = tf.exp(log_ratio)
+  crop_w = tf.round(tf.sqrt(area * ratio))
+  crop_h = tf.round(tf.sqrt(area / ratio))
+  fits = ((crop_w >= 1) & (crop_w <= width_f) &
+          (crop_h >= 1) & (crop_h <= height_f))
+  # First fitting attempt; attempts that do not fit sort after those that do.
+  first = tf.argmin(tf.where(fits, tf.range(_CROP_ATTEMPTS)[None, :],
+                             _CROP_ATTEMPTS), axis=1, output_type=tf.int32)
+  found = tf.reduce_any(fits, axis=1)
+  crop_w = tf.where(found, tf.gather(crop_w, first, batch_dims=1), width_f)
+  crop_h = tf.where(found, tf.gather(crop_h, first, batch_dims=1), height_f)
+  # Offsets are uniform over the positions where the box fits.
+  offset_y = tf.floor(rng.uniform([num]) * (height_f - crop_h + 1))
+  offset_x = tf.floor(rng.uniform([num]) * (width_f - crop_w + 1))
+  offset_y = tf.minimum(offset_y, height_f - crop_h)
+  offset_x = tf.minimum(offset_x, width_f - crop_w)
+  return tuple(tf.cast(v, tf.int32)
+               for v in (offset_y, offset_x, crop_h, crop_w))
+
+
+def _cubic_weights(distance: tf.Tensor) -> tf.Tensor:
+  """Keys' cubic convolution kernel (a = -0.5), as TF's bicubic resize."""
+  d = tf.abs(distance)
+  a = _CUBIC_A
+  near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+  far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+  return tf.where(d <= 1.0, near, tf.where(d < 2.0, far, 0.0))
+
+
+def _resize_matrix(offset: tf.Tensor, length: tf.Tensor, in_size,
+                   out_size: int) -> tf.Tensor:
+  """Rows that bicubic-resample the window [offset, offset + length).
+
+  Matches `tf.image.resize(window, method="bicubic")` (half-pixel centres, no
+  antialias, taps outside the window get weight 0 and the rest renormalise),
+  so a crop plus resize becomes two batched matrix products.
+
+  Args:
+    offset: int32 (B,) window starts.
+    length: int32 (B,) window lengths.
+    in_size: full input side (int or scalar tensor).
+    out_size: output side.
+
+  Returns:
+    float32 (B, out_size, in_size) resampling matrices.
+  """
+  length_f = tf.cast(length, tf.float32)[:, None]
+  scale = length_f / float(out_size)
+  centre = (tf.range(out_size, dtype=tf.float32)[None, :] + 0.5) * scale - 0.5
+  base = tf.floor(centre)
+  taps = []
+  weights = []
+  for k in range(-1, 3):
+    tap = base + k
+    w = _cubic_weights(centre - tap)
+    w = tf.where((tap >= 0) & (tap < length_f), w, 0.0)
+    taps.append(tap)
+    weights.append(w)
+  total = tf.add_n(weights)
+  matrix = 0.0
+  for tap, w in zip(taps, weights):
+    index = tf.cast(tf.clip_by_value(tap, 0, length_f - 1), tf.int32)
+    index += offset[:, None]
+    matrix += tf.one_hot(index, in_size, dtype=tf.float32) * (
+        w / total)[..., None]
+  return matrix
+
+
+def crop_and_resize_batch(images: tf.Tensor, boxes, size: int,
+                          flip: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """Crops a box per image and resizes it bicubically, vectorised.
+
+  Args:
+    images: float32 (B, H, W, C).
+    boxes: (offset_y, offset_x, crop_height, crop_width), int32 (B,) each.
+    size: output side.
+    flip: optional bool (B,): mirror these outputs left-right.
+
+  Returns:
+    float32 (B, size, size, C), not clipped (bicubic can overshoot).
+  """
+  offset_y, offset_x, crop_h, crop_w = boxes
+  shape = tf.shape(images)
+  rows = _resize_matrix(offset_y, crop_h, shape[1], size)
+  cols = _resize_matrix(offset_x, crop_w, shape[2], size)
+  if flip is not None:
+    cols = tf.where(flip[:, None, None], tf.reverse(cols, axis=[1]), cols)
+  out = tf.einsum("bhwc,bjw->bhjc", images, cols)
+  return tf.einsum("bih,bhjc->bijc", rows, out)
+
+
+def _adjust_contrast(images: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+  return (images - mean) * factor[:, None, None, None] + mean
+
+
+def _adjust_saturation_and_hue(images: tf.Tensor, saturation: tf.Tensor,
+                               hue: tf.Tensor) -> tf.Tensor:
+  """As `tf.image.adjust_saturation` then `adjust_hue`, per-image amounts."""
+  hsv = tf.image.rgb_to_hsv(images)
+  h, s, v = tf.unstack(hsv, axis=-1)
+  h = tf.math.floormod(h + hue[:, None, None], 1.0)
+  s = tf.clip_by_value(s * saturation[:, None, None], 0.0, 1.0)
+  return tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1))
+
+
+def _color_jitter_batch(images: tf.Tensor, strength: float,
+                        rng: _Random) -> tf.Tensor:
+  """Brightness, contrast, saturation, hue in a random order per image."""
+  num = tf.shape(images)[0]
+  amount = 0.8 * strength
+  low = max(0.0, 1.0 - amount)
+  brightness = rng.uniform([num], low, 1.0 + amount)
+  contrast = rng.uniform([num], low, 1.0 + amount)
+  saturation = rng.uniform([num], low, 1.0 + amount)
+  hue = rng.uniform([num], -0.2 * strength, 0.2 * strength)
+  order = tf.argsort(rng.uniform(tf.stack([num, _NUM_JITTER_OPS])), axis=1)
+  # Each slot applies one op per image: the others get identity amounts, so
+  # every image follows its own order without per-image control flow.
+  for slot in range(_NUM_JITTER_OPS):
+    op = order[:, slot]
+    images = images * tf.where(op == _BRIGHTNESS, brightness, 1.0)[
+        :, None, None, None]
+    images = tf.clip_by_value(images, 0.0, 1.0)
+    images = _adjust_contrast(images,
+                              tf.where(op == _CONTRAST, contrast, 1.0))
+    images = tf.clip_by_value(images, 0.0, 1.0)
+    images = _adjust_saturation_and_hue(
+        images, tf.where(op == _SATURATION, saturation, 1.0),
+        tf.where(op == _HUE, hue, 0.0))
+    images = tf.clip_by_value(images, 0.0, 1.0)
+  return images
+
+
+def to_grayscale(images: tf.Tensor) -> tf.Tensor:
+  """Luma replicated to 3 channels.
+
+  Args:
+    images: float (..., 3).
+
+  Returns:
+    Same shape; all three channels equal the luma.
+  """
+  gray = tf.reduce_sum(images * tf.constant(_GRAY_WEIGHTS, images.dtype),
+                       axis=-1, keepdims=True)
+  return tf.concat([gray] * 3, axis=-1)
+
+
+def blur_kernel_radius(size: int, kernel_fraction: float) -> int:
+  """Radius of the blur kernel: the authors' `(size * fraction) // 2`.
+
+  Args:
+    size: image side in pixels.
+    kernel_fraction: kernel side as a fraction of the image side.
+
+  Returns:
+    The radius r; the kernel has 2r + 1 taps. 0 means no blur.
+  """
+  return int(size * kernel_fraction) // 2
+
+
+def gaussian_blur_batch(images: tf.Tensor, sigma: tf.Tensor,
+                        radius: int) -> tf.Tensor:
+  """Separable Gaussian blur with one sigma per image, reflect padding.
+
+  The batch is folded into the channel axis so one depthwise convolution
+  applies every image's own kernel.
+
+  Args:
+    images: float32 (B, H, W, C) with H, W > radius.
+    sigma: float32 (B,) standard deviations in pixels.
+    radius: kernel radius r (2r + 1 taps); 0 returns the images.
+
+  Returns:
+    float32 (B, H, W, C).
+  """
+  if radius <= 0:
+    return images
+  taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-tf.square(taps)[None, :] /
+                  (2.0 * tf.square(sigma)[:, None]))
+  kernel /= tf.reduce_sum(kernel, axis=1, keepdims=True)        # (B, K)
+  shape = tf.shape(images)
+  batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+  # (B, H, W, C) -> (1, H, W, B*C), and a (K, B*C) kernel to match.
+  folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]),
+                      tf.stack([1, height, width, batch * channels]))
+  kernel = tf.reshape(tf.repeat(tf.transpose(kernel), channels, axis=1),
+                      tf.stack([2 * radius + 1, batch * channels]))
+  folded = tf.pad(folded, [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+                  mode="REFLECT")
+  horizontal = kernel[None, :, :, None]
+  vertical = kernel[:, None, :, None]
+  folded = tf.nn.depthwise_conv2d(folded, horizontal, [1, 1, 1, 1], "VALID")
+  folded = tf.nn.depthwise_conv2d(folded, vertical, [1, 1, 1, 1], "VALID")
+  out = tf.reshape(folded, tf.stack([height, width, batch, channels]))
+  return tf.transpose(out, [2, 0, 1, 3])
+
+
+def _distort_batch(images: tf.Tensor, size: int, augment_config,
+                   rng: _Random) -> tf.Tensor:
+  """Colour jitter, grayscale and blur on float (B, size, size, 3) images."""
+  cfg = augment_config
+  num = tf.shape(images)[0]
+  mask = lambda p: rng.bernoulli([num], p)[:, None, None, None]  # noqa: E731
+  jitter = mask(cfg.color_jitter_probability)
+  images = tf.where(
+      jitter, _color_jitter_batch(images, cfg.color_jitter_strength, rng),
+      images)
+  gray = mask(cfg.grayscale_probability)
+  images = tf.where(gray, to_grayscale(images), images)
+  radius = blur_kernel_radius(size, cfg.blur_kernel_fraction)
+  if cfg.use_blur and radius > 0:
+    blur = mask(cfg.blur_probability)
+    sigma = rng.uniform([num], cfg.blur_sigma_range[0], cfg.blur_sigma_range[1])
+    images = tf.where(blur, gaussian_blur_batch(images, sigma, radius), images)
+  return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def augment_batch(images: tf.Tensor, size: int, augment_config,
+                  seed: SeedType = None) -> tf.Tensor:
+  """The SimCLR train transform on a whole batch, per-image parameters.
+
+  Vectorised (no per-example loop): the crop, resize and flip are two batched
+  matrix products, colour ops are elementwise with per-image amounts, and the
+  blur is one depthwise convolution. Works eagerly, in `tf.function`, in
+  `Dataset.map` after `batch`, and under `jit_compile=True`.
+
+  Args:
+    images: uint8 or float (B, H, W, 3) batch (float in [0, 1]).
+    size: output side in pixels.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    seed: optional int or shape-[2] int tensor: stateless, repeatable draws.
+      None uses TensorFlow's stateful random ops.
+
+  Returns:
+    float32 (B, size, size, 3) in [0, 1].
+  """
+  _check_size(size)
+  cfg = augment_config
+  rng = _Random(seed)
+  images = to_float_image(images)
+  shape = tf.shape(images)
+  num = shape[0]
+  boxes = _sample_crop_boxes(num, shape[1], shape[2], cfg.crop_area_range,
+                             cfg.crop_aspect_ratio_range, rng)
+  flip = rng.bernoulli([num], cfg.flip_probability)
+  images = crop_and_resize_batch(images, boxes, size, flip=flip)
+  images = tf.clip_by_value(images, 0.0, 1.0)
+  images = _distort_batch(images, size, cfg, rng)
+  return tf.ensure_shape(images, [None, size, size, 3])
+
+
+def augment_batch_views(images: tf.Tensor, size: int, augment_config,
+                        num_views: int = 2, seed: SeedType = None) -> tf.Tensor:
+  """Independent `augment_batch` views concatenated on the channel axis.
+
+  This is the on-device counterpart of the tf.data pretraining element:
+  view 1 is channels 0:3, view 2 channels 3:6, as in the authors' code.
+
+  Args:
+    images: uint8 or float (B, H, W, 3).
+    size: output side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    num_views: views per image.
+    seed: optional seed; view k uses the seed folded with k.
+
+  Returns:
+    float32 (B, size, size, 3 * num_views).
+  """
+  if num_views < 1:
+    raise ValueError(f"`num_views` must be >= 1. Received: num_views="
+                     f"{num_views}")
+  views = []
+  for k in range(num_views):
+    view_seed = None
+    if seed is not None:
+      view_seed = tf.random.experimental.stateless_fold_in(
+          _as_seed_pair(seed), 1000 + k)
+    views.append(augment_batch(images, size, augment_config, seed=view_seed))
+  return tf.concat(views, axis=-1)
+
+
+def random_crop_with_resize(image: tf.Tensor, size: int,
+                            area_range=(0.08, 1.0),
+                            aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+                            seed: SeedType = None) -> tf.Tensor:
+  """Random-resized crop of one image (any size) to (size, size).
+
+  Args:
+    image: uint8 or float (H, W, 3).
+    size: output side.
+    area_range: crop area as a fraction of the image area.
+    aspect_ratio_range: crop width / height.
+    seed: optional stateless seed.
+
+  Returns:
+    float32 (size, size, 3) in [0, 1].
+  """
+  _check_size(size)
+  return _random_crop(to_float_image(image), size, area_range,
+                      aspect_ratio_range, _Random(seed))
+
+
+def _random_crop(image, size, area_range, aspect_ratio_range, rng):
+  shape = tf.shape(image)
+  oy, ox, h, w = _sample_crop_boxes(1, shape[0], shape[1], area_range,
+                                    aspect_ratio_range, rng)
+  crop = tf.image.crop_to_bounding_box(image, oy[0], ox[0], h[0], w[0])
+  crop = tf.image.resize(crop, [size, size], method="bicubic")
+  return tf.clip_by_value(crop, 0.0, 1.0)
+
+
+def preprocess_for_train(image: tf.Tensor, size: int, augment_config,
+                         seed: SeedType = None) -> tf.Tensor:
+  """The SimCLR train transform on one image of any size.
+
+  Crops with `tf.image` ops on the image itself (cheap for large decoded
+  images) and shares the colour and blur code with `augment_batch`.
+
+  Args:
+    image: uint8 or float (H, W, 3) image (float in [0, 1]).
+    size: output side in pixels.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    seed: optional int or shape-[2] seed for stateless, repeatable draws.
+
+  Returns:
+    float32 (size, size, 3) in [0, 1].
+  """
+  _check_size(size)
+  cfg = augment_config
+  rng = _Random(seed)
+  image = _random_crop(to_float_image(image), size, cfg.crop_area_range,
+                       cfg.crop_aspect_ratio_range, rng)
+  flip = rng.bernoulli([], cfg.flip_probability)
+  image = tf.where(flip, tf.reverse(image, axis=[1]), image)
+  image = _distort_batch(image[None], size, cfg, rng)[0]
+  return tf.ensure_shape(image, [size, size, 3])
+
+
+def center_crop(image: tf.Tensor, size: int,
+                crop_fraction: float = 0.875) -> tf.Tensor:
+  """Central square crop of `crop_fraction` of the short side, resized.
+
+  As the authors' `center_crop` for a square target: the crop keeps the
+  target's aspect ratio and `crop_fraction` of the image along its limiting
+  side, then a bicubic resize to (size, size).
+
+  Args:
+    image: float (H, W, 3).
+    size: output side.
+    crop_fraction: fraction of the short side kept.
+
+  Returns:
+    float32 (size, size, 3), not clipped.
+  """
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  side = tf.cast(tf.round(crop_fraction * tf.cast(tf.minimum(height, width),
+                                                  tf.float32)), tf.int32)
+  side = tf.maximum(side, 1)
+  offset_y = (height - side + 1) // 2
+  offset_x = (width - side + 1) // 2
+  crop = tf.image.crop_to_bounding_box(image, offset_y, offset_x, side, side)
+  return tf.image.resize(crop, [size, size], method="bicubic")
+
+
+def preprocess_for_eval(image: tf.Tensor, size: int,
+                        augment_config) -> tf.Tensor:
+  """The deterministic evaluation transform on one image.
+
+  For `size` > 32 a central crop of `eval_crop_fraction` (0.875) then a
+  bicubic resize; at 32 px and below a plain bicubic resize, as the authors
+  (who decide on the target size, not the source size).
+
+  Args:
+    image: uint8 or float (H, W, 3).
+    size: output side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+
+  Returns:
+    float32 (size, size, 3) in [0, 1].
+  """
+  _check_size(size)
+  image = to_float_image(image)
+  if size >= EVAL_CENTER_CROP_MIN_SIZE:
+    image = center_crop(image, size, augment_config.eval_crop_fraction)
+  else:
+    image = tf.image.resize(image, [size, size], method="bicubic")
+  image = tf.clip_by_value(image, 0.0, 1.0)
+  return tf.ensure_shape(image, [size, size, 3])

@@ -1,0 +1,1 @@
+"""Small command-line programs; each is an absl app."""
