@@ -188,6 +188,9 @@ class ModelConfig:
     ft_proj_selector: which projection-head layer fine-tuning starts from
       (0 is the encoder output).
     zero_init_logits_layer: start the supervised head at zero.
+    supervised_head_feature_norm: normalise features with a parameter-free
+      BatchNorm before the supervised head (MAE's linear probe). Off matches
+      the authors; on makes linear evaluation insensitive to feature scale.
     fine_tune_after_block: freeze the encoder up to this block (-1 trains all,
       0 freezes the stem, 4 the whole encoder).
   """
@@ -203,6 +206,7 @@ class ModelConfig:
   num_proj_layers: int = 3
   ft_proj_selector: int = 0
   zero_init_logits_layer: bool = False
+  supervised_head_feature_norm: bool = False
   fine_tune_after_block: int = -1
 
   def validate(self) -> None:
@@ -297,6 +301,60 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinearEvalConfig:
+  """Linear evaluation: a linear head trained on the frozen encoder.
+
+  These settings are used by `train_mode=linear_eval` and by the linear
+  evaluation that follows pretraining, so a pretrained encoder and a
+  randomly initialised one are always compared under the same settings.
+  Defaults are the authors' CIFAR-10 linear-evaluation recipe.
+
+  Attributes:
+    after_pretraining: after pretraining, train and evaluate a linear head on
+      the frozen encoder (in `model_dir/linear_eval`).
+    optimizer: "lars", "momentum" or "adam".
+    learning_rate: base learning rate, before batch scaling.
+    learning_rate_scaling: "linear" or "sqrt".
+    momentum: optimizer momentum.
+    weight_decay: weight decay of the head.
+    warmup_epochs: epochs of linear warm-up.
+    train_batch_size: global batch.
+    train_epochs: epochs, used when `train_steps` is 0.
+    train_steps: optimizer steps; 0 derives them from `train_epochs`.
+    train_split: labeled split the head trains on; None uses the data
+      config's `train_split` (set it when pretraining on unlabeled data).
+  """
+  after_pretraining: bool = False
+  optimizer: str = "momentum"
+  learning_rate: float = 0.1
+  learning_rate_scaling: str = "sqrt"
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  warmup_epochs: float = 0.0
+  train_batch_size: int = 512
+  train_epochs: int = 100
+  train_steps: int = 0
+  train_split: Optional[str] = None
+
+  def validate(self) -> None:
+    self.optimizer_config().validate()
+    _check(self.train_batch_size >= 1,
+           f"`linear_eval_train_batch_size` must be positive. Received: "
+           f"linear_eval_train_batch_size={self.train_batch_size}")
+    _check(self.train_steps > 0 or self.train_epochs > 0,
+           "Set `linear_eval_train_steps` or `linear_eval_train_epochs` "
+           "above 0.")
+
+  def optimizer_config(self) -> "OptimizerConfig":
+    """These settings as an `OptimizerConfig`."""
+    return OptimizerConfig(
+        optimizer=self.optimizer, learning_rate=self.learning_rate,
+        learning_rate_scaling=self.learning_rate_scaling,
+        warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay,
+        momentum=self.momentum)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What to run, for how long, where, and on what hardware.
 
@@ -383,6 +441,8 @@ class ExperimentConfig:
   loss: LossConfig = dataclasses.field(default_factory=LossConfig)
   optimizer: OptimizerConfig = dataclasses.field(
       default_factory=OptimizerConfig)
+  linear_eval: LinearEvalConfig = dataclasses.field(
+      default_factory=LinearEvalConfig)
   run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
   def validate(self) -> "ExperimentConfig":
@@ -395,7 +455,7 @@ class ExperimentConfig:
       ConfigError: with a one-line message naming the setting to change.
     """
     for section in (self.data, self.augment, self.model, self.loss,
-                    self.optimizer, self.run):
+                    self.optimizer, self.linear_eval, self.run):
       section.validate()
     run, model = self.run, self.model
     if run.train_mode == "pretrain":
@@ -412,7 +472,55 @@ class ExperimentConfig:
              "the supervised baseline from random initialisation.")
     _check(not (run.from_scratch and run.checkpoint),
            "--from_scratch and --checkpoint contradict each other: drop one.")
+    _check(not run.from_scratch or run.train_mode == "finetune",
+           "--from_scratch trains the supervised baseline: use it with "
+           f"train_mode=finetune. Received: train_mode={run.train_mode}")
+    if self.linear_eval.after_pretraining:
+      _check(run.train_mode == "pretrain",
+             "linear_eval_after_pretraining needs train_mode=pretrain. "
+             f"Received: train_mode={run.train_mode}")
+    if run.train_mode == "pretrain" and "eval" in run.mode:
+      _check(run.lineareval_while_pretraining or
+             self.linear_eval.after_pretraining,
+             "Evaluating a pretraining run needs a supervised head: set "
+             "--lineareval_while_pretraining or "
+             "--linear_eval_after_pretraining, or use --mode=train.")
     return self
+
+  def for_linear_eval(self, *, model_dir: str,
+                      checkpoint: Optional[str]) -> "ExperimentConfig":
+    """The config of a linear evaluation of this run's encoder.
+
+    Args:
+      model_dir: where the linear evaluation writes its outputs.
+      checkpoint: the pretrained encoder to load; None keeps the random
+        initialisation (the baseline).
+
+    Returns:
+      A validated config with train_mode=linear_eval, the optimizer and
+      schedule of the `linear_eval` section, and no BatchNorm sync (frozen
+      BatchNorm has no batch statistics to share).
+    """
+    linear = self.linear_eval
+    return dataclasses.replace(
+        self,
+        data=dataclasses.replace(
+            self.data, train_split=linear.train_split or self.data.train_split),
+        model=dataclasses.replace(self.model, global_bn=False,
+                                  fine_tune_after_block=-1),
+        optimizer=linear.optimizer_config(),
+        linear_eval=dataclasses.replace(linear, after_pretraining=False),
+        run=dataclasses.replace(
+            self.run,
+            mode=(self.run.mode if self.run.train_mode == "linear_eval"
+                  else "train_then_eval"),
+            train_mode="linear_eval",
+            model_dir=model_dir, checkpoint=checkpoint, from_scratch=False,
+            lineareval_while_pretraining=False,
+            train_batch_size=linear.train_batch_size,
+            train_epochs=linear.train_epochs,
+            train_steps=linear.train_steps)).validate()
+
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -41,3 +41,102 @@ def cross_replica_concat(tensor: tf.Tensor) -> tf.Tensor:
   if context is None or context.num_replicas_in_sync <= 1:
     return tensor
   return context.all_gather(tensor, axis=0)
+
+
+class StrategyError(ValueError):
+  """A strategy that cannot be built here, with a message for the user."""
+
+
+def split_cpu(num_devices: int) -> None:
+  """Splits the host CPU into `num_devices` logical devices.
+
+  Must run before TensorFlow initialises its devices (before the first op).
+
+  Args:
+    num_devices: logical CPU devices to create, >= 1.
+
+  Raises:
+    StrategyError: if TensorFlow already initialised its devices.
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  current = tf.config.get_logical_device_configuration(cpu)
+  if current is not None and len(current) == num_devices:
+    return
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+  except RuntimeError as error:
+    raise StrategyError(
+        f"Cannot split the CPU into {num_devices} devices: TensorFlow has "
+        "already started. Set cpu_replicas before any TensorFlow work."
+    ) from error
+
+
+def build_strategy(strategy: str = "auto", *, tpu=None, cpu_replicas: int = 0):
+  """Builds the tf.distribute strategy a run asks for.
+
+  Args:
+    strategy: "auto" (TPU if `tpu` is set, else mirrored over the GPUs or
+      the `cpu_replicas` CPU devices if more than one, else the default
+      single-device strategy), "one_device", "mirrored", "multi_worker"
+      (cluster from the TF_CONFIG environment variable) or "tpu".
+    tpu: TPU name or address (e.g. "local" on a TPU VM) for "tpu".
+    cpu_replicas: if > 0, split the host CPU into this many logical devices
+      and use them (for trying multi-replica runs without accelerators).
+
+  Returns:
+    A `tf.distribute.Strategy`.
+
+  Raises:
+    StrategyError: for an unknown name or a strategy that cannot be built.
+  """
+  if cpu_replicas > 0:
+    split_cpu(cpu_replicas)
+  if strategy == "auto":
+    strategy = _auto_strategy_name(tpu, cpu_replicas)
+  if strategy == "tpu":
+    return _tpu_strategy(tpu)
+  if strategy == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  devices = _replica_devices(cpu_replicas)
+  if strategy == "one_device":
+    return tf.distribute.OneDeviceStrategy(devices[0])
+  if strategy == "mirrored":
+    return tf.distribute.MirroredStrategy(devices)
+  if strategy == "default":
+    return tf.distribute.get_strategy()
+  raise StrategyError(
+      "`strategy` must be one of auto, one_device, mirrored, multi_worker, "
+      f"tpu. Received: strategy={strategy!r}")
+
+
+def _replica_devices(cpu_replicas):
+  gpus = tf.config.list_logical_devices("GPU")
+  if gpus and not cpu_replicas:
+    return [device.name for device in gpus]
+  cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+  return cpus[:cpu_replicas] if cpu_replicas else cpus[:1]
+
+
+def _auto_strategy_name(tpu, cpu_replicas):
+  if tpu:
+    return "tpu"
+  if len(_replica_devices(cpu_replicas)) > 1:
+    return "mirrored"
+  # One device: the default strategy adds no distribution overhead.
+  return "default"
+
+
+def _tpu_strategy(tpu):
+  if not tpu:
+    raise StrategyError("strategy=tpu needs --tpu set to the TPU name or "
+                        "address (--tpu=local on a TPU VM).")
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+  except (ValueError, RuntimeError, tf.errors.OpError) as error:
+    raise StrategyError(
+        f"Cannot reach TPU {tpu!r}: {error}. Check the name, zone and that "
+        "this machine can reach it (on a TPU VM use --tpu=local).") from error
+  return tf.distribute.TPUStrategy(resolver)
