@@ -372,3 +372,21 @@ def test_checkpoint_restores_the_encoder_through_the_model_graph(tmp_path):
   for trained, restored in pairs:
     np.testing.assert_array_equal(restored.numpy(), trained.numpy(),
                                   err_msg=trained.path)
+
+
+def test_supervised_head_feature_norm_is_scale_invariant_and_linear():
+  plain = heads.SupervisedHead(5)
+  normed = heads.SupervisedHead(5, feature_norm=True)
+  x = np.random.default_rng(2).normal(size=(64, 12)).astype("float32")
+  plain.build(x.shape)
+  normed.build(x.shape)
+  assert len(normed.trainable_weights) == len(plain.trainable_weights) == 2
+  # Training mode normalises with batch statistics: scale drops out.
+  np.testing.assert_allclose(normed(20.0 * x, training=True),
+                             normed(x, training=True), rtol=1e-4, atol=1e-5)
+  # Inference is an affine map of the features: linear in them.
+  a, b = x[:1], x[1:2]
+  mid = normed(0.5 * (a + b), training=False)
+  np.testing.assert_allclose(
+      mid, 0.5 * (normed(a, training=False) + normed(b, training=False)),
+      rtol=1e-5, atol=1e-6)

@@ -188,12 +188,23 @@ class SupervisedHead(layers.Layer):
   Its variables live under "head_supervised", the name LARS excludes from
   weight decay and adaptation (its decay is added to the loss instead).
 
+  With `feature_norm`, features pass through a BatchNorm without scale or
+  offset first (the linear-probe protocol of MAE, He et al. 2022). At
+  inference that is a fixed affine map, so the head stays a linear
+  classifier, but its training no longer depends on the features' scale:
+  one learning rate then suits encoders whose feature norms differ by 20x
+  (a random and a pretrained one, say).
+
   Args:
     num_classes: number of classes.
     zero_init: start at zero (the authors' zero_init_logits_layer).
+    feature_norm: normalise features with a parameter-free BatchNorm.
+    momentum: that BatchNorm's moving-average momentum.
+    synchronized: sync that BatchNorm across replicas.
   """
 
-  def __init__(self, num_classes, zero_init=False, name=SUPERVISED_HEAD_NAME,
+  def __init__(self, num_classes, zero_init=False, feature_norm=False,
+               momentum=0.9, synchronized=False, name=SUPERVISED_HEAD_NAME,
                **kwargs):
     super().__init__(name=name, **kwargs)
     if num_classes < 1:
@@ -201,13 +212,24 @@ class SupervisedHead(layers.Layer):
                        f"num_classes={num_classes}")
     self.num_classes = num_classes
     self.zero_init = zero_init
+    self.feature_norm = feature_norm
+    self.momentum = momentum
+    self.synchronized = synchronized
+    self.feature_batch_norm = (
+        BatchNormRelu(relu=False, center=False, scale=False,
+                      momentum=momentum, synchronized=synchronized,
+                      name="feature_bn") if feature_norm else None)
     self.linear_layer = LinearLayer(num_classes, use_bias=True,
                                     zero_init=zero_init, name="linear_layer")
 
   def build(self, input_shape):
+    if self.feature_batch_norm is not None:
+      self.feature_batch_norm.build(input_shape)
     self.linear_layer.build(input_shape)
 
   def call(self, inputs):
+    if self.feature_batch_norm is not None:
+      inputs = self.feature_batch_norm(inputs)
     return self.linear_layer(inputs)
 
   def compute_output_shape(self, input_shape):
@@ -215,5 +237,7 @@ class SupervisedHead(layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_classes=self.num_classes, zero_init=self.zero_init)
+    config.update(num_classes=self.num_classes, zero_init=self.zero_init,
+                  feature_norm=self.feature_norm, momentum=self.momentum,
+                  synchronized=self.synchronized)
     return config

@@ -91,6 +91,9 @@ class SimCLRModel(keras.Model):
     self._top_1 = keras.metrics.CategoricalAccuracy(name=EVAL_TOP_1)
     self._top_5 = keras.metrics.TopKCategoricalAccuracy(5, name=EVAL_TOP_5)
     self._eval_loss = keras.metrics.Mean(name=SUPERVISED_LOSS)
+    # Optimizer step at which `fit` stops (None: run every step fit asks).
+    self.stop_at_step = None
+    self.xla_train_step = False
 
   def build(self, input_shape):
     features_shape = self.encoder.output_shape
@@ -215,8 +218,64 @@ class SimCLRModel(keras.Model):
         tracker.update_state(terms[name], sample_weight=terms["label_mask"])
       else:
         tracker.update_state(terms[name])
+    return self.metric_results()
+
+  def metric_results(self):
+    """Current training metric values, averaged since the last reset.
+
+    Returns:
+      A dict from metric name to scalar tensor.
+    """
     return {name: tracker.result()
             for name, tracker in self._metric_trackers.items()}
+
+  def reset_train_metrics(self):
+    """Starts a new averaging window for the training metrics."""
+    for tracker in self._metric_trackers.values():
+      tracker.reset_state()
+
+  def compile(self, optimizer, *, steps_per_loop=1, jit_compile=False,
+              **kwargs):
+    """Configures training.
+
+    Args:
+      optimizer: a Keras optimizer (create it in the strategy scope).
+      steps_per_loop: optimizer steps per host call of the train function.
+      jit_compile: compile each replica's train step with XLA.
+      **kwargs: other `keras.Model.compile` arguments.
+    """
+    # Keras' own jit and multi-step train function fail under
+    # MirroredStrategy; `make_train_function` below replaces them.
+    super().compile(optimizer=optimizer, steps_per_execution=steps_per_loop,
+                    jit_compile=False, **kwargs)
+    self.xla_train_step = jit_compile
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras builds the model from a batch it pulls and averages across
+    # replicas, which fails when replicas hold different batch sizes (a
+    # short eval split). Ours is built at construction; the optimizer must
+    # be built in the strategy scope by then too (`build_optimizer_slots`).
+    if self.built and (self.optimizer is None or self.optimizer.built):
+      return
+    super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+  def build_optimizer_slots(self):
+    """Creates the optimizer's variables now, inside the current scope.
+
+    Call it in `strategy.scope()` before restoring a checkpoint: slot
+    variables created later, in a replica context, would not be mirrored,
+    and a checkpoint's optimizer state needs them to exist to be restored.
+    """
+    if not self.optimizer.built:
+      self.optimizer.build(self.trainable_variables)
+
+  def make_train_function(self, force=False):
+    if self.train_function is not None and not force:
+      return self.train_function
+    from simclr_tf import train_loop  # TF-specific distribution plumbing.
+    self.train_function = train_loop.make_train_function(
+        self, self.steps_per_execution, self.xla_train_step)
+    return self.train_function
 
   def train_step(self, data):
     import tensorflow as tf  # Gradient tapes are the TF backend's.
@@ -237,19 +296,31 @@ class SimCLRModel(keras.Model):
       raise ValueError("Evaluation needs a supervised head: pretrain with "
                        "lineareval_while_pretraining, or run linear_eval / "
                        "finetune first.")
-    logits = self(images, training=False)[LOGITS_SUP]
-    labels = ops.cast(labels, "float32")
-    self._eval_loss.update_state(losses.supervised_loss(labels, logits))
-    self._top_1.update_state(labels, logits)
-    self._top_5.update_state(labels, logits)
+    def update():
+      logits = self(images, training=False)[LOGITS_SUP]
+      targets = ops.cast(labels, "float32")
+      self._eval_loss.update_state(keras.losses.categorical_crossentropy(
+          targets, ops.cast(logits, "float32"), from_logits=True))
+      self._top_1.update_state(targets, logits)
+      self._top_5.update_state(targets, logits)
+      return ops.zeros(())
+
+    # At the end of a split some replicas get an empty batch. Skip it: the
+    # CPU convolution returns a wrongly shaped tensor for zero examples.
+    ops.cond(ops.shape(images)[0] > 0, update, lambda: ops.zeros(()))
     return {m.name: m.result() for m in self.metrics}
 
   def evaluate(self, *args, **kwargs):
+    # One batch per call: Keras' multi-step test loop fails under
+    # MirroredStrategy, and evaluation is not the bottleneck.
+    steps_per_loop = self.steps_per_execution
+    self.steps_per_execution = 1
     self._evaluating = True
     try:
       return super().evaluate(*args, **kwargs)
     finally:
       self._evaluating = False
+      self.steps_per_execution = steps_per_loop
 
   def get_config(self):
     config = super().get_config()
@@ -315,7 +386,10 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
   supervised_head = None
   if with_supervised_head or train_mode != "pretrain":
     supervised_head = heads_lib.SupervisedHead(
-        num_classes, zero_init=model_config.zero_init_logits_layer)
+        num_classes, zero_init=model_config.zero_init_logits_layer,
+        feature_norm=model_config.supervised_head_feature_norm,
+        momentum=model_config.batch_norm_decay,
+        synchronized=model_config.global_bn)
   model = SimCLRModel(encoder, projection_head, supervised_head,
                       train_mode=train_mode, temperature=temperature,
                       hidden_norm=hidden_norm, weight_decay=weight_decay,
