@@ -1,0 +1,139 @@
+"""Callbacks run once per training loop: progress, summaries, checkpoints."""
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+LEARNING_RATE_TAG = "learning_rate"
+TRAIN_PREFIX = "train/"
+EVAL_PREFIX = "eval/"
+AUGMENTED_VIEWS_TAG = "train/augmented_views"
+# Metrics shown on the console, in this order, when present.
+_CONSOLE_METRICS = ("contrast_loss", "contrast_acc", "supervised_loss",
+                    "supervised_acc", "total_loss")
+
+
+def format_duration(seconds):
+  """"1h02m", "4m05s" or "12s"."""
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  if minutes:
+    return f"{minutes}m{seconds:02d}s"
+  return f"{seconds}s"
+
+
+class TrainingMonitor(keras.callbacks.Callback):
+  """Once per loop: TensorBoard scalars, a progress line, checkpoints.
+
+  Training metrics are averaged over each loop and reset after it, so each
+  summary and console line describes the steps since the previous one.
+
+  Args:
+    stage: label shown on the console ("pretrain", "linear_eval", ...).
+    total_steps: the step training ends at.
+    global_batch_size: images per step, for the throughput.
+    checkpoint_manager: a `tf.train.CheckpointManager`, or None.
+    checkpoint_every: save when the step crosses a multiple of this.
+    summary_writer: a `tf.summary` writer, or None.
+    log: function taking one line of text.
+  """
+
+  def __init__(self, *, stage, total_steps, global_batch_size,
+               checkpoint_manager, checkpoint_every, summary_writer, log):
+    super().__init__()
+    if checkpoint_every < 1:
+      raise ValueError("`checkpoint_every` must be positive. Received: "
+                       f"checkpoint_every={checkpoint_every}")
+    self.stage = stage
+    self.total_steps = total_steps
+    self.global_batch_size = global_batch_size
+    self.checkpoint_manager = checkpoint_manager
+    self.checkpoint_every = checkpoint_every
+    self.summary_writer = summary_writer
+    self.log = log
+    self.last_saved_step = None
+
+  def _step(self):
+    return int(self.model.optimizer.iterations.numpy())
+
+  def on_train_begin(self, logs=None):
+    self._start_step = self._last_step = self._step()
+    self._start_time = self._last_time = time.time()
+    self.last_saved_step = self._start_step
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = self._step()
+    if step == self._last_step:
+      return
+    values = {name: float(value) for name, value in (logs or {}).items()}
+    learning_rate = float(self.model.optimizer.learning_rate)
+    self._write_summaries(step, values, learning_rate)
+    self.model.reset_train_metrics()
+    self.log(self._progress_line(step, values, learning_rate))
+    if step // self.checkpoint_every > self.last_saved_step // \
+        self.checkpoint_every:
+      self.save(step)
+
+  def on_train_end(self, logs=None):
+    step = self._step()
+    if step != self.last_saved_step:
+      self.save(step)
+
+  def save(self, step):
+    """Writes a checkpoint for `step` (if there is a manager)."""
+    if self.checkpoint_manager is not None:
+      self.checkpoint_manager.save(checkpoint_number=step)
+    self.last_saved_step = step
+
+  def _write_summaries(self, step, values, learning_rate):
+    if self.summary_writer is None:
+      return
+    with self.summary_writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(TRAIN_PREFIX + name, value)
+      tf.summary.scalar(LEARNING_RATE_TAG, learning_rate)
+
+  def _progress_line(self, step, values, learning_rate):
+    now = time.time()
+    images_per_second = ((step - self._last_step) * self.global_batch_size /
+                         max(now - self._last_time, 1e-9))
+    done = step - self._start_step
+    remaining = self.total_steps - step
+    eta = (now - self._start_time) / max(done, 1) * remaining
+    self._last_step, self._last_time = step, now
+    shown = "  ".join(f"{name} {values[name]:.4f}"
+                      for name in _CONSOLE_METRICS if name in values)
+    return (f"[{self.stage}] step {step}/{self.total_steps} "
+            f"({100 * step / max(self.total_steps, 1):.0f}%)  {shown}  "
+            f"lr {learning_rate:.4g}  {images_per_second:.0f} img/s  "
+            f"ETA {format_duration(eta)}")
+
+
+def write_view_pairs(summary_writer, images, step, max_pairs=4):
+  """Writes augmented view pairs side by side as a TensorBoard image.
+
+  Args:
+    summary_writer: a `tf.summary` writer.
+    images: (B, H, W, 3 * V) float images in [0, 1] with V views.
+    step: the summary step.
+    max_pairs: how many examples to show.
+  """
+  images = np.asarray(images)[:max_pairs]
+  num_views = images.shape[-1] // 3
+  views = [images[..., 3 * v:3 * (v + 1)] for v in range(num_views)]
+  side_by_side = np.concatenate(views, axis=2)  # along the width
+  with summary_writer.as_default(step=step):
+    tf.summary.image(AUGMENTED_VIEWS_TAG, np.clip(side_by_side, 0.0, 1.0),
+                     max_outputs=max_pairs)
+
+
+def write_eval_summaries(summary_writer, results, step):
+  """Writes evaluation metrics as `eval/<name>` scalars."""
+  with summary_writer.as_default(step=step):
+    for name, value in results.items():
+      tf.summary.scalar(EVAL_PREFIX + name, float(value))

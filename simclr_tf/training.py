@@ -1,0 +1,278 @@
+"""Runs an experiment: build, train, evaluate, for every train mode.
+
+`run_experiment(config)` is the program behind `python -m simclr_tf.run`. It
+takes an `ExperimentConfig` only; flags never reach this module.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Callable, Dict, List, Optional
+
+import keras
+import tensorflow as tf
+
+from simclr_tf import callbacks as callbacks_lib
+from simclr_tf import checkpoints
+from simclr_tf import data as data_lib
+from simclr_tf import distribute
+from simclr_tf import optimizers
+from simclr_tf.config import ConfigError
+from simclr_tf.config import ExperimentConfig
+from simclr_tf.models import simclr
+
+RESULT_FILE = "result.json"
+LINEAR_EVAL_DIR = "linear_eval"
+
+
+@dataclasses.dataclass
+class StageResult:
+  """What one stage (a train and/or eval of one model) produced.
+
+  Attributes:
+    stage: "pretrain", "finetune" or "linear_eval".
+    model_dir: where its checkpoints, summaries and results are.
+    global_step: optimizer steps taken in total.
+    eval_results: evaluation metrics, or None if not evaluated.
+    random_init: the encoder was never trained or loaded (baseline).
+  """
+  stage: str
+  model_dir: str
+  global_step: int
+  eval_results: Optional[Dict[str, float]] = None
+  random_init: bool = False
+
+
+def run_experiment(config: ExperimentConfig,
+                   log: Callable[[str], None] = logging.info,
+                   strategy=None) -> List[StageResult]:
+  """Runs what `config.run.mode` asks, then any linear evaluation after it.
+
+  Args:
+    config: a validated `ExperimentConfig`.
+    log: where progress lines go.
+    strategy: a `tf.distribute.Strategy`; None builds the one the config
+      asks for.
+
+  Returns:
+    One `StageResult` per stage run.
+
+  Raises:
+    ConfigError, data.DataError, checkpoints.CheckpointError: bad input,
+      with a one-line message.
+  """
+  config.validate()
+  if strategy is None:
+    strategy = distribute.build_strategy(
+        config.run.strategy, tpu=config.run.tpu,
+        cpu_replicas=config.run.cpu_replicas)
+  _check_batches_split(config, strategy.num_replicas_in_sync)
+  keras.utils.set_random_seed(config.run.seed)
+
+  stage_config = config
+  if config.run.train_mode == "linear_eval":
+    stage_config = config.for_linear_eval(model_dir=config.run.model_dir,
+                                          checkpoint=config.run.checkpoint)
+  results = [run_stage(stage_config, strategy, log)]
+  if config.linear_eval.after_pretraining and "train" in config.run.mode:
+    linear_config = config.for_linear_eval(
+        model_dir=os.path.join(config.run.model_dir, LINEAR_EVAL_DIR),
+        checkpoint=config.run.model_dir)
+    _check_batches_split(linear_config, strategy.num_replicas_in_sync)
+    results.append(run_stage(linear_config, strategy, log))
+  return results
+
+
+def _check_batches_split(config, num_replicas):
+  for name, batch in (("train_batch_size", config.run.train_batch_size),
+                      ("eval_batch_size", config.run.eval_batch_size)):
+    if batch % num_replicas:
+      raise ConfigError(
+          f"`{name}` must split evenly over the {num_replicas} replicas. "
+          f"Received: {name}={batch}")
+
+
+def run_stage(config: ExperimentConfig, strategy,
+              log: Callable[[str], None]) -> StageResult:
+  """Builds one model and trains and/or evaluates it.
+
+  Resumes from the latest checkpoint in `model_dir` when there is one;
+  otherwise fine-tuning and linear evaluation load `--checkpoint`.
+
+  Args:
+    config: a validated config for this stage.
+    strategy: the `tf.distribute.Strategy`.
+    log: where progress lines go.
+
+  Returns:
+    The `StageResult`.
+  """
+  run = config.run
+  info = data_lib.get_dataset_info(config.data)
+  if run.train_mode != "pretrain" or run.lineareval_while_pretraining:
+    if info.num_classes < 1:
+      raise ConfigError(
+          f"train_mode={run.train_mode} needs labels, but dataset "
+          f"{config.data.dataset!r} has none. Pretrain without "
+          "--lineareval_while_pretraining, or give a labeled dataset.")
+  tf.io.gfile.makedirs(run.model_dir)
+  with tf.io.gfile.GFile(os.path.join(run.model_dir,
+                                      checkpoints.CONFIG_FILE), "w") as f:
+    f.write(config.to_json())
+
+  steps_per_epoch = max(1, info.num_train_examples // run.train_batch_size)
+  total_steps = optimizers.total_train_steps(
+      info.num_train_examples, run.train_epochs, run.train_batch_size,
+      run.train_steps)
+  with strategy.scope():
+    model = simclr.build_simclr_model(
+        config.model, image_size=config.data.image_size,
+        num_classes=max(info.num_classes, 1), train_mode=run.train_mode,
+        with_supervised_head=run.lineareval_while_pretraining,
+        temperature=config.loss.temperature,
+        hidden_norm=config.loss.hidden_norm,
+        weight_decay=config.optimizer.weight_decay,
+        optimizer_name=config.optimizer.optimizer)
+    schedule = optimizers.WarmUpAndCosineDecay(
+        config.optimizer.learning_rate, batch_size=run.train_batch_size,
+        num_examples=info.num_train_examples,
+        warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
+        scaling=config.optimizer.learning_rate_scaling)
+    model.compile(optimizers.build_optimizer(config.optimizer, schedule),
+                  steps_per_loop=run.steps_per_loop,
+                  jit_compile=run.jit_compile)
+    model.build_optimizer_slots()
+  manager = checkpoints.make_manager(model, run.model_dir,
+                                     run.keep_checkpoint_max)
+  random_init = _initialise(model, manager, config, log)
+
+  result = StageResult(run.train_mode, run.model_dir, _step(model),
+                       random_init=random_init)
+  writer = tf.summary.create_file_writer(run.model_dir)
+  if "train" in run.mode:
+    _train(model, manager, config, strategy, writer, log,
+           total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    result.global_step = _step(model)
+  if "eval" in run.mode:
+    if run.mode == "eval" and manager.latest_checkpoint is None:
+      if not run.checkpoint:
+        raise checkpoints.CheckpointError(
+            f"Nothing to evaluate: {run.model_dir} holds no checkpoint and "
+            "no --checkpoint was given.")
+      checkpoints.restore_for_eval(model, run.checkpoint)
+    result.eval_results = evaluate(model, config, strategy, writer, log,
+                                   num_eval_examples=info.num_eval_examples)
+  writer.close()
+  return result
+
+
+def _step(model):
+  return int(model.optimizer.iterations.numpy())
+
+
+def _initialise(model, manager, config, log):
+  """Resumes, or loads the pretrained encoder; True if left random."""
+  run = config.run
+  if manager.latest_checkpoint:
+    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    log(f"Resumed from {manager.latest_checkpoint} at step {_step(model)}.")
+    return False
+  if run.mode == "eval" or run.train_mode == "pretrain":
+    return run.train_mode == "pretrain" and run.mode == "eval"
+  if run.checkpoint:
+    prefix = checkpoints.load_pretrained(model, run.checkpoint, config.model)
+    log(f"Loaded the pretrained encoder from {prefix}.")
+    return False
+  if run.train_mode == "linear_eval":
+    log("NOTE: linear_eval without --checkpoint: the encoder stays at its "
+        "RANDOM initialisation. This is the baseline, not a trained model.")
+  else:
+    log("Training the supervised baseline from scratch (--from_scratch).")
+  return True
+
+
+def _train_augment_config(config):
+  if config.run.train_mode == "pretrain":
+    return config.augment
+  # Fine-tuning and linear evaluation see crops and flips only, as the
+  # authors do: colour distortion and blur are pretraining augmentations.
+  return dataclasses.replace(config.augment, color_jitter_probability=0.0,
+                             grayscale_probability=0.0, use_blur=False)
+
+
+def _train(model, manager, config, strategy, writer, log, *, total_steps,
+           steps_per_epoch):
+  run = config.run
+  start_step = _step(model)
+  if start_step >= total_steps:
+    log(f"[{run.train_mode}] already at step {start_step} of "
+        f"{total_steps}: nothing to train.")
+    return
+  num_views = 2 if run.train_mode == "pretrain" else 1
+  input_fn = data_lib.build_input_fn(
+      config.data, _train_augment_config(config), training=True,
+      num_views=num_views, global_batch_size=run.train_batch_size,
+      seed=run.seed)
+  _write_example_views(input_fn, writer, start_step)
+  dataset = strategy.distribute_datasets_from_function(input_fn)
+  checkpoint_every = run.checkpoint_steps or (run.checkpoint_epochs *
+                                              steps_per_epoch)
+  monitor = callbacks_lib.TrainingMonitor(
+      stage=run.train_mode, total_steps=total_steps,
+      global_batch_size=run.train_batch_size, checkpoint_manager=manager,
+      checkpoint_every=max(checkpoint_every, 1), summary_writer=writer,
+      log=log)
+  log(f"[{run.train_mode}] training steps {start_step}..{total_steps} "
+      f"({total_steps / steps_per_epoch:.1f} epochs of {steps_per_epoch} "
+      f"steps, batch {run.train_batch_size}, "
+      f"{strategy.num_replicas_in_sync} replica(s)).")
+  model.stop_at_step = total_steps
+  model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
+            shuffle=False,
+            callbacks=[monitor], verbose=0)
+
+
+def _write_example_views(input_fn, writer, step):
+  images, _ = next(iter(input_fn(tf.distribute.InputContext())))
+  if images.dtype == tf.float32:
+    callbacks_lib.write_view_pairs(writer, images.numpy(), step)
+
+
+def evaluate(model, config, strategy, writer, log, *, num_eval_examples):
+  """Evaluates top-1/top-5 on the eval split and writes the results.
+
+  Writes `result.json` and `result_<step>.json` in `model_dir` and the
+  `eval/` TensorBoard scalars.
+
+  Args:
+    model: a `SimCLRModel` with a supervised head.
+    config: the stage's config.
+    strategy: the `tf.distribute.Strategy`.
+    writer: a `tf.summary` writer.
+    log: where to report.
+    num_eval_examples: examples in the eval split.
+
+  Returns:
+    The metrics, with "global_step" and "num_eval_examples".
+  """
+  run = config.run
+  input_fn = data_lib.build_input_fn(
+      config.data, config.augment, training=False, num_views=1,
+      global_batch_size=run.eval_batch_size, seed=run.seed)
+  dataset = strategy.distribute_datasets_from_function(input_fn)
+  metrics = model.evaluate(dataset, steps=run.eval_steps or None,
+                           return_dict=True, verbose=0)
+  step = _step(model)
+  evaluated = (min(num_eval_examples, run.eval_steps * run.eval_batch_size)
+               if run.eval_steps else num_eval_examples)
+  results = {name: float(value) for name, value in metrics.items()}
+  callbacks_lib.write_eval_summaries(writer, results, step)
+  results.update(global_step=step, num_eval_examples=evaluated)
+  for name in (RESULT_FILE, f"result_{step}.json"):
+    with tf.io.gfile.GFile(os.path.join(run.model_dir, name), "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+  log(f"[{run.train_mode}] eval at step {step} on {evaluated} examples: "
+      f"top-1 {100 * results[simclr.EVAL_TOP_1]:.2f}%  "
+      f"top-5 {100 * results[simclr.EVAL_TOP_5]:.2f}%")
+  return results

@@ -1,0 +1,211 @@
+"""The training program end to end on tiny settings, in process.
+
+Covers every train mode on one device and on the shared 2-replica strategy,
+TensorBoard tags, checkpoints and resuming, and loading pretrained weights.
+The command line itself is tested in test_run.py.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import checkpoints
+from simclr_tf import config as config_lib
+from simclr_tf import training
+from simclr_tf.models import simclr
+
+TRAIN_TAGS = {"train/contrast_loss", "train/contrast_acc",
+              "train/contrast_entropy", "train/supervised_loss",
+              "train/supervised_acc", "train/weight_decay",
+              "train/total_loss", "learning_rate"}
+EVAL_TAGS = {"eval/label_top_1_accuracy", "eval/label_top_5_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, model_dir, **run_overrides):
+  run = dict(model_dir=str(model_dir), train_batch_size=32, train_steps=4,
+             checkpoint_steps=2, steps_per_loop=2, eval_batch_size=32,
+             keep_checkpoint_max=3)
+  run.update(run_overrides)
+  return config_lib.ExperimentConfig(
+      data=config_lib.DataConfig(
+          image_size=16, data_dir=data_dir, synthetic_train_examples=128,
+          synthetic_test_examples=48),
+      augment=config_lib.AugmentConfig(use_blur=False,
+                                       color_jitter_strength=0.5),
+      model=config_lib.ModelConfig(resnet_depth=18, width_multiplier=0.125,
+                                   proj_out_dim=16),
+      loss=config_lib.LossConfig(temperature=0.5),
+      optimizer=config_lib.OptimizerConfig(learning_rate=0.5,
+                                           warmup_epochs=0),
+      linear_eval=config_lib.LinearEvalConfig(train_steps=2,
+                                              train_batch_size=32),
+      run=config_lib.RunConfig(**run)).validate()
+
+
+def event_tags(model_dir):
+  tags = set()
+  for name in tf.io.gfile.listdir(model_dir):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(
+          os.path.join(model_dir, name)):
+        tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+def run(config, strategy=None):
+  lines = []
+  results = training.run_experiment(config, log=lines.append,
+                                    strategy=strategy)
+  return results, lines
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(data_dir, tmp_path_factory):
+  """A finished 4-step pretraining run shared by the loading tests."""
+  model_dir = tmp_path_factory.mktemp("pretrain")
+  run(tiny_config(data_dir, model_dir))
+  return str(model_dir)
+
+
+def test_pretraining_writes_checkpoints_summaries_and_results(pretrained_dir):
+  files = set(os.listdir(pretrained_dir))
+  assert {"ckpt-2.index", "ckpt-4.index", "config.json", "result.json",
+          "result_4.json"} <= files
+  tags = event_tags(pretrained_dir)
+  assert TRAIN_TAGS <= tags, TRAIN_TAGS - tags
+  assert EVAL_TAGS <= tags
+  assert "train/augmented_views" in tags
+  with open(os.path.join(pretrained_dir, "result.json")) as f:
+    result = json.load(f)
+  assert result["global_step"] == 4
+  assert result["num_eval_examples"] == 48
+  assert 0.0 <= result["label_top_1_accuracy"] <= result[
+      "label_top_5_accuracy"] <= 1.0
+  stored = config_lib.ExperimentConfig.from_json(
+      open(os.path.join(pretrained_dir, "config.json")).read())
+  assert stored.run.train_steps == 4
+
+
+def test_progress_lines_show_step_losses_throughput_and_eta(data_dir,
+                                                          tmp_path):
+  _, lines = run(tiny_config(data_dir, tmp_path, mode="train"))
+  progress = [line for line in lines if line.startswith("[pretrain] step")]
+  assert len(progress) == 2  # 4 steps, 2 per loop
+  assert progress[-1].startswith("[pretrain] step 4/4 (100%)")
+  for part in ("contrast_loss", "contrast_acc", "img/s", "ETA", "lr "):
+    assert part in progress[-1]
+
+
+def encoder_weights_of_checkpoint(model_dir, model_config):
+  model = simclr.build_simclr_model(model_config, image_size=16,
+                                    num_classes=10, train_mode="pretrain",
+                                    with_supervised_head=True)
+  tf.train.Checkpoint(model=model).restore(
+      tf.train.latest_checkpoint(model_dir)).expect_partial()
+  return {v.path: v.numpy() for v in model.encoder.weights}
+
+
+def test_finetune_starts_from_the_pretrained_encoder(pretrained_dir, data_dir,
+                                                     tmp_path):
+  config = tiny_config(data_dir, tmp_path, train_mode="finetune",
+                       checkpoint=pretrained_dir, mode="train")
+  with tf.distribute.get_strategy().scope():
+    model = simclr.build_simclr_model(
+        config.model, image_size=16, num_classes=10, train_mode="finetune",
+        with_supervised_head=True)
+  checkpoints.load_pretrained(model, pretrained_dir, config.model)
+  expected = encoder_weights_of_checkpoint(pretrained_dir, config.model)
+  for variable in model.encoder.weights:
+    np.testing.assert_array_equal(variable.numpy(), expected[variable.path])
+  # And the program runs the whole fine-tuning.
+  results, lines = run(config)
+  assert results[0].global_step == 4
+  assert any("Loaded the pretrained encoder" in line for line in lines)
+
+
+def test_linear_eval_on_two_replicas_keeps_the_encoder_frozen(
+    pretrained_dir, data_dir, tmp_path, two_replica_strategy):
+  config = tiny_config(data_dir, tmp_path, train_mode="linear_eval",
+                       checkpoint=pretrained_dir)
+  results, _ = run(config, strategy=two_replica_strategy)
+  result = results[0]
+  assert result.stage == "linear_eval" and not result.random_init
+  assert result.global_step == 2  # from the linear_eval section
+  assert result.eval_results["num_eval_examples"] == 48
+  trained = encoder_weights_of_checkpoint(str(tmp_path), config.model)
+  pretrained = encoder_weights_of_checkpoint(pretrained_dir, config.model)
+  for path, value in pretrained.items():
+    np.testing.assert_array_equal(trained[path], value, err_msg=path)
+  assert EVAL_TAGS <= event_tags(str(tmp_path))
+
+
+def test_pretraining_on_two_replicas_then_linear_eval(data_dir, tmp_path,
+                                                      two_replica_strategy):
+  config = tiny_config(data_dir, tmp_path)
+  config = dataclasses.replace(
+      config, linear_eval=dataclasses.replace(config.linear_eval,
+                                              after_pretraining=True))
+  results, _ = run(config, strategy=two_replica_strategy)
+  assert [r.stage for r in results] == ["pretrain", "linear_eval"]
+  assert results[1].model_dir == os.path.join(str(tmp_path), "linear_eval")
+  assert os.path.exists(os.path.join(str(tmp_path), "linear_eval",
+                                     "result.json"))
+
+
+def test_linear_eval_without_checkpoint_is_flagged_as_random_init(
+    data_dir, tmp_path):
+  results, lines = run(tiny_config(data_dir, tmp_path,
+                                   train_mode="linear_eval"))
+  assert results[0].random_init
+  assert any("RANDOM initialisation" in line for line in lines)
+
+
+def test_from_scratch_trains_the_supervised_baseline(data_dir, tmp_path):
+  results, lines = run(tiny_config(data_dir, tmp_path, train_mode="finetune",
+                                   from_scratch=True))
+  assert results[0].global_step == 4 and results[0].random_init
+  assert any("from scratch" in line for line in lines)
+
+
+def test_a_different_architecture_is_refused_with_the_differences(
+    pretrained_dir, data_dir, tmp_path):
+  config = tiny_config(data_dir, tmp_path, train_mode="finetune",
+                       checkpoint=pretrained_dir)
+  config = dataclasses.replace(config, model=dataclasses.replace(
+      config.model, width_multiplier=0.25))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="width_multiplier: checkpoint 0.125, this run 0.25"):
+    run(config)
+
+
+def test_eval_mode_evaluates_the_latest_checkpoint(pretrained_dir, data_dir,
+                                                   tmp_path):
+  with open(os.path.join(pretrained_dir, "result.json")) as f:
+    expected = json.load(f)
+  results, _ = run(tiny_config(data_dir, tmp_path, mode="eval",
+                               checkpoint=pretrained_dir))
+  got = results[0].eval_results
+  assert got["global_step"] == 4
+  assert got["label_top_1_accuracy"] == pytest.approx(
+      expected["label_top_1_accuracy"])
+
+
+def test_rerunning_resumes_from_the_last_checkpoint(data_dir, tmp_path):
+  first, _ = run(tiny_config(data_dir, tmp_path, mode="train"))
+  assert first[0].global_step == 4
+  results, lines = run(tiny_config(data_dir, tmp_path, mode="train",
+                                   train_steps=6))
+  assert any(f"Resumed from {tmp_path}/ckpt-4 at step 4" in line
+             for line in lines)
+  assert results[0].global_step == 6
+  progress = [line for line in lines if line.startswith("[pretrain] step")]
+  assert [line.split()[2] for line in progress] == ["6/6"]
