@@ -11,8 +11,8 @@ The nuisances vary strongly over the dataset but each takes few values (a
 images share them. Were they unique per image, two SimCLR views could be
 matched by colour and texture alone, and the encoder would never need shape.
 
-Shapes cover 40-90% of the image side so they stay recognisable after SimCLR's
-random crops at 32 px.
+Shapes span 56-90% of the image side so they stay recognisable after SimCLR's
+random crops at 32 px, and few crops miss the shape altogether.
 """
 
 import numpy as np
@@ -25,7 +25,7 @@ NUM_CLASSES = len(SHAPE_NAMES)
 _SUPERSAMPLE = 2
 # Images rendered at once; bounds memory at large sizes.
 _CHUNK = 512
-# Shape radius as a fraction of the image side (diameter 40-90%).
+# Shape radius as a fraction of the image side (diameter 56-90%).
 _RADIUS_RANGE = (0.28, 0.45)
 # Minimum RGB distance between the foreground and both background colours.
 _MIN_COLOR_DISTANCE = 0.45

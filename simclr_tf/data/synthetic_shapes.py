@@ -64,8 +64,8 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
   """Shapes on random coloured, textured backgrounds; label = shape.
 
   Classes: circle, square, triangle, star, cross, ring, crescent, arrow,
-  heart, bowtie. Foreground and background colours and textures, position,
-  scale, rotation, stretch and pixel noise are random nuisances.
+  heart, bowtie. Foreground and background colours, background texture,
+  position, scale, rotation, stretch and pixel noise are random nuisances.
   """
 
   VERSION = tfds.core.Version("1.0.0")
