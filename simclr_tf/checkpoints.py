@@ -40,6 +40,17 @@ def make_manager(model, model_dir, max_to_keep):
                                     checkpoint_name=CHECKPOINT_NAME)
 
 
+def restore_latest(model, prefix):
+  """Restores a run's own checkpoint (model and optimizer) to resume it.
+
+  Args:
+    model: a compiled `SimCLRModel` whose optimizer slots exist.
+    prefix: the checkpoint prefix, e.g. `tf.train.latest_checkpoint(dir)`.
+  """
+  tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+      prefix).expect_partial()
+
+
 def resolve(path):
   """Turns `--checkpoint` into a checkpoint prefix.
 

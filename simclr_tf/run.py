@@ -303,6 +303,7 @@ def main(argv):
   from simclr_tf import checkpoints
   from simclr_tf import data as data_lib
   from simclr_tf import distribute
+  from simclr_tf import run_dir
   from simclr_tf import training
   tfds.disable_progress_bar()
   _quiet_library_logs()
@@ -311,7 +312,8 @@ def main(argv):
   try:
     results = training.run_experiment(config, log=_say)
   except (config_lib.ConfigError, data_lib.DataError,
-          checkpoints.CheckpointError, distribute.StrategyError) as error:
+          checkpoints.CheckpointError, distribute.StrategyError,
+          run_dir.RunDirError) as error:
     return _fail(str(error))
   _say(format_summary(config, results))
   return 0
