@@ -17,6 +17,8 @@ from simclr_tf import callbacks as callbacks_lib
 from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import distribute
+from simclr_tf import fault_injection
+from simclr_tf import faults
 from simclr_tf import optimizers
 from simclr_tf import run_dir as run_dir_lib
 from simclr_tf.config import ConfigError
@@ -62,6 +64,8 @@ def run_experiment(config: ExperimentConfig,
   Raises:
     ConfigError, data.DataError, checkpoints.CheckpointError,
       run_dir.RunDirError: bad input, with a one-line message.
+    faults.NonFiniteLossError: the loss went NaN or infinite.
+    faults.WorkerLostError: another worker of a multi-worker job died.
   """
   config.validate()
   if strategy is None:
@@ -188,7 +192,7 @@ def run_stage(config: ExperimentConfig, strategy,
     if "train" in run.mode:
       _train(model, manager, config, strategy, writer, log,
              total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-             run_dir=run_dir)
+             run_dir=run_dir, num_classes=max(info.num_classes, 1))
       result.global_step = _step(model)
     if "eval" in run.mode:
       if run.mode == "eval" and latest is None:
@@ -202,8 +206,8 @@ def run_stage(config: ExperimentConfig, strategy,
           num_eval_examples=info.num_eval_examples,
           write_dir=run_dir.write_dir)
   finally:
-    # Also on errors: the summaries that led up to one are what the user
-    # will look at.
+    # Also on errors (a NaN, a lost worker): the summaries that led up to
+    # it are what the user will look at.
     writer.close()
   return result
 
@@ -247,7 +251,7 @@ def _train_augment_config(config):
 
 
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
-           steps_per_epoch, run_dir):
+           steps_per_epoch, run_dir, num_classes):
   run = config.run
   start_step = _step(model)
   if start_step >= total_steps:
@@ -261,6 +265,10 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
       seed=run.seed)
   if run_dir.is_chief:
     _write_example_views(input_fn, writer, start_step)
+  input_fn = fault_injection.train_input_fn(
+      input_fn, start_step=start_step, image_size=config.data.image_size,
+      num_views=num_views, num_classes=num_classes,
+      global_batch_size=run.train_batch_size)
   contexts = []
 
   def recorded_input_fn(input_context):
@@ -284,9 +292,21 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
       f"steps, batch {run.train_batch_size}, "
       f"{strategy.num_replicas_in_sync} replica(s)).")
   model.stop_at_step = total_steps
-  model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
-            shuffle=False,
-            callbacks=[monitor], verbose=0)
+  try:
+    model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
+              shuffle=False,
+              callbacks=[monitor], verbose=0)
+  except faults.NonFiniteLossError as error:
+    raise error.with_checkpoint(
+        tf.train.latest_checkpoint(run.model_dir)) from None
+  except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
+    if not run_dir.task_name:
+      raise
+    # A peer died (preemption, crash): collectives abort on every survivor.
+    raise faults.WorkerLostError(
+        getattr(error, "message", str(error)),
+        tf.train.latest_checkpoint(run.model_dir)) from None
+  fault_injection.after_training(model, run_dir.task_name)
 
 
 def _write_example_views(input_fn, writer, step):
