@@ -224,9 +224,9 @@ def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
     data_dir, tmp_path, two_replica_strategy):
   steps, every = 8, 4
   model_dir = str(tmp_path / "workers")
-  command = launcher_command(tiny_flags(data_dir, model_dir,
-                                        train_steps=steps,
-                                        checkpoint_steps=every))
+  flags = dict(train_steps=steps, checkpoint_steps=every,
+               mode="train_then_eval")
+  command = launcher_command(tiny_flags(data_dir, model_dir, **flags))
   env = worker_env(f"deterministic_input=1,"
                    f"dump_weights_to={tmp_path / 'dump'}")
   start = time.time()
@@ -282,7 +282,7 @@ def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
   # logical CPUs, the same global batches.
   start = time.time()
   config = config_of(tiny_flags(data_dir, str(tmp_path / "mirrored"),
-                                train_steps=steps, checkpoint_steps=every))
+                                **flags))
   with fault_injection.injected(deterministic_input=True,
                                 dump_weights_to=str(tmp_path / "one")):
     training.run_experiment(config, log=lambda line: None,
@@ -302,6 +302,16 @@ def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
   assert max(differences) <= LOSS_TOLERANCE, (workers, mirrored)
   # The loss moved, so equal curves are not two constants.
   assert len({round(value, 4) for value in mirrored.values()}) > 1
+  # Evaluation over the whole eval split, each worker on its shard, agrees
+  # with the single process; only the chief wrote results.
+  eval_lines = [line.split("] ", 1)[1] for line in out.splitlines()
+                if "[pretrain] eval at step" in line]
+  assert len(eval_lines) == 2 and eval_lines[0] == eval_lines[1], eval_lines
+  results = [json.loads(open(os.path.join(directory, "result.json")).read())
+             for directory in (model_dir, str(tmp_path / "mirrored"))]
+  assert results[0]["global_step"] == steps
+  for metric in ("label_top_1_accuracy", "label_top_5_accuracy"):
+    assert results[0][metric] == pytest.approx(results[1][metric], abs=1e-6)
   single = np.load(tmp_path / "one" / "chief.npz")
   for name in single.files:
     np.testing.assert_allclose(weights[0][name], single[name], rtol=1e-4,
