@@ -6,6 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf import checkpoints
+from simclr_tf import faults
+
 LEARNING_RATE_TAG = "learning_rate"
 TRAIN_PREFIX = "train/"
 EVAL_PREFIX = "eval/"
@@ -31,7 +34,9 @@ class TrainingMonitor(keras.callbacks.Callback):
   """Once per loop: TensorBoard scalars, a progress line, checkpoints.
 
   Training metrics are averaged over each loop and reset after it, so each
-  summary and console line describes the steps since the previous one.
+  summary and console line describes the steps since the previous one. A
+  non-finite loss raises `faults.NonFiniteLossError` before anything is
+  saved.
 
   Args:
     stage: label shown on the console ("pretrain", "linear_eval", ...).
@@ -73,6 +78,10 @@ class TrainingMonitor(keras.callbacks.Callback):
     values = {name: float(value) for name, value in (logs or {}).items()}
     learning_rate = float(self.model.optimizer.learning_rate)
     self._write_summaries(step, values, learning_rate)
+    bad = faults.non_finite_losses(values)
+    if bad:
+      # Stop before anything is saved: the weights are already poisoned.
+      raise faults.NonFiniteLossError(self._last_step + 1, step, bad)
     self.model.reset_train_metrics()
     self.log(self._progress_line(step, values, learning_rate))
     if step // self.checkpoint_every > self.last_saved_step // \
@@ -87,7 +96,10 @@ class TrainingMonitor(keras.callbacks.Callback):
   def save(self, step):
     """Writes a checkpoint for `step` (if there is a manager)."""
     if self.checkpoint_manager is not None:
-      self.checkpoint_manager.save(checkpoint_number=step)
+      checkpoints.save(self.checkpoint_manager, step)
+    if self.summary_writer is not None:
+      # Whatever survives a crash, the summaries up to the checkpoint do.
+      self.summary_writer.flush()
     self.last_saved_step = step
 
   def _write_summaries(self, step, values, learning_rate):

@@ -40,6 +40,38 @@ def make_manager(model, model_dir, max_to_keep):
                                     checkpoint_name=CHECKPOINT_NAME)
 
 
+def save(manager, step):
+  """Saves checkpoint `step` with `manager`.
+
+  Crash safety comes from TensorFlow's order of work: the checkpoint's
+  files are written first (data under a temporary name, then renamed), and
+  only then is the `checkpoint` state file, which `latest_checkpoint` reads,
+  atomically replaced to name it; old checkpoints are deleted after that.
+  A kill at any point leaves the previous checkpoint named and intact.
+
+  Args:
+    manager: a `tf.train.CheckpointManager`.
+    step: the step number, used in the file name ("ckpt-<step>").
+
+  Returns:
+    The new checkpoint's prefix.
+  """
+  from simclr_tf import fault_injection  # Test-only; inert by default.
+  return manager.save(checkpoint_number=step,
+                      options=fault_injection.checkpoint_options(step))
+
+
+def restore_latest(model, prefix):
+  """Restores a run's own checkpoint (model and optimizer) to resume it.
+
+  Args:
+    model: a compiled `SimCLRModel` whose optimizer slots exist.
+    prefix: the checkpoint prefix, e.g. `tf.train.latest_checkpoint(dir)`.
+  """
+  tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+      prefix).expect_partial()
+
+
 def resolve(path):
   """Turns `--checkpoint` into a checkpoint prefix.
 

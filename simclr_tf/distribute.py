@@ -4,7 +4,13 @@ Of the library, only this module and the data/training plumbing touch
 `tf.distribute` directly; model and loss code calls these helpers.
 """
 
+import json
+import os
+
 import tensorflow as tf
+
+# Environment variable MultiWorkerMirroredStrategy reads the cluster from.
+TF_CONFIG = "TF_CONFIG"
 
 
 def num_replicas_in_sync() -> int:
@@ -90,6 +96,13 @@ def build_strategy(strategy: str = "auto", *, tpu=None, cpu_replicas: int = 0):
   Raises:
     StrategyError: for an unknown name or a strategy that cannot be built.
   """
+  if strategy == "multi_worker" and cpu_replicas > 1:
+    # Each worker of MultiWorkerMirroredStrategy trains on its GPUs, or on
+    # one CPU device: split logical CPUs would not be used.
+    raise StrategyError(
+        "cpu_replicas applies to one machine; with strategy=multi_worker "
+        "each worker uses its GPUs or one CPU. Drop --cpu_replicas or start "
+        f"more workers. Received: cpu_replicas={cpu_replicas}")
   if cpu_replicas > 0:
     split_cpu(cpu_replicas)
   if strategy == "auto":
@@ -97,7 +110,7 @@ def build_strategy(strategy: str = "auto", *, tpu=None, cpu_replicas: int = 0):
   if strategy == "tpu":
     return _tpu_strategy(tpu)
   if strategy == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker_strategy(cpu_replicas)
   devices = _replica_devices(cpu_replicas)
   if strategy == "one_device":
     return tf.distribute.OneDeviceStrategy(devices[0])
@@ -135,8 +148,117 @@ def _tpu_strategy(tpu):
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
-  except (ValueError, RuntimeError, tf.errors.OpError) as error:
+  # A name is looked up through the Cloud TPU API (an OSError such as
+  # URLError when unreachable); ImportError if its client is missing.
+  except (ValueError, RuntimeError, OSError, ImportError,
+          tf.errors.OpError) as error:
     raise StrategyError(
         f"Cannot reach TPU {tpu!r}: {error}. Check the name, zone and that "
         "this machine can reach it (on a TPU VM use --tpu=local).") from error
   return tf.distribute.TPUStrategy(resolver)
+
+
+def read_tf_config(environ=None):
+  """Reads and checks the TF_CONFIG cluster description.
+
+  Args:
+    environ: the environment to read; None reads `os.environ`.
+
+  Returns:
+    The parsed TF_CONFIG: a dict with "cluster" (task type to list of
+    "host:port") and "task" ({"type": ..., "index": ...}).
+
+  Raises:
+    StrategyError: if TF_CONFIG is missing or does not describe this task
+      in a cluster.
+  """
+  environ = os.environ if environ is None else environ
+  raw = environ.get(TF_CONFIG)
+  if not raw:
+    raise StrategyError(
+        "strategy=multi_worker reads the cluster from the TF_CONFIG "
+        "environment variable, which is not set. Set it on every worker "
+        "(README, \"Scaling out\"), or try it on one machine with "
+        "tools/launch_local_cluster.py.")
+  try:
+    tf_config = json.loads(raw)
+  except ValueError as error:
+    raise StrategyError(f"TF_CONFIG is not valid JSON ({error}). "
+                        f"Received: TF_CONFIG={raw!r}") from error
+  cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+  task = tf_config.get("task") if isinstance(tf_config, dict) else None
+  if not isinstance(cluster, dict) or not (cluster.get("worker") or
+                                           cluster.get("chief")):
+    raise StrategyError(
+        "TF_CONFIG needs a \"cluster\" with a \"worker\" (or \"chief\") "
+        f"list of host:port addresses. Received: TF_CONFIG={raw!r}")
+  if not isinstance(task, dict) or task.get("type") not in cluster:
+    raise StrategyError(
+        "TF_CONFIG needs a \"task\" whose \"type\" is one of the cluster's "
+        f"task types ({', '.join(sorted(cluster))}). Received: "
+        f"TF_CONFIG={raw!r}")
+  index = task.get("index", 0)
+  if not isinstance(index, int) or not 0 <= index < len(
+      cluster[task["type"]]):
+    raise StrategyError(
+        f"TF_CONFIG task index must be in [0, {len(cluster[task['type']])}) "
+        f"for task type {task['type']!r}. Received: TF_CONFIG={raw!r}")
+  return tf_config
+
+
+def _multi_worker_strategy(cpu_replicas):
+  del cpu_replicas  # Checked by build_strategy.
+  read_tf_config()
+  return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief_task(task_type, task_id, cluster) -> bool:
+  """Whether a task is the chief, by TensorFlow's convention.
+
+  The chief is the "chief" task if the cluster has one, else worker 0.
+
+  Args:
+    task_type: "chief", "worker", "evaluator", ... or None (no cluster).
+    task_id: the task's index within its type.
+    cluster: dict from task type to its addresses.
+
+  Returns:
+    True for the chief (and for a process that is not part of a cluster).
+  """
+  if task_type is None or task_type == "chief":
+    return True
+  return (task_type == "worker" and int(task_id or 0) == 0 and
+          not (cluster or {}).get("chief"))
+
+
+def is_chief(strategy) -> bool:
+  """Whether this process writes the run's files (the only one that does).
+
+  Under `MultiWorkerMirroredStrategy` every worker runs the same program,
+  but only the chief writes checkpoints, summaries, results and exports into
+  `model_dir`; the others write to temporary places (see `run_dir`). Every
+  other strategy has one program, which is the chief.
+
+  Args:
+    strategy: a `tf.distribute.Strategy`.
+
+  Returns:
+    True if this process is the chief.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  resolver = strategy.cluster_resolver
+  if resolver is None:
+    return True
+  return is_chief_task(resolver.task_type, resolver.task_id,
+                       resolver.cluster_spec().as_dict())
+
+
+def task_name(strategy) -> str:
+  """This process in a multi-worker cluster ("worker 1"), else ""."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return ""
+  resolver = strategy.cluster_resolver
+  if resolver is None or resolver.task_type is None:
+    return ""
+  return f"{resolver.task_type} {resolver.task_id}"

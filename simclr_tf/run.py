@@ -28,6 +28,8 @@ from simclr_tf import config as config_lib  # noqa: E402
 DEMO_FLAGFILE = pathlib.Path(__file__).resolve().parent.parent / "flags" / \
     "demo.cfg"
 USAGE_ERROR = 2
+# Training ran but could not finish (a non-finite loss, a lost worker).
+TRAINING_FAILED = 1
 
 FLAGS = flags.FLAGS
 
@@ -253,9 +255,19 @@ def _say(line):
   print(line, flush=True)
 
 
-def _fail(message):
+def _fail(message, status=USAGE_ERROR):
   print(f"error: {message}", file=sys.stderr, flush=True)
-  return USAGE_ERROR
+  return status
+
+
+def _activate_test_faults():
+  """Reads the TEST-ONLY fault injection variable (see fault_injection)."""
+  from simclr_tf import fault_injection
+  spec = os.environ.get(fault_injection.ENV_VAR)
+  if spec:
+    print(f"WARNING: test fault injection is on: {fault_injection.ENV_VAR}="
+          f"{spec}", file=sys.stderr, flush=True)
+    fault_injection.activate(fault_injection.parse(spec))
 
 
 def format_summary(config, results):
@@ -303,7 +315,10 @@ def main(argv):
   from simclr_tf import checkpoints
   from simclr_tf import data as data_lib
   from simclr_tf import distribute
+  from simclr_tf import faults
+  from simclr_tf import run_dir
   from simclr_tf import training
+  _activate_test_faults()
   tfds.disable_progress_bar()
   _quiet_library_logs()
   # Keras warns when an evaluation dataset ends, which is how ours end.
@@ -311,8 +326,11 @@ def main(argv):
   try:
     results = training.run_experiment(config, log=_say)
   except (config_lib.ConfigError, data_lib.DataError,
-          checkpoints.CheckpointError, distribute.StrategyError) as error:
+          checkpoints.CheckpointError, distribute.StrategyError,
+          run_dir.RunDirError) as error:
     return _fail(str(error))
+  except (faults.NonFiniteLossError, faults.WorkerLostError) as error:
+    return _fail(str(error), TRAINING_FAILED)
   _say(format_summary(config, results))
   return 0
 

@@ -51,3 +51,31 @@ def make_train_function(model, steps_per_loop: int, jit_compile: bool):
     return model.metric_results()
 
   return train_function
+
+
+def make_test_function(model):
+  """Builds the function `keras.Model.evaluate` calls once per batch.
+
+  Keras' own test function reduces each replica's metric results with
+  `strategy.reduce(MEAN, ..., axis=0)` under `MultiWorkerMirroredStrategy`,
+  which fails for scalar results. The metrics already hold exact global
+  totals, so, as in training, they are read in the cross-replica context
+  instead.
+
+  Args:
+    model: a compiled `SimCLRModel`.
+
+  Returns:
+    A function of the distributed iterator returning the metric results.
+  """
+  strategy = model.distribute_strategy
+
+  @tf.function(reduce_retracing=True)
+  def run_step(iterator):
+    strategy.run(model.test_step, args=(next(iterator),))
+
+  def test_function(iterator):
+    run_step(iterator)
+    return {metric.name: metric.result() for metric in model.metrics}
+
+  return test_function

@@ -17,7 +17,10 @@ from simclr_tf import callbacks as callbacks_lib
 from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import distribute
+from simclr_tf import fault_injection
+from simclr_tf import faults
 from simclr_tf import optimizers
+from simclr_tf import run_dir as run_dir_lib
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
@@ -59,8 +62,10 @@ def run_experiment(config: ExperimentConfig,
     One `StageResult` per stage run.
 
   Raises:
-    ConfigError, data.DataError, checkpoints.CheckpointError: bad input,
-      with a one-line message.
+    ConfigError, data.DataError, checkpoints.CheckpointError,
+      run_dir.RunDirError: bad input, with a one-line message.
+    faults.NonFiniteLossError: the loss went NaN or infinite.
+    faults.WorkerLostError: another worker of a multi-worker job died.
   """
   config.validate()
   if strategy is None:
@@ -70,17 +75,27 @@ def run_experiment(config: ExperimentConfig,
   _check_batches_split(config, strategy.num_replicas_in_sync)
   keras.utils.set_random_seed(config.run.seed)
 
-  stage_config = config
-  if config.run.train_mode == "linear_eval":
-    stage_config = config.for_linear_eval(model_dir=config.run.model_dir,
-                                          checkpoint=config.run.checkpoint)
-  results = [run_stage(stage_config, strategy, log)]
-  if config.linear_eval.after_pretraining and "train" in config.run.mode:
-    linear_config = config.for_linear_eval(
-        model_dir=os.path.join(config.run.model_dir, LINEAR_EVAL_DIR),
-        checkpoint=config.run.model_dir)
-    _check_batches_split(linear_config, strategy.num_replicas_in_sync)
-    results.append(run_stage(linear_config, strategy, log))
+  # Checked, and locked by the chief, before any work; the lock is released
+  # and other workers' temporary files deleted however the run ends.
+  with run_dir_lib.RunDirectory.for_strategy(config.run.model_dir,
+                                             strategy) as run_dir:
+    run_dir.prepare(log)
+    if run_dir.task_name:
+      log(f"This process is {run_dir.task_name}"
+          + (", the chief: it writes model_dir." if run_dir.is_chief else
+             f"; it writes only temporary files ({run_dir.write_dir})."))
+    stage_config = config
+    if config.run.train_mode == "linear_eval":
+      stage_config = config.for_linear_eval(model_dir=config.run.model_dir,
+                                            checkpoint=config.run.checkpoint)
+    results = [run_stage(stage_config, strategy, log, run_dir=run_dir)]
+    if config.linear_eval.after_pretraining and "train" in config.run.mode:
+      linear_config = config.for_linear_eval(
+          model_dir=os.path.join(config.run.model_dir, LINEAR_EVAL_DIR),
+          checkpoint=config.run.model_dir)
+      _check_batches_split(linear_config, strategy.num_replicas_in_sync)
+      results.append(run_stage(linear_config, strategy, log,
+                               run_dir=run_dir.child(LINEAR_EVAL_DIR)))
   return results
 
 
@@ -94,16 +109,22 @@ def _check_batches_split(config, num_replicas):
 
 
 def run_stage(config: ExperimentConfig, strategy,
-              log: Callable[[str], None]) -> StageResult:
+              log: Callable[[str], None],
+              run_dir: Optional[run_dir_lib.RunDirectory] = None
+              ) -> StageResult:
   """Builds one model and trains and/or evaluates it.
 
-  Resumes from the latest checkpoint in `model_dir` when there is one;
-  otherwise fine-tuning and linear evaluation load `--checkpoint`.
+  Resumes from the latest checkpoint in `model_dir` when there is one (and
+  its stored config allows it); otherwise fine-tuning and linear evaluation
+  load `--checkpoint`.
 
   Args:
     config: a validated config for this stage.
     strategy: the `tf.distribute.Strategy`.
     log: where progress lines go.
+    run_dir: where this process writes (`run_dir.write_dir`: `model_dir` on
+      the chief, a temporary directory on other workers); None makes one
+      for `config.run.model_dir`.
 
   Returns:
     The `StageResult`.
@@ -116,15 +137,19 @@ def run_stage(config: ExperimentConfig, strategy,
           f"train_mode={run.train_mode} needs labels, but dataset "
           f"{config.data.dataset!r} has none. Pretrain without "
           "--lineareval_while_pretraining, or give a labeled dataset.")
-  tf.io.gfile.makedirs(run.model_dir)
-  with tf.io.gfile.GFile(os.path.join(run.model_dir,
-                                      checkpoints.CONFIG_FILE), "w") as f:
-    f.write(config.to_json())
+  if run_dir is None:
+    run_dir = run_dir_lib.RunDirectory.for_strategy(run.model_dir, strategy)
+  tf.io.gfile.makedirs(run_dir.write_dir)
+  resuming = run_dir_lib.check_resume_config(config, log)
 
   steps_per_epoch = max(1, info.num_train_examples // run.train_batch_size)
   total_steps = optimizers.total_train_steps(
       info.num_train_examples, run.train_epochs, run.train_batch_size,
       run.train_steps)
+  # Seeded again here: preparing data (e.g. generating synthetic_shapes)
+  # draws Python random numbers, and initial weights must depend on the
+  # seed alone, or a worker that generated data would start elsewhere.
+  keras.utils.set_random_seed(run.seed)
   with strategy.scope():
     model = simclr.build_simclr_model(
         config.model, image_size=config.data.image_size,
@@ -143,27 +168,47 @@ def run_stage(config: ExperimentConfig, strategy,
                   steps_per_loop=run.steps_per_loop,
                   jit_compile=run.jit_compile)
     model.build_optimizer_slots()
-  manager = checkpoints.make_manager(model, run.model_dir,
-                                     run.keep_checkpoint_max)
-  random_init = _initialise(model, manager, config, log)
+  run_dir_lib.check_free_space(
+      run_dir.write_dir, run_dir_lib.CHECKPOINT_SPACE_FACTOR *
+      run_dir_lib.checkpoint_bytes(list(model.variables) +
+                                   list(model.optimizer.variables)))
+  if not (resuming and run.mode == "eval"):
+    # Written only after the checks: settings a resumed run may not change
+    # are the stored ones, so this never rewrites them.
+    run_dir_lib.write_config(run_dir, config)
+  # Non-chief workers save into their temporary directory (saving runs
+  # collective ops every worker must join), keeping only the newest.
+  manager = checkpoints.make_manager(
+      model, run_dir.write_dir,
+      run.keep_checkpoint_max if run_dir.is_chief else 1)
+  # Every worker restores from the chief's model_dir.
+  latest = tf.train.latest_checkpoint(run.model_dir)
+  random_init = _initialise(model, latest, config, log)
 
   result = StageResult(run.train_mode, run.model_dir, _step(model),
                        random_init=random_init)
-  writer = tf.summary.create_file_writer(run.model_dir)
-  if "train" in run.mode:
-    _train(model, manager, config, strategy, writer, log,
-           total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    result.global_step = _step(model)
-  if "eval" in run.mode:
-    if run.mode == "eval" and manager.latest_checkpoint is None:
-      if not run.checkpoint:
-        raise checkpoints.CheckpointError(
-            f"Nothing to evaluate: {run.model_dir} holds no checkpoint and "
-            "no --checkpoint was given.")
-      checkpoints.restore_for_eval(model, run.checkpoint)
-    result.eval_results = evaluate(model, config, strategy, writer, log,
-                                   num_eval_examples=info.num_eval_examples)
-  writer.close()
+  writer = run_dir.summary_writer()
+  try:
+    if "train" in run.mode:
+      _train(model, manager, config, strategy, writer, log,
+             total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+             run_dir=run_dir, num_classes=max(info.num_classes, 1))
+      result.global_step = _step(model)
+    if "eval" in run.mode:
+      if run.mode == "eval" and latest is None:
+        if not run.checkpoint:
+          raise checkpoints.CheckpointError(
+              f"Nothing to evaluate: {run.model_dir} holds no checkpoint "
+              "and no --checkpoint was given.")
+        checkpoints.restore_for_eval(model, run.checkpoint)
+      result.eval_results = evaluate(
+          model, config, strategy, writer, log,
+          num_eval_examples=info.num_eval_examples,
+          write_dir=run_dir.write_dir)
+  finally:
+    # Also on errors (a NaN, a lost worker): the summaries that led up to
+    # it are what the user will look at.
+    writer.close()
   return result
 
 
@@ -171,12 +216,16 @@ def _step(model):
   return int(model.optimizer.iterations.numpy())
 
 
-def _initialise(model, manager, config, log):
-  """Resumes, or loads the pretrained encoder; True if left random."""
+def _initialise(model, latest, config, log):
+  """Resumes from `latest`, or loads the pretrained encoder.
+
+  Returns:
+    True if the encoder is left at its random initialisation.
+  """
   run = config.run
-  if manager.latest_checkpoint:
-    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    log(f"Resumed from {manager.latest_checkpoint} at step {_step(model)}.")
+  if latest:
+    checkpoints.restore_latest(model, latest)
+    log(f"Resumed from {latest} at step {_step(model)}.")
     return False
   if run.mode == "eval" or run.train_mode == "pretrain":
     return run.train_mode == "pretrain" and run.mode == "eval"
@@ -202,7 +251,7 @@ def _train_augment_config(config):
 
 
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
-           steps_per_epoch):
+           steps_per_epoch, run_dir, num_classes):
   run = config.run
   start_step = _step(model)
   if start_step >= total_steps:
@@ -214,8 +263,23 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
       config.data, _train_augment_config(config), training=True,
       num_views=num_views, global_batch_size=run.train_batch_size,
       seed=run.seed)
-  _write_example_views(input_fn, writer, start_step)
-  dataset = strategy.distribute_datasets_from_function(input_fn)
+  if run_dir.is_chief:
+    _write_example_views(input_fn, writer, start_step)
+  input_fn = fault_injection.train_input_fn(
+      input_fn, start_step=start_step, image_size=config.data.image_size,
+      num_views=num_views, num_classes=num_classes,
+      global_batch_size=run.train_batch_size)
+  contexts = []
+
+  def recorded_input_fn(input_context):
+    contexts.append(input_context)
+    return input_fn(input_context)
+
+  dataset = strategy.distribute_datasets_from_function(recorded_input_fn)
+  if contexts and contexts[0].num_input_pipelines > 1:
+    log(f"[{run.train_mode}] this process reads input shard(s) "
+        f"{[c.input_pipeline_id for c in contexts]} of "
+        f"{contexts[0].num_input_pipelines}.")
   checkpoint_every = run.checkpoint_steps or (run.checkpoint_epochs *
                                               steps_per_epoch)
   monitor = callbacks_lib.TrainingMonitor(
@@ -228,9 +292,21 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
       f"steps, batch {run.train_batch_size}, "
       f"{strategy.num_replicas_in_sync} replica(s)).")
   model.stop_at_step = total_steps
-  model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
-            shuffle=False,
-            callbacks=[monitor], verbose=0)
+  try:
+    model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
+              shuffle=False,
+              callbacks=[monitor], verbose=0)
+  except faults.NonFiniteLossError as error:
+    raise error.with_checkpoint(
+        tf.train.latest_checkpoint(run.model_dir)) from None
+  except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
+    if not run_dir.task_name:
+      raise
+    # A peer died (preemption, crash): collectives abort on every survivor.
+    raise faults.WorkerLostError(
+        getattr(error, "message", str(error)),
+        tf.train.latest_checkpoint(run.model_dir)) from None
+  fault_injection.after_training(model, run_dir.task_name)
 
 
 def _write_example_views(input_fn, writer, step):
@@ -239,10 +315,11 @@ def _write_example_views(input_fn, writer, step):
     callbacks_lib.write_view_pairs(writer, images.numpy(), step)
 
 
-def evaluate(model, config, strategy, writer, log, *, num_eval_examples):
+def evaluate(model, config, strategy, writer, log, *, num_eval_examples,
+             write_dir=None):
   """Evaluates top-1/top-5 on the eval split and writes the results.
 
-  Writes `result.json` and `result_<step>.json` in `model_dir` and the
+  Writes `result.json` and `result_<step>.json` in `write_dir` and the
   `eval/` TensorBoard scalars.
 
   Args:
@@ -252,6 +329,8 @@ def evaluate(model, config, strategy, writer, log, *, num_eval_examples):
     writer: a `tf.summary` writer.
     log: where to report.
     num_eval_examples: examples in the eval split.
+    write_dir: where the result files go (this process's
+      `RunDirectory.write_dir`); None is `model_dir`.
 
   Returns:
     The metrics, with "global_step" and "num_eval_examples".
@@ -270,8 +349,9 @@ def evaluate(model, config, strategy, writer, log, *, num_eval_examples):
   callbacks_lib.write_eval_summaries(writer, results, step)
   results.update(global_step=step, num_eval_examples=evaluated)
   for name in (RESULT_FILE, f"result_{step}.json"):
-    with tf.io.gfile.GFile(os.path.join(run.model_dir, name), "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+    run_dir_lib.atomic_write_text(
+        os.path.join(write_dir or run.model_dir, name),
+        json.dumps(results, indent=2, sort_keys=True))
   log(f"[{run.train_mode}] eval at step {step} on {evaluated} examples: "
       f"top-1 {100 * results[simclr.EVAL_TOP_1]:.2f}%  "
       f"top-5 {100 * results[simclr.EVAL_TOP_5]:.2f}%")

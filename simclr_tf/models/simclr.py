@@ -277,6 +277,13 @@ class SimCLRModel(keras.Model):
         self, self.steps_per_execution, self.xla_train_step)
     return self.train_function
 
+  def make_test_function(self, force=False):
+    if self.test_function is not None and not force:
+      return self.test_function
+    from simclr_tf import train_loop  # TF-specific distribution plumbing.
+    self.test_function = train_loop.make_test_function(self)
+    return self.test_function
+
   def train_step(self, data):
     import tensorflow as tf  # Gradient tapes are the TF backend's.
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)

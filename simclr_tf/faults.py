@@ -1,0 +1,103 @@
+"""Faults that stop training: a non-finite loss.
+
+A NaN or infinite loss poisons the weights of every later step. Training
+stops at the end of the loop that produced it, before anything is saved, so
+the last checkpoint stays the last good state; the error names it.
+"""
+
+import math
+from typing import Dict, Optional
+
+# Logged metrics that are losses; any of them non-finite stops training.
+LOSS_METRICS = ("contrast_loss", "supervised_loss", "total_loss")
+
+
+def non_finite_losses(values: Dict[str, float]) -> Dict[str, float]:
+  """The loss metrics among `values` that are NaN or infinite.
+
+  Args:
+    values: metric name to value, as logged after a training loop.
+
+  Returns:
+    The non-finite loss metrics (empty if all are finite).
+  """
+  return {name: value for name, value in values.items()
+          if name in LOSS_METRICS and not math.isfinite(value)}
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss and stopped without saving.
+
+  Args:
+    first_step: first step of the loop whose losses were non-finite.
+    step: last step of that loop (the step the weights are at).
+    losses: the non-finite loss metrics.
+    last_good_checkpoint: the newest checkpoint, written before the fault;
+      None if there is none yet.
+  """
+
+  def __init__(self, first_step: int, step: int, losses: Dict[str, float],
+               last_good_checkpoint: Optional[str] = None):
+    self.first_step = first_step
+    self.step = step
+    self.losses = dict(losses)
+    self.last_good_checkpoint = last_good_checkpoint
+    super().__init__(self.message())
+
+  def with_checkpoint(self, path: Optional[str]) -> "NonFiniteLossError":
+    """The same error, naming `path` as the last good checkpoint."""
+    return NonFiniteLossError(self.first_step, self.step, self.losses, path)
+
+  def message(self) -> str:
+    """One line: where the loss went non-finite and what is still good."""
+    if self.first_step >= self.step:
+      where = f"at step {self.step}"
+    else:
+      # Losses are seen once per loop; --steps_per_loop=1 pins the step.
+      where = (f"at step {self.step} (in the loop of steps "
+               f"{self.first_step}-{self.step})")
+    shown = ", ".join(f"{name} {value}" for name, value in
+                      sorted(self.losses.items()))
+    good = (self.last_good_checkpoint or
+            "none (no checkpoint was written before it)")
+    return (f"non-finite loss {where}: {shown}; the last good checkpoint is "
+            f"{good}. Nothing was saved after it; rerunning resumes from it "
+            "(a lower --learning_rate may help).")
+
+  def __str__(self):
+    return self.message()
+
+
+def _lost_tasks(text: str) -> str:
+  """The unhealthy tasks TensorFlow names in a collective abort, if any."""
+  lines = text.splitlines()
+  for index, line in enumerate(lines):
+    if "unhealthy" in line:
+      tasks = [task.strip() for task in lines[index + 1:]
+               if task.strip().startswith("/job:")]
+      if tasks:
+        return f"unresponsive: {', '.join(tasks)}"
+  for line in lines:
+    if "aborted by" in line or "Socket closed" in line or \
+        "Connection reset" in line:
+      return line.strip()[:200]
+  return next((line.strip()[:200] for line in lines if line.strip()),
+              "no detail")
+
+
+class WorkerLostError(RuntimeError):
+  """A multi-worker job lost a worker; the survivors cannot go on alone.
+
+  Args:
+    detail: TensorFlow's error text (the unhealthy tasks are picked out).
+    last_good_checkpoint: the newest checkpoint, or None.
+  """
+
+  def __init__(self, detail: str, last_good_checkpoint: Optional[str]):
+    self.detail = _lost_tasks(detail)
+    self.last_good_checkpoint = last_good_checkpoint
+    good = last_good_checkpoint or "none yet"
+    super().__init__(
+        f"lost a worker of the cluster during training ({self.detail}); the "
+        f"last good checkpoint is {good}. Restart every worker with the "
+        "same command to resume from it.")

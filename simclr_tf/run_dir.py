@@ -1,0 +1,504 @@
+"""The run directory: who writes where, one run at a time, checked first.
+
+- `RunDirectory`: the chief writes into `model_dir`; other workers of a
+  multi-worker job write into a private temporary directory that is deleted
+  at the end (TensorFlow's documented pattern: every worker takes part in
+  saving a checkpoint, but only the chief's copy is kept).
+- `RunLock`: a lock file in `model_dir` naming the process and host that
+  hold it, so a second run pointed at the same directory stops with a clear
+  message; a lock left by a dead process is taken over.
+- `check_writable`, `check_free_space`: the directory is checked before any
+  work, so a full or read-only disk is found at start, not at the first
+  checkpoint hours later.
+- `check_resume_config`: resuming with another architecture, train mode or
+  dataset is refused, listing the differences from the stored `config.json`.
+- `atomic_write_text`: small files (config, results) are written to a
+  temporary name and renamed, so a kill never leaves half a file.
+"""
+
+import errno
+import glob
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from typing import Callable, List, Optional, Tuple
+
+import tensorflow as tf
+
+from simclr_tf.checkpoints import CONFIG_FILE
+from simclr_tf.config import ConfigError
+
+LOCK_FILE = "simclr.lock"
+# Space needed for checkpoints, as a multiple of the bytes of every variable
+# a checkpoint holds (model and optimizer slots): the checkpoint being
+# written is complete before the oldest one is deleted, and the SavedModel
+# export of the weights needs about as much again.
+CHECKPOINT_SPACE_FACTOR = 2
+
+
+class RunDirError(ValueError):
+  """model_dir cannot be used (in use, unwritable, full); one-line message."""
+
+
+def _is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` so readers see the old file or the new one.
+
+  Args:
+    path: the file to (over)write; local or any `tf.io.gfile` filesystem.
+    text: its new content.
+  """
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(temporary, "w") as handle:
+    handle.write(text)
+  # A rename within a directory is atomic on local filesystems; object
+  # stores copy then delete, which still never exposes a partial file.
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def format_bytes(count: float) -> str:
+  """"1.5 GiB", "320.0 MiB", "12 B"."""
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if count < 1024 or unit == "TiB":
+      return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+    count /= 1024
+  return f"{count:.1f} TiB"
+
+
+def check_writable(directory: str) -> None:
+  """Creates `directory` if needed and proves a file can be written there.
+
+  Args:
+    directory: the directory (local or e.g. gs://).
+
+  Raises:
+    RunDirError: if it cannot be created or written.
+  """
+  probe = os.path.join(directory, f".write_probe-{socket.gethostname()}-"
+                       f"{os.getpid()}")
+  try:
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(probe, "w") as handle:
+      handle.write("ok")
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as error:
+    reason = getattr(error, "message", None) or str(error)
+    raise RunDirError(
+        f"model_dir {directory} is not writable ({reason.splitlines()[0]}). "
+        "Choose another --model_dir or fix its permissions.") from error
+
+
+def free_bytes(directory: str) -> Optional[int]:
+  """Free bytes on the filesystem of a local `directory`; None if unknown.
+
+  Object stores (gs://, s3://) have no meaningful free space: None.
+  """
+  if not _is_local(directory):
+    return None
+  return shutil.disk_usage(directory).free
+
+
+def checkpoint_bytes(variables) -> int:
+  """Bytes the values of `variables` take in a checkpoint.
+
+  Args:
+    variables: iterable of variables (model and optimizer).
+
+  Returns:
+    The total size of their values.
+  """
+  total = 0
+  seen = set()
+  for variable in variables:
+    if id(variable) in seen:
+      continue
+    seen.add(id(variable))
+    dtype = tf.as_dtype(variable.dtype)
+    count = 1
+    for dim in variable.shape:
+      count *= int(dim)
+    total += count * dtype.size
+  return total
+
+
+def check_free_space(directory: str, needed: int,
+                     free: Callable[[str], Optional[int]] = None) -> None:
+  """Raises if `directory` has less than `needed` bytes free.
+
+  Args:
+    directory: where checkpoints go.
+    needed: bytes needed (see `CHECKPOINT_SPACE_FACTOR`).
+    free: the free-space query (for tests); None uses `free_bytes`.
+
+  Raises:
+    RunDirError: when the space is known and too small.
+  """
+  available = (free or free_bytes)(directory)
+  if available is not None and available < needed:
+    raise RunDirError(
+        f"model_dir {directory} has {format_bytes(available)} free, less "
+        f"than the {format_bytes(needed)} its checkpoints need. Free some "
+        "space or choose another --model_dir.")
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # It exists but belongs to another user.
+  return True
+
+
+class RunLock:
+  """A lock file in `model_dir` so that one run at a time uses it.
+
+  The file holds the owner's pid, host and start time. On a local
+  filesystem the file is also locked with `flock`, which the kernel
+  releases when the owner dies however it dies, so a stale lock (from a
+  killed run) is taken over without guessing from pids; the pid and host are
+  what the refusal message names. On object stores (gs://), where no file
+  lock exists, the pid and host decide: a lock from this host whose process
+  is gone is taken over, one from another host is respected until deleted.
+
+  Args:
+    directory: the run's model_dir (must exist).
+    log: where takeover notices go.
+  """
+
+  def __init__(self, directory: str, log: Callable[[str], None] = print):
+    self.directory = directory
+    self.path = os.path.join(directory, LOCK_FILE)
+    self.log = log
+    self._fd = None
+    self._held = False
+
+  @staticmethod
+  def _owner_text() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+  def _read_owner(self) -> Optional[dict]:
+    try:
+      with tf.io.gfile.GFile(self.path) as handle:
+        owner = json.loads(handle.read() or "null")
+      return owner if isinstance(owner, dict) else None
+    except (ValueError, tf.errors.OpError, OSError):
+      return None
+
+  def _refuse(self, owner: Optional[dict]):
+    if owner is None:
+      raise RunDirError(
+          f"model_dir {self.directory} is in use by another run (lock file "
+          f"{self.path} is unreadable). If no run uses it, delete that file.")
+    raise RunDirError(
+        f"model_dir {self.directory} is in use by process {owner.get('pid')} "
+        f"on {owner.get('host')} (lock file {self.path}, since "
+        f"{owner.get('since')}). Wait for that run to end or use another "
+        "--model_dir; if that process is gone, delete the lock file.")
+
+  def acquire(self) -> "RunLock":
+    """Takes the lock, or raises `RunDirError` naming its holder."""
+    if self._held:
+      return self
+    if _is_local(self.directory):
+      self._acquire_local()
+    else:
+      self._acquire_remote()
+    self._held = True
+    return self
+
+  def _acquire_local(self):
+    import fcntl  # POSIX only; local model_dirs on Windows are unsupported.
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as error:
+        os.close(fd)
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+          raise
+        self._refuse(self._read_owner())
+      # The holder may have deleted the file between our open and flock:
+      # then we hold a lock on a file nobody else will open. Start again.
+      try:
+        same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+      except FileNotFoundError:
+        same_file = False
+      if same_file:
+        break
+      os.close(fd)
+    previous = self._read_owner()
+    if previous and previous.get("pid") not in (None, os.getpid()):
+      self.log(f"Took over the stale lock {self.path} of process "
+               f"{previous.get('pid')} on {previous.get('host')}, which is "
+               "no longer running.")
+    os.ftruncate(fd, 0)
+    os.write(fd, self._owner_text().encode())
+    os.fsync(fd)
+    self._fd = fd
+
+  def _acquire_remote(self):
+    if tf.io.gfile.exists(self.path):
+      owner = self._read_owner()
+      stale = (owner is not None and
+               owner.get("host") == socket.gethostname() and
+               isinstance(owner.get("pid"), int) and
+               not _process_alive(owner["pid"]))
+      if not stale:
+        self._refuse(owner)
+      self.log(f"Took over the stale lock {self.path} of process "
+               f"{owner['pid']} on {owner['host']}, which is no longer "
+               "running.")
+    atomic_write_text(self.path, self._owner_text())
+
+  def release(self) -> None:
+    """Removes the lock file and releases the lock (safe to call twice)."""
+    if not self._held:
+      return
+    self._held = False
+    try:
+      tf.io.gfile.remove(self.path)
+    except (tf.errors.OpError, OSError):
+      pass
+    if self._fd is not None:
+      os.close(self._fd)  # Releases the flock.
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc_info):
+    self.release()
+
+
+class RunDirectory:
+  """Where this process writes a run's files.
+
+  The chief writes into `model_dir`. Any other worker of a multi-worker job
+  writes into a private local temporary directory: it must still take part
+  in saving checkpoints (saving runs collective ops), but its copy is thrown
+  away by `cleanup`. Every worker reads (restores) from `model_dir`, so a
+  multi-machine job needs `model_dir` on a filesystem all of them see (e.g.
+  gs://).
+
+  Args:
+    model_dir: the run's directory.
+    is_chief: whether this process is the chief.
+    task_name: this process in the cluster ("worker 1"), for messages.
+  """
+
+  def __init__(self, model_dir: str, *, is_chief: bool = True,
+               task_name: str = ""):
+    if not model_dir:
+      raise ValueError("`model_dir` must not be empty. Received: "
+                       f"model_dir={model_dir!r}")
+    self.model_dir = model_dir
+    self.is_chief = is_chief
+    self.task_name = task_name
+    self._temporary_root = None
+    self._lock = None
+
+  @classmethod
+  def for_strategy(cls, model_dir: str, strategy) -> "RunDirectory":
+    """The `RunDirectory` of this process under `strategy`."""
+    from simclr_tf import distribute  # Only for the chief test.
+    return cls(model_dir, is_chief=distribute.is_chief(strategy),
+               task_name=distribute.task_name(strategy))
+
+  @property
+  def write_dir(self) -> str:
+    """The directory this process writes into (created on first use)."""
+    if self.is_chief:
+      return self.model_dir
+    if self._temporary_root is None:
+      self._temporary_root = self._make_temporary_root()
+    return self._temporary_root
+
+  def _make_temporary_root(self) -> str:
+    # Named by model_dir, task and pid. A worker that was killed (preempted)
+    # could not delete its directory, which holds a checkpoint copy; its
+    # successor for the same model_dir and task deletes it, so restarts do
+    # not fill the disk. Live owners' directories are left alone.
+    label = (self.task_name or "worker").replace(" ", "")
+    digest = hashlib.sha1(self.model_dir.encode()).hexdigest()[:10]
+    stem = os.path.join(tempfile.gettempdir(), f"simclr_{label}_{digest}_")
+    for leftover in glob.glob(stem + "*"):
+      owner = leftover[len(stem):]
+      if owner.isdigit() and not _process_alive(int(owner)):
+        shutil.rmtree(leftover, ignore_errors=True)
+    path = f"{stem}{os.getpid()}"
+    os.makedirs(path, exist_ok=True)
+    return path
+
+  def path(self, *parts: str) -> str:
+    """Where this process writes the file `parts` of the run."""
+    return os.path.join(self.write_dir, *parts)
+
+  def child(self, name: str) -> "RunDirectory":
+    """The run directory of a stage kept in `model_dir/name`."""
+    child = RunDirectory(os.path.join(self.model_dir, name),
+                         is_chief=self.is_chief, task_name=self.task_name)
+    if not self.is_chief:
+      # Inside this worker's temporary directory, so cleanup removes it.
+      child._temporary_root = os.path.join(self.write_dir, name)
+      os.makedirs(child._temporary_root, exist_ok=True)
+    return child
+
+  def summary_writer(self):
+    """A TensorBoard writer: events in `model_dir` on the chief only."""
+    if self.is_chief:
+      return tf.summary.create_file_writer(self.model_dir)
+    return tf.summary.create_noop_writer()
+
+  def prepare(self, log: Callable[[str], None] = print) -> "RunDirectory":
+    """Checks the directory can be written and, on the chief, locks it.
+
+    Raises:
+      RunDirError: unwritable, or in use by another run.
+    """
+    check_writable(self.write_dir)
+    if self.is_chief:
+      self._lock = RunLock(self.model_dir, log=log).acquire()
+    return self
+
+  def cleanup(self) -> None:
+    """Releases the lock and deletes a non-chief's temporary files."""
+    if self._lock is not None:
+      self._lock.release()
+      self._lock = None
+    if self._temporary_root is not None and not self.is_chief:
+      shutil.rmtree(self._temporary_root, ignore_errors=True)
+      self._temporary_root = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.cleanup()
+
+
+# --- Resuming with a changed config.
+
+# Settings a run cannot change once it has checkpoints, and why. Everything
+# else (steps, eval settings, checkpoint cadence, learning rate, hardware)
+# may change on resume; those changes are logged.
+_FIXED_SETTINGS = {
+    "model": ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio",
+              "cifar_stem", "proj_head_mode", "proj_out_dim",
+              "num_proj_layers", "ft_proj_selector",
+              "supervised_head_feature_norm", "fine_tune_after_block"),
+    "run": ("train_mode", "lineareval_while_pretraining"),
+    "data": ("dataset", "image_size", "train_split", "label_fraction",
+             "labels_per_class", "label_seed", "synthetic_train_examples",
+             "synthetic_seed"),
+    # The checkpoint holds this optimizer's slot variables.
+    "optimizer": ("optimizer",),
+}
+
+
+def _comparable(config) -> dict:
+  """The config as plain JSON values, with the stem choice resolved."""
+  values = json.loads(config.to_json())
+  model = values["model"]
+  model["cifar_stem"] = config.model.use_cifar_stem(config.data.image_size)
+  return values
+
+
+def _stored_comparable(stored: dict) -> dict:
+  values = json.loads(json.dumps(stored))
+  model = values.get("model", {})
+  image_size = values.get("data", {}).get("image_size")
+  if model.get("cifar_stem", "missing") is None and image_size is not None:
+    model["cifar_stem"] = image_size <= 32
+  return values
+
+
+def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
+  """Differences between a stored `config.json` and this run's config.
+
+  Args:
+    stored: the stored config, as a dict.
+    config: this run's `ExperimentConfig`.
+
+  Returns:
+    (fixed, allowed): "section.name: stored X, now Y" strings for settings
+    that cannot change on resume, and for those that may.
+  """
+  old, new = _stored_comparable(stored), _comparable(config)
+  fixed, allowed = [], []
+  for section in sorted(new):
+    for name in sorted(new[section]):
+      before = old.get(section, {}).get(name, new[section][name])
+      after = new[section][name]
+      if before == after:
+        continue
+      line = f"{section}.{name}: stored {before!r}, now {after!r}"
+      if name in _FIXED_SETTINGS.get(section, ()):
+        fixed.append(line)
+      else:
+        allowed.append(line)
+  return fixed, allowed
+
+
+def read_stored_config(model_dir: str) -> Optional[dict]:
+  """The `config.json` in `model_dir` as a dict, or None if absent."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as handle:
+      return json.load(handle)
+  except (ValueError, tf.errors.OpError) as error:
+    raise ConfigError(f"{path} is unreadable ({error}); it describes the "
+                      "checkpoints in that model_dir. Restore it, or use "
+                      "another --model_dir.") from error
+
+
+def check_resume_config(config, log: Callable[[str], None]) -> bool:
+  """Refuses to resume a run under a config its checkpoints do not fit.
+
+  Only matters when `model_dir` already holds a checkpoint.
+
+  Args:
+    config: this stage's `ExperimentConfig`.
+    log: where allowed changes are reported.
+
+  Returns:
+    True if `model_dir` holds checkpoints (this run resumes it).
+
+  Raises:
+    ConfigError: listing every setting that may not change.
+  """
+  model_dir = config.run.model_dir
+  if tf.train.latest_checkpoint(model_dir) is None:
+    return False
+  stored = read_stored_config(model_dir)
+  if stored is None:
+    log(f"NOTE: {model_dir} holds checkpoints but no {CONFIG_FILE}; the "
+        "settings they were trained with cannot be checked.")
+    return True
+  fixed, allowed = config_differences(stored, config)
+  if fixed:
+    raise ConfigError(
+        f"model_dir {model_dir} holds a run with other settings, which "
+        f"cannot change when resuming: {'; '.join(fixed)}. Use the stored "
+        f"settings ({os.path.join(model_dir, CONFIG_FILE)}) or another "
+        "--model_dir.")
+  if allowed:
+    log(f"Resuming {model_dir} with changed settings: {'; '.join(allowed)}.")
+  return True
+
+
+def write_config(run_dir: RunDirectory, config) -> None:
+  """Writes `config.json` (atomically) where this process writes."""
+  atomic_write_text(run_dir.path(CONFIG_FILE), config.to_json())
+

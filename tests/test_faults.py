@@ -1,0 +1,155 @@
+"""Faults: a NaN loss, a kill in the middle of a checkpoint write.
+
+The faults are injected with the test-only `SIMCLR_TF_TEST_FAULTS` variable
+(see simclr_tf/fault_injection.py) into real command-line runs.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import fault_injection
+from simclr_tf import faults
+from simclr_tf import run as run_lib
+from simclr_tf import run_dir
+from simclr_tf import training
+from simclr_tf.models import simclr
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_flags(data_dir, model_dir):
+  return [
+      "--dataset=synthetic_shapes", f"--data_dir={data_dir}",
+      "--synthetic_train_examples=128", "--synthetic_test_examples=48",
+      "--image_size=16", "--resnet_depth=18", "--width_multiplier=0.125",
+      "--proj_out_dim=16", "--temperature=0.5", "--use_blur=false",
+      "--train_batch_size=32", "--eval_batch_size=32", "--warmup_epochs=0",
+      "--mode=train", "--train_steps=6", "--checkpoint_steps=2",
+      "--steps_per_loop=1", f"--model_dir={model_dir}",
+  ]
+
+
+def run_cli(args, faults_spec, timeout=300):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env[fault_injection.ENV_VAR] = faults_spec
+  return subprocess.run([sys.executable, "-m", "simclr_tf.run"] + args,
+                        capture_output=True, text=True, timeout=timeout,
+                        cwd=REPO, env=env)
+
+
+def config_of(args):
+  """The `ExperimentConfig` the command line would build from `args`."""
+  flag_values = run_lib.FLAGS
+  flag_values.unparse_flags()
+  try:
+    flag_values([sys.argv[0]] + args)
+    return run_lib.config_from_flags(flag_values).validate()
+  finally:
+    flag_values.unparse_flags()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def checkpoint_steps(model_dir):
+  return sorted(int(name[5:-6]) for name in os.listdir(model_dir)
+                if name.startswith("ckpt-") and name.endswith(".index"))
+
+
+def restore_finite(prefix, config):
+  """Restores a whole training checkpoint; returns whether all is finite."""
+  model = simclr.build_simclr_model(
+      config.model, image_size=16, num_classes=10, train_mode="pretrain",
+      with_supervised_head=True)
+  status = tf.train.Checkpoint(model=model).restore(prefix)
+  status.expect_partial().assert_existing_objects_matched()
+  return all(np.isfinite(v.numpy()).all() for v in model.weights)
+
+
+def test_fault_spec_parses_and_rejects_unknown_names():
+  assert fault_injection.parse("nan_at_step=3, deterministic_input=1") == \
+      fault_injection.Faults(nan_at_step=3, deterministic_input=True)
+  assert not fault_injection.parse("").active
+  with pytest.raises(ValueError, match="unknown setting 'nan_at'"):
+    fault_injection.parse("nan_at=3")
+
+
+def test_non_finite_loss_message_names_step_and_checkpoint():
+  error = faults.NonFiniteLossError(5, 8, {"total_loss": float("nan")})
+  assert str(error.with_checkpoint("/r/ckpt-4")).startswith(
+      "non-finite loss at step 8 (in the loop of steps 5-8): total_loss nan; "
+      "the last good checkpoint is /r/ckpt-4.")
+  assert "last good checkpoint is none" in str(
+      faults.NonFiniteLossError(1, 1, {"contrast_loss": float("inf")}))
+  assert faults.non_finite_losses({"contrast_loss": 1.0,
+                                   "contrast_acc": float("nan"),
+                                   "total_loss": float("-inf")}) == {
+                                       "total_loss": float("-inf")}
+
+
+def test_a_lost_worker_is_named_in_one_line():
+  detail = ("Graph execution error:\n\nDetected at node while/Collective\n"
+            "Collective ops is aborted by: Error reported from "
+            "/job:worker/task:1: The following tasks are unhealthy (stopped "
+            "sending heartbeats):\n/job:worker/replica:0/task:1\n"
+            "The tasks have crashed.")
+  message = str(faults.WorkerLostError(detail, "/r/ckpt-4"))
+  assert message == (
+      "lost a worker of the cluster during training (unresponsive: "
+      "/job:worker/replica:0/task:1); the last good checkpoint is "
+      "/r/ckpt-4. Restart every worker with the same command to resume "
+      "from it.")
+  assert "\n" not in str(faults.WorkerLostError("Socket closed\nmore", None))
+
+
+def test_a_nan_stops_with_one_line_and_keeps_the_last_checkpoint(data_dir,
+                                                                 tmp_path):
+  args = tiny_flags(data_dir, tmp_path)
+  result = run_cli(args, "nan_at_step=3")
+  assert result.returncode == run_lib.TRAINING_FAILED, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith("error:")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert errors[0].startswith(
+      "error: non-finite loss at step 3: contrast_loss nan, ")
+  assert f"the last good checkpoint is {tmp_path}/ckpt-2." in errors[0]
+  assert "Traceback" not in result.stderr
+  # Steps 1-2 trained; the poisoned step 3 was never saved.
+  assert "[pretrain] step 2/6" in result.stdout
+  assert checkpoint_steps(tmp_path) == [2]
+  assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-2")
+  assert restore_finite(str(tmp_path / "ckpt-2"), config_of(args))
+  assert not (tmp_path / run_dir.LOCK_FILE).exists()  # released on error
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_restorable(
+    data_dir, tmp_path):
+  args = tiny_flags(data_dir, tmp_path)
+  result = run_cli(args, "kill_while_saving=4")
+  assert result.returncode == -9, result.stderr[-3000:]
+  # Checkpoint 4's files were written, but the state file, which is what
+  # resuming reads, still names checkpoint 2.
+  assert (tmp_path / "ckpt-4.index").exists()
+  assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-2")
+  config = config_of(args)
+  assert restore_finite(str(tmp_path / "ckpt-2"), config)
+  assert (tmp_path / run_dir.LOCK_FILE).exists()  # left by the killed run
+
+  # Rerunning (in process, same flags) takes over the lock, resumes from
+  # checkpoint 2 and finishes.
+  lines = []
+  results = training.run_experiment(config, log=lines.append)
+  assert any("Took over the stale lock" in line for line in lines), lines
+  assert f"Resumed from {tmp_path}/ckpt-2 at step 2." in lines
+  progress = [line.split()[2] for line in lines
+              if line.startswith("[pretrain] step")]
+  assert progress == ["3/6", "4/6", "5/6", "6/6"]
+  assert results[0].global_step == 6
+  assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-6")
