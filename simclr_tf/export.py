@@ -267,7 +267,7 @@ def _make_forward(parts):
   projection_head = parts.projection_head
   supervised_head = parts.supervised_head
   feature_extractor = keras.Model(
-      encoder.inputs,
+      encoder.input,
       {name: encoder.get_layer(name).output for name in ENCODER_OUTPUTS},
       name="feature_extractor")
 
@@ -501,11 +501,12 @@ def export_to_model_dir(model, config: ExperimentConfig, *,
                             global_step=global_step, overwrite=True)
   prune_exports(exports_dir, config.run.keep_hub_module_max)
   log(f"[{config.run.train_mode}] exported SavedModel {export_dir} "
-      f"({_size_mb(export_dir):.1f} MB, {time.time() - start:.0f}s).")
+      f"({directory_size_mb(export_dir):.1f} MB, {time.time() - start:.0f}s).")
   return export_dir
 
 
-def _size_mb(path):
+def directory_size_mb(path) -> float:
+  """Total size of the files under `path`, in MB."""
   total = 0
   for directory, _, files in tf.io.gfile.walk(path):
     for name in files:

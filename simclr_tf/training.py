@@ -17,6 +17,7 @@ from simclr_tf import callbacks as callbacks_lib
 from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import distribute
+from simclr_tf import export as export_lib
 from simclr_tf import optimizers
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
@@ -98,7 +99,8 @@ def run_stage(config: ExperimentConfig, strategy,
   """Builds one model and trains and/or evaluates it.
 
   Resumes from the latest checkpoint in `model_dir` when there is one;
-  otherwise fine-tuning and linear evaluation load `--checkpoint`.
+  otherwise fine-tuning and linear evaluation load `--checkpoint`. Ends by
+  exporting a SavedModel to `model_dir/saved_model/<step>/`.
 
   Args:
     config: a validated config for this stage.
@@ -164,6 +166,8 @@ def run_stage(config: ExperimentConfig, strategy,
     result.eval_results = evaluate(model, config, strategy, writer, log,
                                    num_eval_examples=info.num_eval_examples)
   writer.close()
+  export_lib.export_to_model_dir(model, config, global_step=_step(model),
+                                 log=log)
   return result
 
 
