@@ -7,8 +7,9 @@ An export is a TensorFlow SavedModel that every common loader accepts:
   float images (B, H, W, 3) in [0, 1] and returns a dict of named outputs;
   `trainable=` is accepted in place of `training=`, as the authors' hub
   modules take it. `obj.variables`, `obj.trainable_variables` and
-  `obj.regularization_losses` are lists saved with the object, so
-  `hub.KerasLayer(path, trainable=True)` fine-tunes every weight.
+  `obj.regularization_losses` (and `obj.non_trainable_variables`) are lists
+  saved with the object, so `hub.KerasLayer(path, trainable=True)`
+  fine-tunes every weight.
 - `keras.layers.TFSMLayer(path, call_endpoint="serving_default")`: the
   `serving_default` signature (inference) returns the same dict;
   `call_training_endpoint="call_training"` adds training-mode BatchNorm.
@@ -170,9 +171,11 @@ class SimCLRExport(tf.Module):
   # `trainable_variables` as properties, which SavedModel does not save:
   # after loading they are missing and hub.KerasLayer(trainable=True) sees
   # no weights (the authors' issue #116). Plain class attributes shadow the
-  # properties so that __init__ can store the lists.
+  # properties so that __init__ can store the lists. `non_trainable_variables`
+  # (BatchNorm statistics) is saved too, as Keras' ExportArchive saves it.
   variables = ()
   trainable_variables = ()
+  non_trainable_variables = ()
   regularization_losses = ()
 
   def __init__(self, parts: ModelParts, *, image_size, augment_config,
@@ -194,6 +197,7 @@ class SimCLRExport(tf.Module):
     weights = [w for part in weights_by_part.values() for w in part]
     self.variables = weights
     self.trainable_variables = [w for w in weights if w.trainable]
+    self.non_trainable_variables = [w for w in weights if not w.trainable]
     self.regularization_losses = []
     images_spec = tf.TensorSpec([None, None, None, 3], tf.float32,
                                 name=IMAGES_INPUT)

@@ -153,7 +153,8 @@ def main(argv) -> int:
   # file under the requested name.
   temp = f"{output}.tmp-{os.getpid()}.npz"
   np.savez(temp, embeddings=embeddings, labels=labels,
-           output_key=_OUTPUT_KEY.value, checkpoint=os.path.abspath(_CHECKPOINT.value),
+           output_key=_OUTPUT_KEY.value,
+           checkpoint=os.path.abspath(_CHECKPOINT.value),
            dataset=_DATASET.value, split=_SPLIT.value)
   os.replace(temp, output)
   print(f"Wrote {output}: {embeddings.shape[0]} embeddings of shape "
