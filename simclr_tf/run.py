@@ -281,6 +281,11 @@ def format_summary(config, results):
     lines.append(line)
   lines.append(f"TensorBoard:  tensorboard --logdir {config.run.model_dir}")
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
+  from simclr_tf import export  # pylint: disable=g-import-not-at-top
+  lines.append("SavedModel exports: " + ", ".join(
+      os.path.join(result.model_dir, export.EXPORTS_DIR,
+                   str(result.global_step))
+      for result in results) + " (README: Use your pretrained encoder)")
   return "\n".join(lines)
 
 
