@@ -325,10 +325,16 @@ def restore_for_eval(model, path):
   """
   prefix = resolve(path)
   try:
-    if export_dir_of(prefix):
+    export_dir = export_dir_of(prefix)
+    if export_dir:
       restore_parts(prefix, dict(encoder=model.encoder,
                                  projection_head=model.projection_head,
                                  supervised_head=model.supervised_head))
+      # An export holds no optimizer; report results at the step it was
+      # exported at, as for the checkpoint it came from.
+      step = read_export_metadata(export_dir).get("global_step")
+      if step is not None and getattr(model, "optimizer", None) is not None:
+        model.optimizer.iterations.assign(step)
     else:
       status = tf.train.Checkpoint(model=model).restore(prefix)
       status.expect_partial().assert_existing_objects_matched()

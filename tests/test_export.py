@@ -344,6 +344,26 @@ def test_finetuning_from_an_export_starts_from_its_weights(
   assert meta["config"]["run"]["train_mode"] == "finetune"
 
 
+def test_eval_mode_evaluates_an_export(pretrained_dir, data_dir, tmp_path):
+  export_dir = os.path.join(pretrained_dir, export.EXPORTS_DIR, "2")
+  config = tiny_config(data_dir, tmp_path, mode="eval", checkpoint=export_dir)
+  results = training.run_experiment(config, log=lambda _: 0)
+  got = results[0].eval_results
+  assert got["global_step"] == 2  # the step recorded in the export
+  # The same loss and top-1 as the export's own logits on the split.
+  dataset = data_lib.build_input_fn(
+      config.data, config.augment, training=False, num_views=1,
+      global_batch_size=48)(None)
+  batch, one_hot = next(iter(dataset))
+  logits = export.load(export_dir)(batch)["logits_sup"]
+  loss = keras.losses.categorical_crossentropy(one_hot, logits,
+                                               from_logits=True)
+  assert got[simclr.SUPERVISED_LOSS] == pytest.approx(
+      float(np.mean(loss)), rel=1e-5)
+  assert got[simclr.EVAL_TOP_1] == pytest.approx(np.mean(
+      logits.numpy().argmax(-1) == one_hot.numpy().argmax(-1)))
+
+
 def test_an_export_of_another_architecture_is_refused(pretrained_dir,
                                                        data_dir, tmp_path):
   export_dir = os.path.join(pretrained_dir, export.EXPORTS_DIR, "2")
