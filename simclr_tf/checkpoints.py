@@ -4,15 +4,32 @@ A run's checkpoints are `tf.train.Checkpoint(model=..., optimizer=...)`
 written by a `tf.train.CheckpointManager` into `model_dir` as `ckpt-<step>`.
 Mirrored variables save and restore under any strategy, so a run can resume
 on different hardware.
+
+`--checkpoint` may also name a SavedModel written by `simclr_tf.export`. Its
+`variables/variables` file is an object-based checkpoint too. Its root holds
+each part's variables as a list (`encoder_variables`, ...) in Keras'
+structural order, the order `layer.weights` lists them in, so an export
+loads through the same `tf.train.Checkpoint` matching as a run's checkpoint,
+variable by variable, with shapes checked.
 """
 
 import json
 import os
+from typing import Optional, Sequence
 
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 CHECKPOINT_NAME = "ckpt"
 CONFIG_FILE = "config.json"
+# What makes a directory an export of ours: TensorFlow's SavedModel file and
+# our metadata, kept in `assets.extra` (SavedModel's place for files that the
+# graph does not read).
+SAVED_MODEL_FILE = "saved_model.pb"
+EXPORT_METADATA_FILE = os.path.join("assets.extra", "simclr_tf_export.json")
+EXPORT_VARIABLES_PREFIX = os.path.join("variables", "variables")
+# The object-graph key TensorFlow stores in every object-based checkpoint.
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # Settings that change the encoder or projection head's variables.
 _ARCHITECTURE_KEYS = ("resnet_depth", "width_multiplier", "sk_ratio",
                       "se_ratio", "cifar_stem", "proj_head_mode",
@@ -72,38 +89,114 @@ def restore_latest(model, prefix):
       prefix).expect_partial()
 
 
+def export_part_attribute(part_name) -> str:
+  """The export root's attribute listing a part's variables."""
+  return f"{part_name}_variables"
+
+
+def is_export(path) -> bool:
+  """Whether `path` is a SavedModel directory written by `simclr_tf.export`."""
+  return (tf.io.gfile.isdir(path) and
+          tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)) and
+          tf.io.gfile.exists(os.path.join(path, EXPORT_METADATA_FILE)))
+
+
+def export_dir_of(prefix) -> Optional[str]:
+  """The export directory whose variables `prefix` names, or None."""
+  export_dir = os.path.dirname(os.path.dirname(prefix))
+  if (prefix == os.path.join(export_dir, EXPORT_VARIABLES_PREFIX) and
+      is_export(export_dir)):
+    return export_dir
+  return None
+
+
+def read_export_metadata(export_dir) -> dict:
+  """The metadata an export was written with.
+
+  Args:
+    export_dir: a directory for which `is_export` holds.
+
+  Returns:
+    The metadata dict (see `simclr_tf.export`).
+
+  Raises:
+    CheckpointError: if the metadata file cannot be read.
+  """
+  path = os.path.join(export_dir, EXPORT_METADATA_FILE)
+  try:
+    with tf.io.gfile.GFile(path) as handle:
+      return json.load(handle)
+  except (ValueError, tf.errors.OpError) as error:
+    raise CheckpointError(f"{path}: unreadable export metadata "
+                          f"({str(error).splitlines()[0][:200]}).") from error
+
+
+def _exports_inside(path):
+  try:
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
+  except tf.errors.OpError:
+    return []
+  return sorted((name for name in names if name.isdigit() and
+                 is_export(os.path.join(path, name))), key=int)
+
+
 def resolve(path):
   """Turns `--checkpoint` into a checkpoint prefix.
 
   Args:
-    path: a checkpoint prefix (".../ckpt-100"), or a directory holding
-      checkpoints (a run's model_dir), whose latest is used.
+    path: a checkpoint prefix (".../ckpt-100"), a directory holding
+      checkpoints (a run's model_dir), whose latest is used, or an export
+      directory (".../saved_model/100"), whose variables are used.
 
   Returns:
-    The checkpoint prefix.
+    The checkpoint prefix; for an export, `<export>/variables/variables`.
 
   Raises:
-    CheckpointError: if there is no checkpoint there.
+    CheckpointError: if there is no checkpoint or export there.
   """
   if tf.io.gfile.isdir(path):
+    if is_export(path):
+      return os.path.join(path, EXPORT_VARIABLES_PREFIX)
+    if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
+      raise CheckpointError(
+          f"--checkpoint {path}: a SavedModel, but not one written by "
+          f"simclr_tf (it has no {EXPORT_METADATA_FILE}). Give a "
+          "checkpoint, a model_dir or an export of this project.")
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
+      exports = _exports_inside(path)
+      if exports:
+        raise CheckpointError(
+            f"--checkpoint {path}: holds exports, not a checkpoint. Give one "
+            f"of them, e.g. {os.path.join(path, exports[-1])}.")
       raise CheckpointError(
-          f"--checkpoint {path}: the directory holds no checkpoint. Give a "
-          "pretraining model_dir, a checkpoint prefix such as "
-          f"{os.path.join(path, 'ckpt-1000')}, or an export.")
+          f"--checkpoint {path}: the directory holds no checkpoint and is "
+          "not an export. Give a pretraining model_dir, a checkpoint prefix "
+          f"such as {os.path.join(path, 'ckpt-1000')}, or an export such as "
+          f"{os.path.join(path, 'saved_model', '1000')}.")
     return latest
   if tf.io.gfile.exists(path + ".index"):
     return path
   if tf.io.gfile.exists(path):
     raise CheckpointError(
         f"--checkpoint {path}: not a checkpoint. Give the prefix without "
-        "the .index/.data suffix, or the run's model_dir.")
+        "the .index/.data suffix, the run's model_dir, or an export "
+        "directory.")
   raise CheckpointError(f"--checkpoint {path}: no such file or directory.")
 
 
 def stored_config(checkpoint_prefix):
-  """The `config.json` next to a checkpoint, as a dict, or None."""
+  """The run config of a checkpoint or export, as a dict, or None.
+
+  For a checkpoint, the `config.json` beside it; for an export's variables,
+  the config recorded in its metadata.
+  """
+  export_dir = export_dir_of(checkpoint_prefix)
+  if export_dir is not None:
+    try:
+      return read_export_metadata(export_dir).get("config")
+    except CheckpointError:
+      return None
   path = os.path.join(os.path.dirname(checkpoint_prefix), CONFIG_FILE)
   if not tf.io.gfile.exists(path):
     return None
@@ -136,6 +229,84 @@ def architecture_differences(stored, model_config):
   return differences
 
 
+def restore_parts(prefix, parts):
+  """Restores named parts of a model from a checkpoint or export prefix.
+
+  Args:
+    prefix: from `resolve`.
+    parts: attribute name ("encoder", "projection_head", "supervised_head")
+      to the layer to fill; names are those of `SimCLRModel`.
+
+  Raises:
+    AssertionError, ValueError, tf.errors.OpError: the checkpoint lacks a
+      part or holds other shapes (callers turn these into CheckpointError).
+  """
+  if export_dir_of(prefix):
+    _, graph = _object_graph(prefix)
+    lists = {}
+    for name, layer in parts.items():
+      attribute = export_part_attribute(name)
+      weights = list(layer.weights)
+      node = _node_at(graph, [attribute])
+      if node is None:
+        raise ValueError(f"the export has no {name}")
+      # A longer saved list would otherwise load partially without a word.
+      if len(node.children) != len(weights):
+        raise ValueError(f"the export's {name} has {len(node.children)} "
+                         f"variables, this model's {len(weights)}")
+      lists[attribute] = weights
+    root = tf.train.Checkpoint(**lists)
+  else:
+    # A run's checkpoint keeps the model's parts under `model`.
+    root = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts))
+  # `read`, unlike `restore`, does not create the root's save counter, which
+  # an export does not hold and the assertion below would then miss.
+  status = root.read(prefix)
+  status.expect_partial().assert_existing_objects_matched()
+
+
+def _object_graph(prefix):
+  reader = tf.train.load_checkpoint(prefix)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+  return reader, graph
+
+
+def _node_at(graph, steps):
+  node = graph.nodes[0]
+  for step in steps:
+    child = [c.node_id for c in node.children if c.local_name == step]
+    if not child:
+      return None
+    node = graph.nodes[child[0]]
+  return node
+
+
+def saved_variable_shape(prefix, path: Sequence[str]):
+  """The shape of a variable in a run's checkpoint, found by object path.
+
+  Variables shared by several objects are stored under one name only (the
+  optimizer's, say), so names cannot be trusted; the object graph can.
+
+  Args:
+    prefix: a checkpoint prefix from `resolve` (not an export's).
+    path: attribute names from the model to the variable (e.g.
+      ("supervised_head", "linear_layer", "dense", "_kernel")).
+
+  Returns:
+    The shape as a list, or None if the checkpoint has no such object.
+  """
+  reader, graph = _object_graph(prefix)
+  node = _node_at(graph, ["model"] + list(path))
+  if node is None:
+    return None
+  keys = [a.checkpoint_key for a in node.attributes
+          if a.name == "VARIABLE_VALUE"]
+  if not keys:
+    return None
+  return list(reader.get_variable_to_shape_map()[keys[0]])
+
+
 def load_pretrained(model, path, model_config):
   """Loads the encoder and projection head of a checkpoint into `model`.
 
@@ -145,7 +316,8 @@ def load_pretrained(model, path, model_config):
 
   Args:
     model: a `SimCLRModel`.
-    path: what `--checkpoint` gave (see `resolve`).
+    path: what `--checkpoint` gave (see `resolve`): a checkpoint, a model_dir
+      or an export.
     model_config: this run's `ModelConfig`, to explain mismatches.
 
   Returns:
@@ -156,11 +328,9 @@ def load_pretrained(model, path, model_config):
       architecture.
   """
   prefix = resolve(path)
-  parts = tf.train.Checkpoint(encoder=model.encoder,
-                              projection_head=model.projection_head)
   try:
-    status = tf.train.Checkpoint(model=parts).restore(prefix)
-    status.expect_partial().assert_existing_objects_matched()
+    restore_parts(prefix, dict(encoder=model.encoder,
+                               projection_head=model.projection_head))
   except (AssertionError, ValueError, tf.errors.OpError) as error:
     differences = architecture_differences(stored_config(prefix),
                                            model_config)
@@ -177,7 +347,7 @@ def restore_for_eval(model, path):
 
   Args:
     model: a `SimCLRModel` with a supervised head.
-    path: a checkpoint prefix or a run's model_dir.
+    path: a checkpoint prefix, a run's model_dir or an export.
 
   Returns:
     The checkpoint prefix.
@@ -187,8 +357,19 @@ def restore_for_eval(model, path):
   """
   prefix = resolve(path)
   try:
-    status = tf.train.Checkpoint(model=model).restore(prefix)
-    status.expect_partial().assert_existing_objects_matched()
+    export_dir = export_dir_of(prefix)
+    if export_dir:
+      restore_parts(prefix, dict(encoder=model.encoder,
+                                 projection_head=model.projection_head,
+                                 supervised_head=model.supervised_head))
+      # An export holds no optimizer; report results at the step it was
+      # exported at, as for the checkpoint it came from.
+      step = read_export_metadata(export_dir).get("global_step")
+      if step is not None and getattr(model, "optimizer", None) is not None:
+        model.optimizer.iterations.assign(step)
+    else:
+      status = tf.train.Checkpoint(model=model).restore(prefix)
+      status.expect_partial().assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as error:
     raise CheckpointError(
         f"Cannot evaluate {prefix}: it does not hold this model with a "

@@ -93,8 +93,8 @@ flags.DEFINE_bool("linear_eval_after_pretraining", False, "After "
                   "pretraining, train and evaluate a linear head on the "
                   "frozen encoder (in model_dir/linear_eval).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint to start fine-tuning or "
-                    "linear eval from (a pretraining model_dir or "
-                    "checkpoint prefix), or to evaluate.")
+                    "linear eval from (a pretraining model_dir, checkpoint "
+                    "prefix or SavedModel export), or to evaluate.")
 flags.DEFINE_bool("from_scratch", False, "Fine-tune from random "
                   "initialisation: the supervised baseline.")
 flags.DEFINE_bool("zero_init_logits_layer", False, "Start the supervised "
@@ -110,7 +110,8 @@ flags.DEFINE_string("model_dir", "runs/simclr", "Where checkpoints, "
                     "TensorBoard logs and results go.")
 flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints to keep.")
 flags.DEFINE_integer("keep_hub_module_max", 1, "SavedModel exports to "
-                     "keep.")
+                     "keep in model_dir/saved_model/ (one is written at the "
+                     "end of each training or evaluation).")
 # --- loss and heads
 flags.DEFINE_float("temperature", 0.1, "NT-Xent temperature.")
 flags.DEFINE_bool("hidden_norm", True, "L2-normalise projections in the "
@@ -292,6 +293,11 @@ def format_summary(config, results):
     lines.append(line)
   lines.append(f"TensorBoard:  tensorboard --logdir {config.run.model_dir}")
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
+  from simclr_tf import export  # pylint: disable=g-import-not-at-top
+  lines.append("SavedModel exports: " + ", ".join(
+      os.path.join(result.model_dir, export.EXPORTS_DIR,
+                   str(result.global_step))
+      for result in results) + " (README: Use your pretrained encoder)")
   return "\n".join(lines)
 
 

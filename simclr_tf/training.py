@@ -17,6 +17,7 @@ from simclr_tf import callbacks as callbacks_lib
 from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import distribute
+from simclr_tf import export as export_lib
 from simclr_tf import fault_injection
 from simclr_tf import faults
 from simclr_tf import optimizers
@@ -116,7 +117,8 @@ def run_stage(config: ExperimentConfig, strategy,
 
   Resumes from the latest checkpoint in `model_dir` when there is one (and
   its stored config allows it); otherwise fine-tuning and linear evaluation
-  load `--checkpoint`.
+  load `--checkpoint`. Ends by exporting a SavedModel to
+  `model_dir/saved_model/<step>/`.
 
   Args:
     config: a validated config for this stage.
@@ -209,6 +211,10 @@ def run_stage(config: ExperimentConfig, strategy,
     # Also on errors (a NaN, a lost worker): the summaries that led up to
     # it are what the user will look at.
     writer.close()
+  # Every worker exports, as TensorFlow asks of savers under a multi-worker
+  # strategy; only the chief's lands in model_dir.
+  export_lib.export_to_model_dir(model, config, global_step=_step(model),
+                                 log=log, model_dir=run_dir.write_dir)
   return result
 
 

@@ -269,6 +269,10 @@ def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
   temporary = out.split("[worker 1] This process is worker 1; it writes "
                         "only temporary files (")[1].split(")")[0]
   assert not os.path.exists(temporary)
+  # Both workers export (TensorFlow's rule for savers); only the chief's
+  # lands, complete, in model_dir.
+  assert os.listdir(os.path.join(model_dir, "saved_model")) == [str(steps)]
+  assert "[worker 0] [pretrain] exported SavedModel" in out
 
   # Identical weights on both workers.
   weights = [np.load(tmp_path / "dump" / f"worker_{i}.npz") for i in (0, 1)]

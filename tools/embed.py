@@ -1,0 +1,178 @@
+r"""Writes a model's embeddings of a dataset split, with labels, to `.npz`.
+
+The model (--checkpoint) is an export, a checkpoint prefix or a run's
+model_dir. Images go through the evaluation transform
+(`simclr_tf.data.build_input_fn` with `training=False`) at the model's image
+size, one pass in order. The `.npz` holds:
+
+  embeddings  float32 (N, ...)   the chosen output (--output_key)
+  labels      int64 (N,)         class ids; -1 for unlabeled examples
+  output_key, checkpoint, dataset, split: strings saying what it is
+
+  python tools/embed.py --checkpoint=runs/demo/saved_model/312 \
+      --dataset=synthetic_shapes --split=test --output=test_embeddings.npz
+  python -m tools.embed --checkpoint=runs/demo --dataset=image_folder \
+      --data_dir=/path/to/root --split=val --output_key=proj_head_output \
+      --output=val.npz
+"""
+
+import math
+import os
+import sys
+import time
+
+if __package__ in (None, ""):
+  # Run as a script: make `simclr_tf` and `tools` importable from the root.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from tools import _cli  # noqa: E402
+
+TOOL = "embed"
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "The model: an export directory, a checkpoint prefix "
+    "or a run's model_dir (as --checkpoint of simclr_tf.run).")
+_OUTPUT = flags.DEFINE_string("output", None, ".npz file to write.")
+_OUTPUT_KEY = flags.DEFINE_string(
+    "output_key", "final_avg_pool", "Which output to write: final_avg_pool, "
+    "proj_head_output, block_group4, logits_sup, ...")
+_DATASET = flags.DEFINE_string(
+    "dataset", "synthetic_shapes", "A prepared tfds dataset name, "
+    "synthetic_shapes (built in) or image_folder.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir, or the "
+                                "image folder root.")
+_SPLIT = flags.DEFINE_string("split", "test", "Split to embed.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 0, "Side images are transformed to; 0 uses the model's "
+    "training size.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 20, "Print progress every "
+                                  "this many batches.")
+_SYNTHETIC_TRAIN_EXAMPLES = flags.DEFINE_integer(
+    "synthetic_train_examples", 10000, "synthetic_shapes: train examples "
+    "(as generated for the run).")
+_SYNTHETIC_TEST_EXAMPLES = flags.DEFINE_integer(
+    "synthetic_test_examples", 2000, "synthetic_shapes: test examples.")
+_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0,
+                                       "synthetic_shapes: seed.")
+flags.mark_flags_as_required(["checkpoint", "output"])
+
+
+def _check_flags() -> None:
+  if not _OUTPUT.value.endswith(".npz"):
+    raise ValueError(f"--output must be a .npz file. Received: "
+                     f"--output={_OUTPUT.value}")
+  for flag, low in ((_BATCH_SIZE, 1), (_LOG_EVERY, 1), (_IMAGE_SIZE, 0)):
+    if flag.value < low:
+      raise ValueError(f"--{flag.name} must be at least {low}. Received: "
+                       f"--{flag.name}={flag.value}")
+
+
+def embed(model, data_config, augment_config, *, output_key, batch_size,
+          log_every, log=print):
+  """Runs `model` over one split and collects one output.
+
+  Args:
+    model: a `simclr_tf.export.LoadedModel`.
+    data_config: a `DataConfig` whose `eval_split` is the split to embed.
+    augment_config: an `AugmentConfig` (its evaluation transform is used).
+    output_key: the output to collect.
+    batch_size: images per batch.
+    log_every: report progress every this many batches.
+    log: where progress lines go.
+
+  Returns:
+    (embeddings float32 (N, ...), labels int64 (N,), -1 where unlabeled).
+  """
+  import numpy as np
+
+  from simclr_tf import data as data_lib
+
+  info = data_lib.get_dataset_info(data_config)
+  num_examples = info.num_eval_examples
+  num_batches = math.ceil(num_examples / batch_size)
+  dataset = data_lib.build_input_fn(
+      data_config, augment_config, training=False, num_views=1,
+      global_batch_size=batch_size)(None)
+  embeddings, labels = [], []
+  start = time.time()
+  done = 0
+  for index, (images, one_hot) in enumerate(dataset, start=1):
+    embeddings.append(model(images)[output_key].numpy())
+    one_hot = one_hot.numpy()
+    labels.append(np.where(one_hot.sum(axis=-1) > 0,
+                           one_hot.argmax(axis=-1), data_lib.NO_LABEL))
+    done += len(one_hot)
+    if index % log_every == 0 or index == num_batches:
+      elapsed = max(time.time() - start, 1e-9)
+      log(f"{TOOL}: batch {index}/{num_batches}, {done}/{num_examples} "
+          f"images, {done / elapsed:.0f} img/s")
+  if not embeddings:
+    raise ValueError(f"Split {data_config.eval_split!r} of "
+                     f"{data_config.dataset} is empty.")
+  return (np.concatenate(embeddings).astype(np.float32),
+          np.concatenate(labels).astype(np.int64))
+
+
+def main(argv) -> int:
+  del argv  # Checked by _cli.
+  _check_flags()
+  import numpy as np
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  from simclr_tf import export
+  from simclr_tf.config import DataConfig
+  from simclr_tf.config import ExperimentConfig
+
+  tfds.disable_progress_bar()
+  model = export.load(_CHECKPOINT.value)
+  if _OUTPUT_KEY.value not in model.output_keys:
+    raise ValueError(f"--output_key {_OUTPUT_KEY.value!r} is not an output "
+                     f"of {_CHECKPOINT.value}; it has: "
+                     f"{', '.join(model.output_keys)}.")
+  run_config = ExperimentConfig.from_dict(model.metadata["config"])
+  data_config = DataConfig(
+      dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+      train_split=_SPLIT.value, eval_split=_SPLIT.value,
+      image_size=_IMAGE_SIZE.value or model.image_size,
+      synthetic_train_examples=_SYNTHETIC_TRAIN_EXAMPLES.value,
+      synthetic_test_examples=_SYNTHETIC_TEST_EXAMPLES.value,
+      synthetic_seed=_SYNTHETIC_SEED.value)
+  embeddings, labels = embed(
+      model, data_config, run_config.augment, output_key=_OUTPUT_KEY.value,
+      batch_size=_BATCH_SIZE.value, log_every=_LOG_EVERY.value,
+      log=lambda line: print(line, flush=True))
+  output = os.path.abspath(_OUTPUT.value)
+  tf.io.gfile.makedirs(os.path.dirname(output))
+  # Written beside the target and renamed, so a failure leaves no partial
+  # file under the requested name.
+  temp = f"{output}.tmp-{os.getpid()}.npz"
+  np.savez(temp, embeddings=embeddings, labels=labels,
+           output_key=_OUTPUT_KEY.value,
+           checkpoint=os.path.abspath(_CHECKPOINT.value),
+           dataset=_DATASET.value, split=_SPLIT.value)
+  os.replace(temp, output)
+  print(f"Wrote {output}: {embeddings.shape[0]} embeddings of shape "
+        f"{embeddings.shape[1:]} ({_OUTPUT_KEY.value}) with labels, from "
+        f"{_DATASET.value}/{_SPLIT.value}.", flush=True)
+  return 0
+
+
+def _user_errors():
+  import tensorflow as tf
+
+  from simclr_tf import checkpoints
+  from simclr_tf import data as data_lib
+  from simclr_tf import export
+  from simclr_tf.config import ConfigError
+  return (checkpoints.CheckpointError, export.ExportError, ConfigError,
+          data_lib.DataError, ValueError, OSError, tf.errors.OpError)
+
+
+if __name__ == "__main__":
+  _cli.run(TOOL, main, _user_errors)
