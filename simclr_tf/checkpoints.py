@@ -9,6 +9,7 @@ on different hardware.
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 CHECKPOINT_NAME = "ckpt"
@@ -34,7 +35,15 @@ def make_manager(model, model_dir, max_to_keep):
   Returns:
     A `tf.train.CheckpointManager`.
   """
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+  # The inner optimizer is saved under "optimizer" whatever the precision,
+  # so a run can resume with another --precision and keep its step and
+  # slots; a loss-scale wrapper adds its scale beside it.
+  optimizer = model.optimizer
+  extra = {}
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    extra["loss_scale_optimizer"] = optimizer
+    optimizer = optimizer.inner_optimizer
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
   return tf.train.CheckpointManager(checkpoint, directory=model_dir,
                                     max_to_keep=max_to_keep,
                                     checkpoint_name=CHECKPOINT_NAME)

@@ -164,6 +164,10 @@ flags.DEFINE_integer("steps_per_loop", 1, "Optimizer steps per host call; "
                      "progress, summaries and checkpoints happen between "
                      "loops.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
+                  "Keras dtype policy: float32, mixed_bfloat16, or "
+                  "mixed_float16 (with dynamic loss scaling). Losses, "
+                  "BatchNorm statistics and LARS stay float32.")
 
 
 def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
@@ -230,7 +234,7 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           keep_hub_module_max=v.keep_hub_module_max,
           steps_per_loop=v.steps_per_loop, seed=v.seed, strategy=v.strategy,
           tpu=v.tpu, cpu_replicas=v.cpu_replicas,
-          jit_compile=v.jit_compile))
+          precision=v.precision, jit_compile=v.jit_compile))
 
 
 class _DropRoutineTfdsNotices(logging_std.Filter):

@@ -11,6 +11,11 @@ the final step land exactly where asked.
 
 import tensorflow as tf
 
+# How often a loop reruns its remaining steps when some were skipped
+# (non-finite float16 gradients). A float16 run starts at a loss scale of
+# 2^15 and its first steps halve it until the gradients fit: a few skips.
+MAX_RETRIES_PER_LOOP = 32
+
 
 def make_train_function(model, steps_per_loop: int, jit_compile: bool):
   """Builds the function `keras.Model.fit` calls once per loop.
@@ -40,12 +45,19 @@ def make_train_function(model, steps_per_loop: int, jit_compile: bool):
       strategy.run(replica_step, args=(next(iterator),))
 
   def train_function(iterator):
-    num_steps = steps_per_loop
-    if model.stop_at_step is not None:
+    if model.stop_at_step is None:
+      run_steps(iterator, tf.constant(steps_per_loop, tf.int32))
+      return model.metric_results()
+    done = int(model.optimizer.iterations.numpy())
+    target = min(done + steps_per_loop, model.stop_at_step)
+    # A loss-scaled (float16) step whose gradients overflow is skipped and
+    # not counted; run more batches so the loop still ends at its step and
+    # the run at `stop_at_step`. Bounded, in case the loss itself diverged.
+    for _ in range(1 + MAX_RETRIES_PER_LOOP):
+      if done >= target:
+        break
+      run_steps(iterator, tf.constant(target - done, tf.int32))
       done = int(model.optimizer.iterations.numpy())
-      num_steps = min(num_steps, model.stop_at_step - done)
-    if num_steps > 0:
-      run_steps(iterator, tf.constant(num_steps, tf.int32))
     # Read in the cross-replica context: metric totals and counts are summed
     # over replicas, so these are exact global means.
     return model.metric_results()

@@ -18,6 +18,7 @@ from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import distribute
 from simclr_tf import optimizers
+from simclr_tf import precision
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
@@ -125,7 +126,8 @@ def run_stage(config: ExperimentConfig, strategy,
   total_steps = optimizers.total_train_steps(
       info.num_train_examples, run.train_epochs, run.train_batch_size,
       run.train_steps)
-  with strategy.scope():
+  # Layers take the dtype policy when built; variables stay float32.
+  with strategy.scope(), precision.policy_scope(run.precision):
     model = simclr.build_simclr_model(
         config.model, image_size=config.data.image_size,
         num_classes=max(info.num_classes, 1), train_mode=run.train_mode,
@@ -139,8 +141,9 @@ def run_stage(config: ExperimentConfig, strategy,
         num_examples=info.num_train_examples,
         warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
         scaling=config.optimizer.learning_rate_scaling)
-    model.compile(optimizers.build_optimizer(config.optimizer, schedule),
-                  steps_per_loop=run.steps_per_loop,
+    optimizer = precision.wrap_optimizer(
+        optimizers.build_optimizer(config.optimizer, schedule), run.precision)
+    model.compile(optimizer, steps_per_loop=run.steps_per_loop,
                   jit_compile=run.jit_compile)
     model.build_optimizer_slots()
   manager = checkpoints.make_manager(model, run.model_dir,
