@@ -17,12 +17,26 @@ import tensorflow as tf
 MAX_RETRIES_PER_LOOP = 32
 
 
+def _with_augmentation(step, augmentation):
+  """`step` on (views, labels) made from (images, labels)."""
+  if augmentation is None:
+    return step
+
+  def augmented_step(data):
+    images, *rest = data
+    return step((augmentation(images), *rest))
+
+  return augmented_step
+
+
 def make_train_function(model, steps_per_loop: int, jit_compile: bool):
   """Builds the function `keras.Model.fit` calls once per loop.
 
   Args:
-    model: a compiled `SimCLRModel` (its `train_step`, optimizer, metrics
-      and `stop_at_step`).
+    model: a compiled `SimCLRModel` (its `train_step`, optimizer, metrics,
+      `stop_at_step` and `train_augmentation`). A `train_augmentation`
+      turns each batch's images into the views on the device, before
+      `train_step`.
     steps_per_loop: optimizer steps per call (fit's `steps_per_execution`
       must be the same, so fit calls it the right number of times).
     jit_compile: compile each replica's train step with XLA.
@@ -34,7 +48,8 @@ def make_train_function(model, steps_per_loop: int, jit_compile: bool):
     raise ValueError("`steps_per_loop` must be positive. Received: "
                      f"steps_per_loop={steps_per_loop}")
   strategy = model.distribute_strategy
-  replica_step = model.train_step
+  replica_step = _with_augmentation(
+      model.train_step, getattr(model, "train_augmentation", None))
   if jit_compile:
     replica_step = tf.function(replica_step, jit_compile=True,
                                reduce_retracing=True)

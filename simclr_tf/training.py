@@ -5,6 +5,7 @@ takes an `ExperimentConfig` only; flags never reach this module.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 import keras
 import tensorflow as tf
 
+from simclr_tf import augment
 from simclr_tf import callbacks as callbacks_lib
 from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
@@ -204,6 +206,27 @@ def _train_augment_config(config):
                              grayscale_probability=0.0, use_blur=False)
 
 
+def on_device_augmentation(config):
+  """What the train step runs on each batch with `augment.on_device`.
+
+  The batched transform of `simclr_tf.augment`, with the same settings as
+  the tf.data path of this train mode: the full SimCLR augmentation when
+  pretraining (two views), crops and flips only when fine-tuning or
+  training a linear head (one view).
+
+  Args:
+    config: the stage's `ExperimentConfig`.
+
+  Returns:
+    A function from uint8 (B, size, size, 3) images to float32
+    (B, size, size, 3 * views) views in [0, 1].
+  """
+  num_views = 2 if config.run.train_mode == "pretrain" else 1
+  return functools.partial(
+      augment.augment_batch_views, size=config.data.image_size,
+      augment_config=_train_augment_config(config), num_views=num_views)
+
+
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
            steps_per_epoch):
   run = config.run
@@ -213,11 +236,15 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
         f"{total_steps}: nothing to train.")
     return
   num_views = 2 if run.train_mode == "pretrain" else 1
+  augment_config = _train_augment_config(config)
   input_fn = data_lib.build_input_fn(
-      config.data, _train_augment_config(config), training=True,
+      config.data, augment_config, training=True,
       num_views=num_views, global_batch_size=run.train_batch_size,
       seed=run.seed)
-  _write_example_views(input_fn, writer, start_step)
+  if augment_config.on_device:
+    # The pipeline yields uint8 images; the views are made in the step.
+    model.train_augmentation = on_device_augmentation(config)
+  _write_example_views(input_fn, writer, start_step, model.train_augmentation)
   dataset = strategy.distribute_datasets_from_function(input_fn)
   checkpoint_every = run.checkpoint_steps or (run.checkpoint_epochs *
                                               steps_per_epoch)
@@ -236,8 +263,10 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
             callbacks=[monitor], verbose=0)
 
 
-def _write_example_views(input_fn, writer, step):
+def _write_example_views(input_fn, writer, step, augmentation=None):
   images, _ = next(iter(input_fn(tf.distribute.InputContext())))
+  if augmentation is not None:
+    images = augmentation(images)
   if images.dtype == tf.float32:
     callbacks_lib.write_view_pairs(writer, images.numpy(), step)
 

@@ -226,3 +226,14 @@ def test_float16_run_reaches_its_step_and_resumes_in_float32(data_dir,
   assert any(f"Resumed from {tmp_path}/ckpt-4 at step 4" in line
              for line in lines)
   assert results[0].global_step == 6
+
+
+def test_on_device_augmentation_trains_and_shows_its_views(data_dir,
+                                                           tmp_path):
+  config = tiny_config(data_dir, tmp_path, mode="train")
+  config = dataclasses.replace(config, augment=dataclasses.replace(
+      config.augment, on_device=True))
+  results, _ = run(config)
+  assert results[0].global_step == 4
+  # The views in TensorBoard are made by the on-device transform.
+  assert "train/augmented_views" in event_tags(str(tmp_path))
