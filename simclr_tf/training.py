@@ -21,6 +21,7 @@ from simclr_tf import data as data_lib
 from simclr_tf import distribute
 from simclr_tf import optimizers
 from simclr_tf import precision
+from simclr_tf import train_loop
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
@@ -244,6 +245,13 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
   if augment_config.on_device:
     # The pipeline yields uint8 images; the views are made in the step.
     model.train_augmentation = on_device_augmentation(config)
+  if (run.jit_compile and
+      train_loop.xla_scope(strategy) == train_loop.XLA_AUGMENTATION):
+    compiled = ("only the on-device augmentation" if augment_config.on_device
+                else "nothing (no --augment_on_device)")
+    log(f"NOTE: jit_compile under {type(strategy).__name__} on CPU devices "
+        f"compiles {compiled}: XLA on CPU cannot hold the cross-replica sums "
+        "and gathers. The rest of the step runs uncompiled.")
   _write_example_views(input_fn, writer, start_step, model.train_augmentation)
   dataset = strategy.distribute_datasets_from_function(input_fn)
   checkpoint_every = run.checkpoint_steps or (run.checkpoint_epochs *

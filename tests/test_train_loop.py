@@ -218,3 +218,108 @@ def test_fine_tuning_on_device_crops_and_flips_only(colorful_folder):
   assert np.abs(views.mean(axis=(1, 2)) - colour).max() < 0.15
   assert not np.any(np.abs(views[..., 0] - views[..., 1]).max(axis=(1, 2))
                     < 1e-6)
+
+
+def _tiny_model():
+  """A SimCLRModel with a one-convolution encoder (then sync BN, ReLU).
+
+  Everything but the encoder's depth is the real model: heads, NT-Xent with
+  cross-replica negatives, the supervised head, LARS; a small graph keeps
+  XLA's compile time on CPU to seconds.
+  """
+  from simclr_tf import optimizers
+  from simclr_tf.models import heads
+  from simclr_tf.models import layers as layers_lib
+  from simclr_tf.models import simclr
+  import keras
+  inputs = keras.Input((None, None, 3))
+  x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False)(inputs)
+  x = layers_lib.BatchNormRelu(synchronized=True)(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  encoder = keras.Model(inputs, x, name="encoder")
+  model = simclr.SimCLRModel(
+      encoder, heads.ProjectionHead(proj_out_dim=8, synchronized=True),
+      heads.SupervisedHead(4), temperature=0.5, weight_decay=1e-4)
+  model(np.zeros((1, 16, 16, 6), "float32"))
+  optimizer = optimizers.LARS(
+      0.5, weight_decay=1e-3, exclude_from_weight_decay=list(
+          optimizers.LARS_EXCLUDE_FROM_WEIGHT_DECAY))
+  return model, optimizer
+
+
+def _batches(num=4, batch=8):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(num * batch, 16, 16, 6)).astype("float32")
+  labels = np.eye(4, dtype="float32")[rng.integers(0, 4, num * batch)]
+  return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
+
+
+def _train(initial, steps_per_loop, jit_compile, strategy=None):
+  """Weights after the 4 batches, from `initial` weights."""
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    model, optimizer = _tiny_model()
+    for variable, value in zip(model.weights, initial):
+      variable.assign(value)
+    model.compile(optimizer, steps_per_loop=steps_per_loop,
+                  jit_compile=jit_compile)
+    model.build_optimizer_slots()
+  model.stop_at_step = 4
+  model.fit(_batches(), epochs=1, verbose=0)
+  assert int(model.optimizer.iterations.numpy()) == 4
+  # Paths differ between builds (Keras numbers layer names); order does not.
+  return [(v.path, v.numpy()) for v in model.weights]
+
+
+def test_xla_scope_follows_the_strategy(two_replica_strategy):
+  assert train_loop.xla_scope(tf.distribute.get_strategy()) == "step"
+  one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+  assert train_loop.xla_scope(one_device) == "step"
+  assert train_loop.xla_scope(two_replica_strategy) == "augmentation"
+
+
+def test_steps_per_loop_and_jit_give_the_plain_weights(two_replica_strategy):
+  model, _ = _tiny_model()
+  initial = [v.numpy() for v in model.weights]
+  plain = _train(initial, 1, False)
+  assert any(not np.allclose(value, start) for (_, value), start in
+             zip(plain, initial))
+  variants = {
+      "steps_per_loop": (_train(initial, 2, False), 1e-5),
+      "jit": (_train(initial, 4, True), 1e-3),
+      "one_device jit": (_train(initial, 2, True, tf.distribute.
+                                OneDeviceStrategy("/cpu:0")), 1e-3),
+      "2 replicas jit": (_train(initial, 2, True, two_replica_strategy),
+                         2e-4),
+  }
+  for name, (weights, rtol) in variants.items():
+    for (path, value), (_, got) in zip(plain, weights):
+      np.testing.assert_allclose(
+          got, value, rtol=rtol, atol=rtol * np.abs(value).max(),
+          err_msg=f"{name}: {path}")
+
+
+def test_jit_compiles_what_the_strategy_allows(two_replica_strategy):
+  # tf.py_function cannot be compiled: where XLA compiles the augmentation,
+  # an augmentation using it fails; where nothing is compiled, it runs.
+  def uncompilable(images):
+    views = tf.py_function(lambda x: tf.cast(x, tf.float32) / 255.0,
+                           [images], tf.float32)
+    return tf.ensure_shape(tf.concat([views, views], -1), [None, 16, 16, 6])
+
+  images = np.zeros((8, 16, 16, 3), np.uint8)
+  labels = np.eye(4, dtype="float32")[np.zeros(8, int)]
+  dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+  for strategy in (tf.distribute.get_strategy(), two_replica_strategy):
+    for jit_compile in (False, True):
+      with strategy.scope():
+        model, optimizer = _tiny_model()
+        model.compile(optimizer, jit_compile=jit_compile)
+        model.build_optimizer_slots()
+      model.train_augmentation = uncompilable
+      if jit_compile:
+        with pytest.raises(tf.errors.OpError):
+          model.fit(dataset, steps_per_epoch=1, verbose=0)
+      else:
+        model.fit(dataset, steps_per_epoch=1, verbose=0)
+        assert int(model.optimizer.iterations.numpy()) == 1

@@ -250,7 +250,8 @@ class SimCLRModel(keras.Model):
     Args:
       optimizer: a Keras optimizer (create it in the strategy scope).
       steps_per_loop: optimizer steps per host call of the train function.
-      jit_compile: compile each replica's train step with XLA.
+      jit_compile: compile each replica's train step with XLA, as far as the
+        strategy allows (`train_loop.xla_scope`).
       **kwargs: other `keras.Model.compile` arguments.
     """
     # Keras' own jit and multi-step train function fail under
