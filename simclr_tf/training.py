@@ -27,6 +27,10 @@ from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
 
 RESULT_FILE = "result.json"
+# Each replica's next batches are copied to its device while it computes
+# (a buffer of one batch per replica, TensorFlow's default, made explicit).
+TRAIN_INPUT_OPTIONS = tf.distribute.InputOptions(
+    experimental_fetch_to_device=True, experimental_per_replica_buffer_size=1)
 LINEAR_EVAL_DIR = "linear_eval"
 
 
@@ -253,7 +257,8 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
         f"compiles {compiled}: XLA on CPU cannot hold the cross-replica sums "
         "and gathers. The rest of the step runs uncompiled.")
   _write_example_views(input_fn, writer, start_step, model.train_augmentation)
-  dataset = strategy.distribute_datasets_from_function(input_fn)
+  dataset = strategy.distribute_datasets_from_function(
+      input_fn, options=TRAIN_INPUT_OPTIONS)
   checkpoint_every = run.checkpoint_steps or (run.checkpoint_epochs *
                                               steps_per_epoch)
   monitor = callbacks_lib.TrainingMonitor(
