@@ -133,26 +133,7 @@ def run_stage(config: ExperimentConfig, strategy,
   total_steps = optimizers.total_train_steps(
       info.num_train_examples, run.train_epochs, run.train_batch_size,
       run.train_steps)
-  # Layers take the dtype policy when built; variables stay float32.
-  with strategy.scope(), precision.policy_scope(run.precision):
-    model = simclr.build_simclr_model(
-        config.model, image_size=config.data.image_size,
-        num_classes=max(info.num_classes, 1), train_mode=run.train_mode,
-        with_supervised_head=run.lineareval_while_pretraining,
-        temperature=config.loss.temperature,
-        hidden_norm=config.loss.hidden_norm,
-        weight_decay=config.optimizer.weight_decay,
-        optimizer_name=config.optimizer.optimizer)
-    schedule = optimizers.WarmUpAndCosineDecay(
-        config.optimizer.learning_rate, batch_size=run.train_batch_size,
-        num_examples=info.num_train_examples,
-        warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
-        scaling=config.optimizer.learning_rate_scaling)
-    optimizer = precision.wrap_optimizer(
-        optimizers.build_optimizer(config.optimizer, schedule), run.precision)
-    model.compile(optimizer, steps_per_loop=run.steps_per_loop,
-                  jit_compile=run.jit_compile)
-    model.build_optimizer_slots()
+  model = build_model(config, strategy, info, total_steps)
   manager = checkpoints.make_manager(model, run.model_dir,
                                      run.keep_checkpoint_max)
   random_init = _initialise(model, manager, config, log)
@@ -175,6 +156,42 @@ def run_stage(config: ExperimentConfig, strategy,
                                    num_eval_examples=info.num_eval_examples)
   writer.close()
   return result
+
+
+def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
+  """The stage's compiled model, its optimizer and slots, in `strategy`.
+
+  Args:
+    config: the stage's config.
+    strategy: the `tf.distribute.Strategy`.
+    info: the dataset's `DatasetInfo` (classes, examples per epoch).
+    total_steps: the run's optimizer steps, for the learning-rate schedule.
+
+  Returns:
+    A compiled `SimCLRModel` (optimizer loss-scaled for float16).
+  """
+  run = config.run
+  # Layers take the dtype policy when built; variables stay float32.
+  with strategy.scope(), precision.policy_scope(run.precision):
+    model = simclr.build_simclr_model(
+        config.model, image_size=config.data.image_size,
+        num_classes=max(info.num_classes, 1), train_mode=run.train_mode,
+        with_supervised_head=run.lineareval_while_pretraining,
+        temperature=config.loss.temperature,
+        hidden_norm=config.loss.hidden_norm,
+        weight_decay=config.optimizer.weight_decay,
+        optimizer_name=config.optimizer.optimizer)
+    schedule = optimizers.WarmUpAndCosineDecay(
+        config.optimizer.learning_rate, batch_size=run.train_batch_size,
+        num_examples=info.num_train_examples,
+        warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
+        scaling=config.optimizer.learning_rate_scaling)
+    optimizer = precision.wrap_optimizer(
+        optimizers.build_optimizer(config.optimizer, schedule), run.precision)
+    model.compile(optimizer, steps_per_loop=run.steps_per_loop,
+                  jit_compile=run.jit_compile)
+    model.build_optimizer_slots()
+  return model
 
 
 def _step(model):
@@ -202,7 +219,16 @@ def _initialise(model, manager, config, log):
   return True
 
 
-def _train_augment_config(config):
+def train_augment_config(config):
+  """The augmentation settings of the stage's training data.
+
+  Args:
+    config: the stage's `ExperimentConfig`.
+
+  Returns:
+    `config.augment` when pretraining; for fine-tuning and linear
+    evaluation the same with colour distortion and blur off.
+  """
   if config.run.train_mode == "pretrain":
     return config.augment
   # Fine-tuning and linear evaluation see crops and flips only, as the
@@ -229,7 +255,7 @@ def on_device_augmentation(config):
   num_views = 2 if config.run.train_mode == "pretrain" else 1
   return functools.partial(
       augment.augment_batch_views, size=config.data.image_size,
-      augment_config=_train_augment_config(config), num_views=num_views)
+      augment_config=train_augment_config(config), num_views=num_views)
 
 
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
@@ -241,7 +267,7 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
         f"{total_steps}: nothing to train.")
     return
   num_views = 2 if run.train_mode == "pretrain" else 1
-  augment_config = _train_augment_config(config)
+  augment_config = train_augment_config(config)
   input_fn = data_lib.build_input_fn(
       config.data, augment_config, training=True,
       num_views=num_views, global_batch_size=run.train_batch_size,
