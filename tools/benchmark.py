@@ -2,8 +2,9 @@ r"""Measures SimCLR training speed on this machine, one JSON line each.
 
   python tools/benchmark.py                       # small default, < 2 min
   python tools/benchmark.py --flagfile=flags/demo.cfg
-  python -m tools.benchmark --resnet_depth=50 --image_size=224 \
-      --train_batch_size=8 --synthetic_train_examples=256 --jit_compile
+  python -m tools.benchmark --resnet_depth=50 --width_multiplier=1 \
+      --image_size=224 --train_batch_size=8 --synthetic_train_examples=256 \
+      --benchmark_variant=jit_compile=true
 
 The configuration is given with the training program's own flags
 (`simclr_tf/run.py`: depth, width, image size, batch, --precision,
@@ -33,7 +34,12 @@ alike; the medians are reported:
 
 Then the ratios fit_in_memory / handwritten_loop and input / train_step,
 peak host memory (RSS) and peak device memory ("n/a" without GPUs), and a
-table.
+table. With --benchmark_variant a second configuration (some flags changed)
+is built in the same process and every measurement alternates between the
+two, giving before/after numbers from one run and their ratios.
+
+Each line has views per wall-clock second and views per CPU second of this
+process; on a machine shared with other jobs the second is the steadier.
 """
 
 import contextlib
@@ -78,6 +84,13 @@ _INPUT_BATCHES = flags.DEFINE_integer(
 _MEASURE = flags.DEFINE_list(
     "benchmark_measurements", list(MEASUREMENTS),
     f"What to measure, from: {', '.join(MEASUREMENTS)}.")
+_VARIANT = flags.DEFINE_list(
+    "benchmark_variant", [], "Also measure the configuration with these "
+    "flags changed (e.g. jit_compile=true,steps_per_loop=10), in the same "
+    "process, alternating with the base configuration run by run: before "
+    "and after from the same run. The strategy cannot change.")
+# Flags a variant cannot change: one process holds one strategy.
+_FIXED_IN_VARIANT = ("strategy", "cpu_replicas", "tpu")
 
 # A bare run measures a small model; flags and flagfiles override these.
 _DEFAULTS = dict(resnet_depth=18, width_multiplier=0.25, image_size=32,
@@ -124,9 +137,11 @@ class Benchmark:
     steps: optimizer steps per timed run.
     repeats: timed runs per measurement.
     input_batches: batches per timed run of a pipeline.
+    strategy: the strategy to build in; None builds the configuration's.
   """
 
-  def __init__(self, config, *, steps, repeats, input_batches):
+  def __init__(self, config, *, steps, repeats, input_batches,
+               strategy=None):
     # TensorFlow starts here, after flag errors are reported.
     import tensorflow as tf
     from simclr_tf import data as data_lib
@@ -135,7 +150,7 @@ class Benchmark:
     self.tf, self.data_lib, self.training = tf, data_lib, training
     self.config = config
     run = config.run
-    self.strategy = distribute.build_strategy(
+    self.strategy = strategy or distribute.build_strategy(
         run.strategy, tpu=run.tpu, cpu_replicas=run.cpu_replicas)
     self.replicas = self.strategy.num_replicas_in_sync
     if run.train_batch_size % self.replicas:
@@ -395,20 +410,21 @@ def _config_record(bench):
 
 
 def _format_table(rows, ratios, memory):
-  lines = ["", f"{'measurement':<34} {'views/s':>10} {'views/CPU-s':>12}"
-            "   runs (views/s)"]
+  width = max([34] + [len(name) + 1 for name in list(rows) + list(ratios)])
+  lines = ["", f"{'measurement':<{width}} {'views/s':>10} {'views/CPU-s':>12}"
+           "   runs (views/s)"]
   for name, row in rows.items():
-    lines.append(f"{name:<34} {row['views_per_second']:>10.1f} "
+    lines.append(f"{name:<{width}} {row['views_per_second']:>10.1f} "
                  f"{row['views_per_cpu_second']:>12.1f}   "
                  + " ".join(f"{r:.1f}" for r in row["runs"]))
   for name, (wall, cpu) in ratios.items():
-    lines.append(f"{name:<34} {wall:>10.3f} {cpu:>12.3f}")
+    lines.append(f"{name:<{width}} {wall:>10.3f} {cpu:>12.3f}")
   host, device = memory
-  lines.append(f"{'peak host memory':<34} {host / 2 ** 30:>10.2f} GiB")
+  lines.append(f"{'peak host memory':<{width}} {host / 2 ** 30:>10.2f} GiB")
   if isinstance(device, dict):
     device = ", ".join(f"{k} {v / 2 ** 30:.2f} GiB" for k, v in
                        device.items())
-  lines.append(f"{'peak device memory':<34} {device:>10}")
+  lines.append(f"{'peak device memory':<{width}} {device:>10}")
   return "\n".join(lines)
 
 
@@ -434,6 +450,7 @@ def main(argv):
                    f"--{flag.name}={flag.value}")
   try:
     config = run_lib.config_from_flags().validate()
+    variant = _variant_config(_VARIANT.value)
   except config_lib.ConfigError as error:
     return _fail(str(error))
   # Library notices (tfds generating synthetic_shapes, its "custom data
@@ -444,50 +461,114 @@ def main(argv):
   tfds.disable_progress_bar()
   from simclr_tf import data as data_lib
   from simclr_tf import distribute
+  benches = {}
   try:
     # tfds prints while it generates synthetic_shapes: keep stdout JSON.
     with contextlib.redirect_stdout(sys.stderr):
-      bench = Benchmark(config, steps=_STEPS.value, repeats=_REPEATS.value,
-                        input_batches=_INPUT_BATCHES.value)
+      benches[""] = Benchmark(config, steps=_STEPS.value,
+                              repeats=_REPEATS.value,
+                              input_batches=_INPUT_BATCHES.value)
+      if variant is not None:
+        benches[",".join(_VARIANT.value)] = Benchmark(
+            variant, steps=_STEPS.value, repeats=_REPEATS.value,
+            input_batches=_INPUT_BATCHES.value,
+            strategy=benches[""].strategy)
   except (config_lib.ConfigError, data_lib.DataError,
           distribute.StrategyError) as error:
     return _fail(str(error))
   try:
-    _emit(_config_record(bench))
-    rows = _measure(bench, _MEASURE.value)
-    ratios = {}
-    # The train step was measured on this configuration's path, so its
-    # pipeline is the one to compare it with.
-    pipeline = ("input_on_device" if config.augment.on_device
-                else "input_tf_data")
-    for numerator, denominator in (("fit_in_memory", "handwritten_loop"),
-                                   (pipeline, "train_step")):
-      if numerator in rows and denominator in rows:
-        label = f"{numerator} / {denominator}"
-        ratios[label] = tuple(
-            rows[numerator][key] / rows[denominator][key]
-            for key in ("views_per_second", "views_per_cpu_second"))
-        _emit({"measurement": label, "ratio": round(ratios[label][0], 4),
-               "cpu_ratio": round(ratios[label][1], 4)})
-    memory = bench.memory()
+    for label, bench in benches.items():
+      _emit({**_config_record(bench), "variant": label})
+    rows = _measure(benches, _MEASURE.value)
+    ratios = _ratios(benches, rows)
+    memory = benches[""].memory()
     _emit({"measurement": "memory", "peak_host_bytes": memory[0],
            "peak_device_bytes": memory[1]})
   finally:
-    bench.close()
+    for bench in benches.values():
+      bench.close()
   print(_format_table(rows, ratios, memory), flush=True)
   return 0
 
 
-def _measure(bench, selected):
-  """Times each group's measurements alternately; emits one line each."""
+def _variant_config(overrides):
+  """The configuration with `flag=value` overrides, or None for none."""
+  if not overrides:
+    return None
+  saved = {}
+  try:
+    for override in overrides:
+      name, _, value = override.partition("=")
+      if name not in FLAGS or not _:
+        raise config_lib.ConfigError(
+            f"--benchmark_variant takes flag=value items of the training "
+            f"program's flags. Received: {override!r}")
+      if name in _FIXED_IN_VARIANT:
+        raise config_lib.ConfigError(
+            f"--benchmark_variant cannot change {name}: one process holds "
+            "one strategy. Run the tool once per strategy.")
+      saved.setdefault(name, FLAGS[name].value)
+      try:
+        FLAGS[name].parse(value)
+      except flags.Error as error:
+        raise config_lib.ConfigError(
+            f"--benchmark_variant {override!r}: {error}") from None
+    return run_lib.config_from_flags().validate()
+  finally:
+    for name, value in saved.items():
+      FLAGS[name].value = value
+
+
+def _ratios(benches, rows):
+  """fit / baseline and pipeline / train step; variant / base each."""
+  ratios = {}
+
+  def add(label, numerator, denominator):
+    if numerator in rows and denominator in rows:
+      ratios[label] = tuple(
+          rows[numerator][key] / rows[denominator][key]
+          for key in ("views_per_second", "views_per_cpu_second"))
+      _emit({"measurement": label, "ratio": round(ratios[label][0], 4),
+             "cpu_ratio": round(ratios[label][1], 4)})
+
+  for label, bench in benches.items():
+    # The train step was measured on this configuration's path, so its
+    # pipeline is the one to compare it with.
+    pipeline = ("input_on_device" if bench.config.augment.on_device
+                else "input_tf_data")
+    for numerator, denominator in (("fit_in_memory", "handwritten_loop"),
+                                   (pipeline, "train_step")):
+      add(f"{numerator} / {denominator}{_suffix(label)}",
+          _row(numerator, label), _row(denominator, label))
+  for label in list(benches)[1:]:
+    for name in MEASUREMENTS:
+      add(f"{name}: variant / base", _row(name, label), name)
+  return ratios
+
+
+def _suffix(label):
+  return f" [{label}]" if label else ""
+
+
+def _row(name, label):
+  return name + _suffix(label)
+
+
+def _measure(benches, selected):
+  """Times each group's measurements alternately; emits one line each.
+
+  Within a group every measurement of every configuration is timed once per
+  round, so load from other processes spreads over all of them alike.
+  """
   rows = {}
   for group in _groups(selected):
-    timers = {name: getattr(bench, f"make_{name}")() for name in group}
-    runs = {name: [] for name in group}
-    for _ in range(bench.repeats):
+    timers = {_row(name, label): getattr(bench, f"make_{name}")()
+              for name in group for label, bench in benches.items()}
+    runs = {name: [] for name in timers}
+    for _ in range(_REPEATS.value):
       for name, timed in timers.items():
         runs[name].append(timed())
-    for name in group:
+    for name in timers:
       wall, cpu = zip(*runs[name])
       rows[name] = {"views_per_second": _median(wall),
                     "views_per_cpu_second": _median(cpu),
