@@ -17,6 +17,7 @@ import json
 import os
 from typing import Optional, Sequence
 
+import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -51,7 +52,7 @@ def make_manager(model, model_dir, max_to_keep):
   Returns:
     A `tf.train.CheckpointManager`.
   """
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+  checkpoint = _run_checkpoint(model)
   return tf.train.CheckpointManager(checkpoint, directory=model_dir,
                                     max_to_keep=max_to_keep,
                                     checkpoint_name=CHECKPOINT_NAME)
@@ -85,8 +86,20 @@ def restore_latest(model, prefix):
     model: a compiled `SimCLRModel` whose optimizer slots exist.
     prefix: the checkpoint prefix, e.g. `tf.train.latest_checkpoint(dir)`.
   """
-  tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
-      prefix).expect_partial()
+  _run_checkpoint(model).restore(prefix).expect_partial()
+
+
+def _run_checkpoint(model):
+  """The object graph of a run's checkpoints."""
+  # The inner optimizer is saved under "optimizer" whatever the precision,
+  # so a run can resume with another --precision and keep its step and
+  # slots; a loss-scale wrapper adds its scale beside it.
+  optimizer = model.optimizer
+  extra = {}
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    extra["loss_scale_optimizer"] = optimizer
+    optimizer = optimizer.inner_optimizer
+  return tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
 
 
 def export_part_attribute(part_name) -> str:

@@ -83,9 +83,10 @@ def build_strategy(strategy: str = "auto", *, tpu=None, cpu_replicas: int = 0):
 
   Args:
     strategy: "auto" (TPU if `tpu` is set, else mirrored over the GPUs or
-      the `cpu_replicas` CPU devices if more than one, else the default
-      single-device strategy), "one_device", "mirrored", "multi_worker"
-      (cluster from the TF_CONFIG environment variable) or "tpu".
+      the `cpu_replicas` CPU devices if more than one, else one-device on a
+      single GPU and the default strategy on a CPU), "one_device",
+      "mirrored", "multi_worker" (cluster from the TF_CONFIG environment
+      variable) or "tpu".
     tpu: TPU name or address (e.g. "local" on a TPU VM) for "tpu".
     cpu_replicas: if > 0, split the host CPU into this many logical devices
       and use them (for trying multi-replica runs without accelerators).
@@ -134,9 +135,14 @@ def _replica_devices(cpu_replicas):
 def _auto_strategy_name(tpu, cpu_replicas):
   if tpu:
     return "tpu"
-  if len(_replica_devices(cpu_replicas)) > 1:
+  devices = _replica_devices(cpu_replicas)
+  if len(devices) > 1:
     return "mirrored"
-  # One device: the default strategy adds no distribution overhead.
+  if tf.DeviceSpec.from_string(devices[0]).device_type != "CPU":
+    # One accelerator: a one-device strategy prefetches the input batches to
+    # it; the default strategy would copy them inside the step.
+    return "one_device"
+  # One CPU: the default strategy adds no distribution overhead.
   return "default"
 
 

@@ -136,6 +136,10 @@ flags.DEFINE_float("se_ratio", 0.0, "Squeeze-excite ratio; 0 for none.")
 flags.DEFINE_integer("image_size", 224, "Input image side.")
 flags.DEFINE_float("color_jitter_strength", 1.0, "Colour jitter strength s.")
 flags.DEFINE_bool("use_blur", True, "Gaussian blur while pretraining.")
+flags.DEFINE_bool("augment_on_device", False, "Augment inside the train "
+                  "step on the accelerator (batched ops) instead of in the "
+                  "tf.data pipeline, which then only decodes, caches and "
+                  "batches uint8 images of --image_size.")
 # --- linear evaluation (train_mode=linear_eval and after pretraining)
 flags.DEFINE_enum("linear_eval_optimizer", "momentum", config_lib.OPTIMIZERS,
                   "Linear eval: optimizer.")
@@ -167,6 +171,10 @@ flags.DEFINE_integer("steps_per_loop", 1, "Optimizer steps per host call; "
                      "progress, summaries and checkpoints happen between "
                      "loops.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
+                  "Keras dtype policy: float32, mixed_bfloat16, or "
+                  "mixed_float16 (with dynamic loss scaling). Losses, "
+                  "BatchNorm statistics and LARS stay float32.")
 
 
 def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
@@ -191,7 +199,7 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           synthetic_seed=v.synthetic_seed),
       augment=config_lib.AugmentConfig(
           color_jitter_strength=v.color_jitter_strength,
-          use_blur=v.use_blur),
+          use_blur=v.use_blur, on_device=v.augment_on_device),
       model=config_lib.ModelConfig(
           resnet_depth=v.resnet_depth, width_multiplier=v.width_multiplier,
           sk_ratio=v.sk_ratio, se_ratio=v.se_ratio, global_bn=v.global_bn,
@@ -233,7 +241,7 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           keep_hub_module_max=v.keep_hub_module_max,
           steps_per_loop=v.steps_per_loop, seed=v.seed, strategy=v.strategy,
           tpu=v.tpu, cpu_replicas=v.cpu_replicas,
-          jit_compile=v.jit_compile))
+          precision=v.precision, jit_compile=v.jit_compile))
 
 
 class _DropRoutineTfdsNotices(logging_std.Filter):

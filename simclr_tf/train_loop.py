@@ -4,23 +4,81 @@ Keras' own multi-step function (`steps_per_execution > 1`) fails under
 `MirroredStrategy` (a placeholder error from its Optional-based while loop,
 keras-team/keras#19246), and its `jit_compile` wraps `strategy.run`, which XLA
 cannot place across devices. This replacement loops `strategy.run` with
-`tf.range` inside one `tf.function`, compiles only the per-replica step when
+`tf.range` inside one `tf.function`, compiles only the per-replica work when
 XLA is on, and never runs past the model's step budget, so checkpoints and
 the final step land exactly where asked.
+
+What XLA compiles depends on the strategy (`xla_scope`):
+
+- "step": the whole per-replica step (on-device augmentation, forward,
+  loss, backward, optimizer update). One replica (default, one-device or a
+  one-device mirrored strategy), and mirrored or multi-worker strategies
+  whose devices are all GPUs: there TensorFlow runs the cross-replica sums
+  and gathers as XLA collectives.
+- "augmentation": only the on-device augmentation. Mirrored strategies over
+  CPU devices (`cpu_replicas`) synchronise replicas with `merge_call`
+  (gradient all-reduce, sync BatchNorm, the loss' all-gather), which cannot
+  run inside a compiled function; the rest of the step runs as a graph.
+- "tpu": TPUStrategy compiles the whole step with XLA anyway.
 """
 
 import tensorflow as tf
+
+XLA_STEP = "step"
+XLA_AUGMENTATION = "augmentation"
+XLA_TPU = "tpu"
+
+# How often a loop reruns its remaining steps when some were skipped
+# (non-finite float16 gradients). A float16 run starts at a loss scale of
+# 2^15 and its first steps halve it until the gradients fit: a few skips.
+MAX_RETRIES_PER_LOOP = 32
+
+
+def xla_scope(strategy) -> str:
+  """What `jit_compile=True` compiles per replica under `strategy`.
+
+  Args:
+    strategy: a `tf.distribute.Strategy`.
+
+  Returns:
+    `XLA_STEP`, `XLA_AUGMENTATION` or `XLA_TPU` (see the module docstring).
+  """
+  if isinstance(strategy, (tf.distribute.TPUStrategy,
+                           tf.distribute.experimental.TPUStrategy)):
+    return XLA_TPU
+  if strategy.num_replicas_in_sync == 1:
+    return XLA_STEP
+  devices = getattr(strategy.extended, "worker_devices", ())
+  if devices and all(tf.DeviceSpec.from_string(d).device_type == "GPU"
+                     for d in devices):
+    return XLA_STEP
+  return XLA_AUGMENTATION
+
+
+def _with_augmentation(step, augmentation):
+  """`step` on (views, labels) made from (images, labels)."""
+  if augmentation is None:
+    return step
+
+  def augmented_step(data):
+    images, *rest = data
+    return step((augmentation(images), *rest))
+
+  return augmented_step
 
 
 def make_train_function(model, steps_per_loop: int, jit_compile: bool):
   """Builds the function `keras.Model.fit` calls once per loop.
 
   Args:
-    model: a compiled `SimCLRModel` (its `train_step`, optimizer, metrics
-      and `stop_at_step`).
+    model: a compiled `SimCLRModel` (its `train_step`, optimizer, metrics,
+      `stop_at_step` and `train_augmentation`). A `train_augmentation`
+      turns each batch's images into the views on the device, before
+      `train_step`.
     steps_per_loop: optimizer steps per call (fit's `steps_per_execution`
       must be the same, so fit calls it the right number of times).
-    jit_compile: compile each replica's train step with XLA.
+    jit_compile: compile each replica's work with XLA, as far as the
+      strategy allows (`xla_scope`).
 
   Returns:
     A function of the distributed iterator returning the metric results.
@@ -29,8 +87,14 @@ def make_train_function(model, steps_per_loop: int, jit_compile: bool):
     raise ValueError("`steps_per_loop` must be positive. Received: "
                      f"steps_per_loop={steps_per_loop}")
   strategy = model.distribute_strategy
-  replica_step = model.train_step
-  if jit_compile:
+  augmentation = getattr(model, "train_augmentation", None)
+  scope = xla_scope(strategy) if jit_compile else None
+  if scope == XLA_AUGMENTATION and augmentation is not None:
+    augmentation = tf.function(augmentation, jit_compile=True)
+  replica_step = _with_augmentation(model.train_step, augmentation)
+  if scope == XLA_STEP:
+    # Handed to `strategy.run` as a compiled tf.function: on GPUs mirrored
+    # strategies then call it once per replica with XLA collectives.
     replica_step = tf.function(replica_step, jit_compile=True,
                                reduce_retracing=True)
 
@@ -40,12 +104,19 @@ def make_train_function(model, steps_per_loop: int, jit_compile: bool):
       strategy.run(replica_step, args=(next(iterator),))
 
   def train_function(iterator):
-    num_steps = steps_per_loop
-    if model.stop_at_step is not None:
+    if model.stop_at_step is None:
+      run_steps(iterator, tf.constant(steps_per_loop, tf.int32))
+      return model.metric_results()
+    done = int(model.optimizer.iterations.numpy())
+    target = min(done + steps_per_loop, model.stop_at_step)
+    # A loss-scaled (float16) step whose gradients overflow is skipped and
+    # not counted; run more batches so the loop still ends at its step and
+    # the run at `stop_at_step`. Bounded, in case the loss itself diverged.
+    for _ in range(1 + MAX_RETRIES_PER_LOOP):
+      if done >= target:
+        break
+      run_steps(iterator, tf.constant(target - done, tf.int32))
       done = int(model.optimizer.iterations.numpy())
-      num_steps = min(num_steps, model.stop_at_step - done)
-    if num_steps > 0:
-      run_steps(iterator, tf.constant(num_steps, tf.int32))
     # Read in the cross-replica context: metric totals and counts are summed
     # over replicas, so these are exact global means.
     return model.metric_results()

@@ -5,6 +5,7 @@ takes an `ExperimentConfig` only; flags never reach this module.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 import keras
 import tensorflow as tf
 
+from simclr_tf import augment
 from simclr_tf import callbacks as callbacks_lib
 from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
@@ -21,12 +23,18 @@ from simclr_tf import export as export_lib
 from simclr_tf import fault_injection
 from simclr_tf import faults
 from simclr_tf import optimizers
+from simclr_tf import precision
 from simclr_tf import run_dir as run_dir_lib
+from simclr_tf import train_loop
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
 
 RESULT_FILE = "result.json"
+# Each replica's next batches are copied to its device while it computes
+# (a buffer of one batch per replica, TensorFlow's default, made explicit).
+TRAIN_INPUT_OPTIONS = tf.distribute.InputOptions(
+    experimental_fetch_to_device=True, experimental_per_replica_buffer_size=1)
 LINEAR_EVAL_DIR = "linear_eval"
 
 
@@ -152,24 +160,7 @@ def run_stage(config: ExperimentConfig, strategy,
   # draws Python random numbers, and initial weights must depend on the
   # seed alone, or a worker that generated data would start elsewhere.
   keras.utils.set_random_seed(run.seed)
-  with strategy.scope():
-    model = simclr.build_simclr_model(
-        config.model, image_size=config.data.image_size,
-        num_classes=max(info.num_classes, 1), train_mode=run.train_mode,
-        with_supervised_head=run.lineareval_while_pretraining,
-        temperature=config.loss.temperature,
-        hidden_norm=config.loss.hidden_norm,
-        weight_decay=config.optimizer.weight_decay,
-        optimizer_name=config.optimizer.optimizer)
-    schedule = optimizers.WarmUpAndCosineDecay(
-        config.optimizer.learning_rate, batch_size=run.train_batch_size,
-        num_examples=info.num_train_examples,
-        warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
-        scaling=config.optimizer.learning_rate_scaling)
-    model.compile(optimizers.build_optimizer(config.optimizer, schedule),
-                  steps_per_loop=run.steps_per_loop,
-                  jit_compile=run.jit_compile)
-    model.build_optimizer_slots()
+  model = build_model(config, strategy, info, total_steps)
   run_dir_lib.check_free_space(
       run_dir.write_dir, run_dir_lib.CHECKPOINT_SPACE_FACTOR *
       run_dir_lib.checkpoint_bytes(list(model.variables) +
@@ -218,6 +209,42 @@ def run_stage(config: ExperimentConfig, strategy,
   return result
 
 
+def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
+  """The stage's compiled model, its optimizer and slots, in `strategy`.
+
+  Args:
+    config: the stage's config.
+    strategy: the `tf.distribute.Strategy`.
+    info: the dataset's `DatasetInfo` (classes, examples per epoch).
+    total_steps: the run's optimizer steps, for the learning-rate schedule.
+
+  Returns:
+    A compiled `SimCLRModel` (optimizer loss-scaled for float16).
+  """
+  run = config.run
+  # Layers take the dtype policy when built; variables stay float32.
+  with strategy.scope(), precision.policy_scope(run.precision):
+    model = simclr.build_simclr_model(
+        config.model, image_size=config.data.image_size,
+        num_classes=max(info.num_classes, 1), train_mode=run.train_mode,
+        with_supervised_head=run.lineareval_while_pretraining,
+        temperature=config.loss.temperature,
+        hidden_norm=config.loss.hidden_norm,
+        weight_decay=config.optimizer.weight_decay,
+        optimizer_name=config.optimizer.optimizer)
+    schedule = optimizers.WarmUpAndCosineDecay(
+        config.optimizer.learning_rate, batch_size=run.train_batch_size,
+        num_examples=info.num_train_examples,
+        warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
+        scaling=config.optimizer.learning_rate_scaling)
+    optimizer = precision.wrap_optimizer(
+        optimizers.build_optimizer(config.optimizer, schedule), run.precision)
+    model.compile(optimizer, steps_per_loop=run.steps_per_loop,
+                  jit_compile=run.jit_compile)
+    model.build_optimizer_slots()
+  return model
+
+
 def _step(model):
   return int(model.optimizer.iterations.numpy())
 
@@ -247,13 +274,43 @@ def _initialise(model, latest, config, log):
   return True
 
 
-def _train_augment_config(config):
+def train_augment_config(config):
+  """The augmentation settings of the stage's training data.
+
+  Args:
+    config: the stage's `ExperimentConfig`.
+
+  Returns:
+    `config.augment` when pretraining; for fine-tuning and linear
+    evaluation the same with colour distortion and blur off.
+  """
   if config.run.train_mode == "pretrain":
     return config.augment
   # Fine-tuning and linear evaluation see crops and flips only, as the
   # authors do: colour distortion and blur are pretraining augmentations.
   return dataclasses.replace(config.augment, color_jitter_probability=0.0,
                              grayscale_probability=0.0, use_blur=False)
+
+
+def on_device_augmentation(config):
+  """What the train step runs on each batch with `augment.on_device`.
+
+  The batched transform of `simclr_tf.augment`, with the same settings as
+  the tf.data path of this train mode: the full SimCLR augmentation when
+  pretraining (two views), crops and flips only when fine-tuning or
+  training a linear head (one view).
+
+  Args:
+    config: the stage's `ExperimentConfig`.
+
+  Returns:
+    A function from uint8 (B, size, size, 3) images to float32
+    (B, size, size, 3 * views) views in [0, 1].
+  """
+  num_views = 2 if config.run.train_mode == "pretrain" else 1
+  return functools.partial(
+      augment.augment_batch_views, size=config.data.image_size,
+      augment_config=train_augment_config(config), num_views=num_views)
 
 
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
@@ -265,12 +322,24 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
         f"{total_steps}: nothing to train.")
     return
   num_views = 2 if run.train_mode == "pretrain" else 1
+  augment_config = train_augment_config(config)
   input_fn = data_lib.build_input_fn(
-      config.data, _train_augment_config(config), training=True,
+      config.data, augment_config, training=True,
       num_views=num_views, global_batch_size=run.train_batch_size,
       seed=run.seed)
+  if augment_config.on_device:
+    # The pipeline yields uint8 images; the views are made in the step.
+    model.train_augmentation = on_device_augmentation(config)
+  if (run.jit_compile and
+      train_loop.xla_scope(strategy) == train_loop.XLA_AUGMENTATION):
+    compiled = ("only the on-device augmentation" if augment_config.on_device
+                else "nothing (no --augment_on_device)")
+    log(f"NOTE: jit_compile under {type(strategy).__name__} on CPU devices "
+        f"compiles {compiled}: XLA on CPU cannot hold the cross-replica sums "
+        "and gathers. The rest of the step runs uncompiled.")
   if run_dir.is_chief:
-    _write_example_views(input_fn, writer, start_step)
+    _write_example_views(input_fn, writer, start_step,
+                         model.train_augmentation)
   input_fn = fault_injection.train_input_fn(
       input_fn, start_step=start_step, image_size=config.data.image_size,
       num_views=num_views, num_classes=num_classes,
@@ -281,7 +350,8 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     contexts.append(input_context)
     return input_fn(input_context)
 
-  dataset = strategy.distribute_datasets_from_function(recorded_input_fn)
+  dataset = strategy.distribute_datasets_from_function(
+      recorded_input_fn, options=TRAIN_INPUT_OPTIONS)
   if contexts and contexts[0].num_input_pipelines > 1:
     log(f"[{run.train_mode}] this process reads input shard(s) "
         f"{[c.input_pipeline_id for c in contexts]} of "
@@ -315,8 +385,10 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
   fault_injection.after_training(model, run_dir.task_name)
 
 
-def _write_example_views(input_fn, writer, step):
+def _write_example_views(input_fn, writer, step, augmentation=None):
   images, _ = next(iter(input_fn(tf.distribute.InputContext())))
+  if augmentation is not None:
+    images = augmentation(images)
   if images.dtype == tf.float32:
     callbacks_lib.write_view_pairs(writer, images.numpy(), step)
 

@@ -209,3 +209,31 @@ def test_rerunning_resumes_from_the_last_checkpoint(data_dir, tmp_path):
   assert results[0].global_step == 6
   progress = [line for line in lines if line.startswith("[pretrain] step")]
   assert [line.split()[2] for line in progress] == ["6/6"]
+
+
+def test_float16_run_reaches_its_step_and_resumes_in_float32(data_dir,
+                                                             tmp_path):
+  # The first float16 steps overflow at the initial loss scale and are
+  # skipped; the loop makes up for them, so the run still ends at step 4.
+  results, lines = run(tiny_config(data_dir, tmp_path, mode="train",
+                                   precision="mixed_float16"))
+  assert results[0].global_step == 4
+  assert [line.split()[2] for line in lines
+          if line.startswith("[pretrain] step")] == ["2/4", "4/4"]
+  # The optimizer state is saved the same way under every precision.
+  results, lines = run(tiny_config(data_dir, tmp_path, mode="train",
+                                   train_steps=6))
+  assert any(f"Resumed from {tmp_path}/ckpt-4 at step 4" in line
+             for line in lines)
+  assert results[0].global_step == 6
+
+
+def test_on_device_augmentation_trains_and_shows_its_views(data_dir,
+                                                           tmp_path):
+  config = tiny_config(data_dir, tmp_path, mode="train")
+  config = dataclasses.replace(config, augment=dataclasses.replace(
+      config.augment, on_device=True))
+  results, _ = run(config)
+  assert results[0].global_step == 4
+  # The views in TensorBoard are made by the on-device transform.
+  assert "train/augmented_views" in event_tags(str(tmp_path))

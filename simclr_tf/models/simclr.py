@@ -51,6 +51,10 @@ class SimCLRModel(keras.Model):
   The loss for gradients is divided by the replica count once, here, because
   the optimizer sums gradients over replicas. Metrics report unscaled values.
 
+  Set `train_augmentation` to augment on the device: `fit` data are then
+  `(uint8 images (B, H, W, 3), labels)` and the function makes the views
+  inside each train step (see `train_loop`).
+
   Args:
     encoder: a `resnet()` model.
     projection_head: a `ProjectionHead`.
@@ -94,6 +98,11 @@ class SimCLRModel(keras.Model):
     # Optimizer step at which `fit` stops (None: run every step fit asks).
     self.stop_at_step = None
     self.xla_train_step = False
+    # None, or a function from a training batch's images to the model's
+    # input views, run on the device at the start of every train step (the
+    # on-device augmentation: uint8 images in, float views out). Set by the
+    # training program; not part of the saved config.
+    self.train_augmentation = None
 
   def build(self, input_shape):
     features_shape = self.encoder.output_shape
@@ -241,7 +250,8 @@ class SimCLRModel(keras.Model):
     Args:
       optimizer: a Keras optimizer (create it in the strategy scope).
       steps_per_loop: optimizer steps per host call of the train function.
-      jit_compile: compile each replica's train step with XLA.
+      jit_compile: compile each replica's train step with XLA, as far as the
+        strategy allows (`train_loop.xla_scope`).
       **kwargs: other `keras.Model.compile` arguments.
     """
     # Keras' own jit and multi-step train function fail under

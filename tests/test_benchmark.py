@@ -1,0 +1,82 @@
+"""tools/benchmark.py, run as a person would, on a very small configuration."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--resnet_depth=18", "--width_multiplier=0.125", "--image_size=16",
+        "--train_batch_size=16", "--proj_out_dim=16",
+        "--synthetic_train_examples=64", "--synthetic_test_examples=16",
+        "--shuffle_buffer=64", "--benchmark_steps=2",
+        "--benchmark_input_batches=2"]
+
+
+def _run(args, cwd=REPO):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("PYTHONPATH", None)
+  return subprocess.run([sys.executable] + args, cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_prints_a_json_line_per_measurement_and_a_table(tmp_path):
+  # The base configuration augments in tf.data; the variant on the device.
+  result = _run(["-m", "tools.benchmark", f"--data_dir={tmp_path}",
+                 "--steps_per_loop=2", "--benchmark_repeats=1",
+                 "--benchmark_variant=augment_on_device=true"] + TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.rstrip().splitlines()
+  json_lines = [line for line in lines if line.startswith("{")]
+  records = [json.loads(line) for line in json_lines]
+  by_name = {record["measurement"]: record for record in records}
+  configs = [r for r in records if r["measurement"] == "config"]
+  assert [(c["variant"], c["augment_on_device"]) for c in configs] == [
+      ("", False), ("augment_on_device=true", True)]
+  assert configs[0]["views_per_step"] == 32
+  assert configs[0]["timed_steps"] == 2
+  for name in ("train_step", "handwritten_loop", "fit_in_memory",
+               "input_tf_data", "input_on_device", "augment_on_device",
+               "fit_end_to_end"):
+    for row in (name, f"{name} [augment_on_device=true]"):
+      assert by_name[row]["views_per_second"] > 0, row
+      assert by_name[row]["views_per_cpu_second"] > 0, row
+      assert len(by_name[row]["runs"]) == 1, row
+    ratio = by_name[f"{name}: variant / base"]["ratio"]
+    assert ratio == pytest.approx(
+        by_name[f"{name} [augment_on_device=true]"]["views_per_second"] /
+        by_name[name]["views_per_second"], rel=1e-3)
+  assert by_name["fit_in_memory / handwritten_loop"]["ratio"] > 0
+  # Each train step is compared with the pipeline of its own path.
+  assert "input_tf_data / train_step" in by_name
+  assert ("input_on_device / train_step [augment_on_device=true]"
+          in by_name)
+  assert by_name["memory"]["peak_host_bytes"] > 100 * 2 ** 20
+  assert by_name["memory"]["peak_device_bytes"] == "n/a"
+  # The JSON lines come first, then a blank line and the table.
+  assert lines[:len(json_lines)] == json_lines
+  table = lines[len(json_lines):]
+  assert table[0] == "" and table[1].startswith("measurement")
+  assert any(line.startswith("fit_end_to_end ") for line in table)
+  assert any(line.startswith("peak host memory") for line in table)
+
+
+def test_runs_as_a_script_and_reports_bad_flags_in_one_line(tmp_path):
+  # As a script, from another directory: the flags parse (so the imports
+  # work) and a bad value stops it with one line before TensorFlow starts.
+  script = os.path.join(REPO, "tools", "benchmark.py")
+  for flag, message in (
+      ("--benchmark_measurements=speed", "unknown ['speed']"),
+      ("--benchmark_steps=0", "--benchmark_steps must be"),
+      ("--precision=float8", "precision"),
+      ("--benchmark_variant=strategy=mirrored", "cannot change strategy"),
+      ("--benchmark_variant=jit=true", "Received: 'jit=true'"),
+      ("--benchmark_variant=precision=float8", "float8")):
+    result = _run([script, flag], cwd=str(tmp_path))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("benchmark: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
