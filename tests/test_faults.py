@@ -19,6 +19,8 @@ from simclr_tf import run_dir
 from simclr_tf import training
 from simclr_tf.models import simclr
 
+from command_line import config_of
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,17 +42,6 @@ def run_cli(args, faults_spec, timeout=300):
   return subprocess.run([sys.executable, "-m", "simclr_tf.run"] + args,
                         capture_output=True, text=True, timeout=timeout,
                         cwd=REPO, env=env)
-
-
-def config_of(args):
-  """The `ExperimentConfig` the command line would build from `args`."""
-  flag_values = run_lib.FLAGS
-  flag_values.unparse_flags()
-  try:
-    flag_values([sys.argv[0]] + args)
-    return run_lib.config_from_flags(flag_values).validate()
-  finally:
-    flag_values.unparse_flags()
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,10 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import fault_injection
-from simclr_tf import run as run_lib
 from simclr_tf import run_dir
 from simclr_tf import training
+
+from command_line import config_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -68,16 +69,6 @@ def worker_env(faults_spec=""):
   if faults_spec:
     env[fault_injection.ENV_VAR] = faults_spec
   return env
-
-
-def config_of(args):
-  flag_values = run_lib.FLAGS
-  flag_values.unparse_flags()
-  try:
-    flag_values([sys.argv[0]] + args)
-    return run_lib.config_from_flags(flag_values).validate()
-  finally:
-    flag_values.unparse_flags()
 
 
 def scalar_values(model_dir, tag="train/contrast_loss"):

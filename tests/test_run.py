@@ -10,6 +10,8 @@ import pytest
 
 from simclr_tf import run as run_lib
 
+import command_line
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -126,15 +128,11 @@ def test_no_arguments_means_the_demo_flagfile():
 def test_every_preset_flagfile_parses_into_a_valid_config():
   flags_dir = os.path.join(REPO, "flags")
   for name in sorted(os.listdir(flags_dir)):
-    flag_values = run_lib.FLAGS
-    flag_values.unparse_flags()
-    flag_values([sys.argv[0], f"--flagfile={os.path.join(flags_dir, name)}",
-                 "--checkpoint=runs/x"] if "finetune" in name or
-                "linear_eval" in name else
-                [sys.argv[0], f"--flagfile={os.path.join(flags_dir, name)}"])
-    config = run_lib.config_from_flags(flag_values).validate()
+    args = [f"--flagfile={os.path.join(flags_dir, name)}"]
+    if "finetune" in name or "linear_eval" in name:
+      args.append("--checkpoint=runs/x")
+    config = command_line.config_of(args)
     assert config.run.model_dir.startswith("runs/"), name
     with open(os.path.join(flags_dir, name)) as handle:
       header = handle.read().split("\n--", 1)[0]
     assert "Source:" in header and "python -m simclr_tf.run" in header, name
-  run_lib.FLAGS.unparse_flags()
