@@ -132,6 +132,11 @@ flags.DEFINE_integer("resnet_depth", 50, "ResNet depth: 18, 34, 50, 101, "
 flags.DEFINE_float("sk_ratio", 0.0, "Selective-kernel ratio (0.0625 in "
                    "SimCLRv2); 0 for none.")
 flags.DEFINE_float("se_ratio", 0.0, "Squeeze-excite ratio; 0 for none.")
+flags.DEFINE_enum("cifar_stem", "auto", ["auto", "true", "false"],
+                  "ResNet stem: true is the CIFAR stem (3x3 stride-1 conv, no "
+                  "max-pool), false the ImageNet one (7x7 stride-2 conv and "
+                  "max-pool, 16x fewer activations); auto picks the CIFAR "
+                  "stem for --image_size <= 32, as the authors do.")
 # --- augmentation
 flags.DEFINE_integer("image_size", 224, "Input image side.")
 flags.DEFINE_float("color_jitter_strength", 1.0, "Colour jitter strength s.")
@@ -177,6 +182,9 @@ flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
                   "BatchNorm statistics and LARS stay float32.")
 
 
+_CIFAR_STEM = {"auto": None, "true": True, "false": False}
+
+
 def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
   """Turns parsed flags into one `ExperimentConfig` (not yet validated).
 
@@ -202,7 +210,8 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           use_blur=v.use_blur, on_device=v.augment_on_device),
       model=config_lib.ModelConfig(
           resnet_depth=v.resnet_depth, width_multiplier=v.width_multiplier,
-          sk_ratio=v.sk_ratio, se_ratio=v.se_ratio, global_bn=v.global_bn,
+          sk_ratio=v.sk_ratio, se_ratio=v.se_ratio,
+          cifar_stem=_CIFAR_STEM[v.cifar_stem], global_bn=v.global_bn,
           batch_norm_decay=v.batch_norm_decay,
           proj_head_mode=v.proj_head_mode, proj_out_dim=v.proj_out_dim,
           num_proj_layers=v.num_proj_layers,

@@ -136,3 +136,12 @@ def test_every_preset_flagfile_parses_into_a_valid_config():
     with open(os.path.join(flags_dir, name)) as handle:
       header = handle.read().split("\n--", 1)[0]
     assert "Source:" in header and "python -m simclr_tf.run" in header, name
+
+
+@pytest.mark.parametrize("value, stem_at_32, stem_at_224", [
+    ("auto", True, False), ("true", True, True), ("false", False, False)])
+def test_cifar_stem_flag_picks_the_stem(value, stem_at_32, stem_at_224):
+  for size, expected in ((32, stem_at_32), (224, stem_at_224)):
+    config = command_line.config_of([f"--cifar_stem={value}",
+                                     f"--image_size={size}"])
+    assert config.model.use_cifar_stem(size) is expected
