@@ -141,6 +141,9 @@ flags.DEFINE_enum("cifar_stem", "auto", ["auto", "true", "false"],
 flags.DEFINE_integer("image_size", 224, "Input image side.")
 flags.DEFINE_float("color_jitter_strength", 1.0, "Colour jitter strength s.")
 flags.DEFINE_bool("use_blur", True, "Gaussian blur while pretraining.")
+flags.DEFINE_list("crop_area_range", ["0.08", "1.0"], "Random crop: "
+                  "smallest and largest area as fractions of the image, "
+                  "LOW,HIGH (the paper's 0.08,1.0).")
 flags.DEFINE_bool("augment_on_device", False, "Augment inside the train "
                   "step on the accelerator (batched ops) instead of in the "
                   "tf.data pipeline, which then only decodes, caches and "
@@ -185,6 +188,16 @@ flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
 _CIFAR_STEM = {"auto": None, "true": True, "false": False}
 
 
+def _float_pair(name, values):
+  try:
+    low, high = (float(value) for value in values)
+  except ValueError:
+    raise config_lib.ConfigError(
+        f"--{name} takes two numbers, LOW,HIGH. Received: "
+        f"{name}={','.join(values)}") from None
+  return (low, high)
+
+
 def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
   """Turns parsed flags into one `ExperimentConfig` (not yet validated).
 
@@ -206,6 +219,7 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           synthetic_test_examples=v.synthetic_test_examples,
           synthetic_seed=v.synthetic_seed),
       augment=config_lib.AugmentConfig(
+          crop_area_range=_float_pair("crop_area_range", v.crop_area_range),
           color_jitter_strength=v.color_jitter_strength,
           use_blur=v.use_blur, on_device=v.augment_on_device),
       model=config_lib.ModelConfig(

@@ -1,6 +1,7 @@
 """`python -m simclr_tf.run` as a user runs it: flags, errors, kill/resume."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 
 import pytest
 
+from simclr_tf import config as config_lib
 from simclr_tf import run as run_lib
 
 import command_line
@@ -145,3 +147,13 @@ def test_cifar_stem_flag_picks_the_stem(value, stem_at_32, stem_at_224):
     config = command_line.config_of([f"--cifar_stem={value}",
                                      f"--image_size={size}"])
     assert config.model.use_cifar_stem(size) is expected
+
+
+def test_crop_area_range_flag():
+  config = command_line.config_of(["--crop_area_range=0.25,1"])
+  assert config.augment.crop_area_range == (0.25, 1.0)
+  for value, message in (("0.25", "two numbers, LOW,HIGH"),
+                         ("a,1", "two numbers, LOW,HIGH"),
+                         ("0.5,0.2", "crop_area_range=(0.5, 0.2)")):
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+      command_line.config_of([f"--crop_area_range={value}"])
