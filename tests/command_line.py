@@ -1,8 +1,51 @@
-"""Builds configs the way the command line does, for tests."""
+"""The command line in tests: tiny flag sets, configs, the program itself."""
 
+import os
+import subprocess
 import sys
 
 from simclr_tf import run as run_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_flags(data_dir, model_dir, **overrides):
+  """Flags for a tiny, fast run on synthetic_shapes.
+
+  Args:
+    data_dir: where synthetic_shapes is generated.
+    model_dir: the run's directory.
+    **overrides: more flags, or other values, as name=value.
+
+  Returns:
+    A list of "--name=value" strings.
+  """
+  flags = dict(
+      dataset="synthetic_shapes", data_dir=data_dir,
+      synthetic_train_examples=128, synthetic_test_examples=48,
+      image_size=16, resnet_depth=18, width_multiplier=0.125,
+      proj_out_dim=16, temperature=0.5, use_blur="false",
+      train_batch_size=32, eval_batch_size=32, warmup_epochs=0,
+      model_dir=model_dir)
+  flags.update(overrides)
+  return [f"--{name}={value}" for name, value in flags.items()]
+
+
+def run_program(args, env=None, timeout=300):
+  """Runs `python -m simclr_tf.run` with `args` from the repository root.
+
+  Args:
+    args: command-line arguments.
+    env: extra environment variables.
+    timeout: seconds before the run is stopped.
+
+  Returns:
+    The `subprocess.CompletedProcess`, with text stdout and stderr.
+  """
+  return subprocess.run([sys.executable, "-m", "simclr_tf.run"] + list(args),
+                        capture_output=True, text=True, timeout=timeout,
+                        cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=REPO, **(env or {})))
 
 
 def config_of(args):

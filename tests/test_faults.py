@@ -4,9 +4,8 @@ The faults are injected with the test-only `SIMCLR_TF_TEST_FAULTS` variable
 (see simclr_tf/fault_injection.py) into real command-line runs.
 """
 
+import functools
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,29 +18,18 @@ from simclr_tf import run_dir
 from simclr_tf import training
 from simclr_tf.models import simclr
 
+import command_line
 from command_line import config_of
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+tiny_flags = functools.partial(
+    command_line.tiny_flags, mode="train", train_steps=6, checkpoint_steps=2,
+    steps_per_loop=1)
 
 
-def tiny_flags(data_dir, model_dir):
-  return [
-      "--dataset=synthetic_shapes", f"--data_dir={data_dir}",
-      "--synthetic_train_examples=128", "--synthetic_test_examples=48",
-      "--image_size=16", "--resnet_depth=18", "--width_multiplier=0.125",
-      "--proj_out_dim=16", "--temperature=0.5", "--use_blur=false",
-      "--train_batch_size=32", "--eval_batch_size=32", "--warmup_epochs=0",
-      "--mode=train", "--train_steps=6", "--checkpoint_steps=2",
-      "--steps_per_loop=1", f"--model_dir={model_dir}",
-  ]
-
-
-def run_cli(args, faults_spec, timeout=300):
-  env = dict(os.environ, PYTHONPATH=REPO)
-  env[fault_injection.ENV_VAR] = faults_spec
-  return subprocess.run([sys.executable, "-m", "simclr_tf.run"] + args,
-                        capture_output=True, text=True, timeout=timeout,
-                        cwd=REPO, env=env)
+def run_cli(args, faults_spec):
+  return command_line.run_program(
+      args, env={fault_injection.ENV_VAR: faults_spec})
 
 
 @pytest.fixture(scope="module")

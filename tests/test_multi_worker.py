@@ -13,6 +13,7 @@ Each worker is a separate Python process with its own TensorFlow start-up,
 so these are the slowest tests; steps and models are tiny.
 """
 
+import functools
 import glob
 import json
 import os
@@ -30,9 +31,10 @@ from simclr_tf import fault_injection
 from simclr_tf import run_dir
 from simclr_tf import training
 
+import command_line
 from command_line import config_of
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = command_line.REPO
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import launch_local_cluster  # noqa: E402
 
@@ -45,16 +47,8 @@ LAUNCHER = os.path.join(REPO, "tools", "launch_local_cluster.py")
 LOSS_TOLERANCE = 1e-5
 
 
-def tiny_flags(data_dir, model_dir, **overrides):
-  flags = dict(
-      dataset="synthetic_shapes", data_dir=data_dir,
-      synthetic_train_examples=128, synthetic_test_examples=48,
-      image_size=16, resnet_depth=18, width_multiplier=0.125,
-      proj_out_dim=16, temperature=0.5, use_blur="false",
-      train_batch_size=32, eval_batch_size=32, warmup_epochs=0,
-      mode="train", steps_per_loop=1, model_dir=model_dir)
-  flags.update(overrides)
-  return [f"--{name}={value}" for name, value in flags.items()]
+tiny_flags = functools.partial(command_line.tiny_flags, mode="train",
+                               steps_per_loop=1)
 
 
 def launcher_command(flags, num_workers=2, timeout=240):

@@ -1,5 +1,6 @@
 """`python -m simclr_tf.run` as a user runs it: flags, errors, kill/resume."""
 
+import functools
 import os
 import re
 import signal
@@ -14,25 +15,11 @@ from simclr_tf import run as run_lib
 
 import command_line
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = command_line.REPO
 
 
-def tiny_flags(data_dir, model_dir):
-  return [
-      "--dataset=synthetic_shapes", f"--data_dir={data_dir}",
-      "--synthetic_train_examples=128", "--synthetic_test_examples=48",
-      "--image_size=16", "--resnet_depth=18", "--width_multiplier=0.125",
-      "--proj_out_dim=16", "--temperature=0.5", "--use_blur=false",
-      "--train_batch_size=32", "--eval_batch_size=32", "--steps_per_loop=2",
-      "--warmup_epochs=0", f"--model_dir={model_dir}",
-  ]
-
-
-def run_cli(args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=REPO)
-  return subprocess.run([sys.executable, "-m", "simclr_tf.run"] + args,
-                        capture_output=True, text=True, timeout=timeout,
-                        cwd=REPO, env=env)
+tiny_flags = functools.partial(command_line.tiny_flags, steps_per_loop=2)
+run_cli = command_line.run_program
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ counted and reported in one warning. Scans are remembered for the process.
 
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
