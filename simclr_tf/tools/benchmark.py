@@ -55,10 +55,6 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):
-  # Run as a script: make `simclr_tf` importable from the repo root.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
@@ -167,10 +163,8 @@ class Benchmark:
     self.input_batches = input_batches
     self.model = training.build_model(config, self.strategy, self.info,
                                       total_steps=10 ** 9)
-    self.augmentation = None
-    if config.augment.on_device:
-      self.augmentation = training.on_device_augmentation(config)
-      self.model.train_augmentation = self.augmentation
+    # `build_model` compiles the on-device augmentation into the model.
+    self.augmentation = self.model.train_augmentation
     self.summary_dir = tempfile.mkdtemp(prefix="simclr_benchmark_")
     self._in_memory = self._in_memory_dataset()
 
@@ -592,5 +586,10 @@ def _parse_flags(argv):
     sys.exit(_fail(f"{error} (see --helpfull)"))
 
 
-if __name__ == "__main__":
+def entry():
+  """Console-script entry point."""
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  entry()

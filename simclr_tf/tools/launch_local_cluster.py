@@ -215,5 +215,10 @@ def main(argv=None):
                      log=lambda line: print(line, flush=True))
 
 
-if __name__ == "__main__":
+def entry():
+  """Console-script entry point."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry()
