@@ -22,7 +22,7 @@ from simclr_tf import config as config_lib
 from simclr_tf import data as data_lib
 from simclr_tf import export
 from simclr_tf import training
-from simclr_tf.models import resnet
+from simclr_tf.models import resnet_encoder
 from simclr_tf.models import simclr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ def tiny_config(data_dir, model_dir, **run_overrides):
   run.update(run_overrides)
   return config_lib.ExperimentConfig(
       data=config_lib.DataConfig(
-          image_size=SIZE, data_dir=str(data_dir),
+          dataset="synthetic_shapes", image_size=SIZE, data_dir=str(data_dir),
           synthetic_train_examples=128, synthetic_test_examples=48),
       augment=config_lib.AugmentConfig(use_blur=False,
                                        color_jitter_strength=0.5),
@@ -79,7 +79,7 @@ def all_outputs(model, batch, training):
   """
   encoder = model.encoder
   endpoints = keras.Model(encoder.input, {
-      name: encoder.get_layer(name).output for name in resnet.ENDPOINTS})
+      name: encoder.get_layer(name).output for name in resnet_encoder.ENDPOINTS})
 
   @tf.function
   def run(images):

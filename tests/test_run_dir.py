@@ -25,7 +25,7 @@ def tiny_config(data_dir, model_dir, **run_overrides):
   run.update(run_overrides)
   return config_lib.ExperimentConfig(
       data=config_lib.DataConfig(
-          image_size=16, data_dir=data_dir, synthetic_train_examples=64,
+          dataset="synthetic_shapes", image_size=16, data_dir=data_dir, synthetic_train_examples=64,
           synthetic_test_examples=32),
       augment=config_lib.AugmentConfig(use_blur=False),
       model=config_lib.ModelConfig(resnet_depth=18, width_multiplier=0.125,
