@@ -74,9 +74,7 @@ def save(manager, step):
   Returns:
     The new checkpoint's prefix.
   """
-  from simclr_tf import fault_injection  # Test-only; inert by default.
-  return manager.save(checkpoint_number=step,
-                      options=fault_injection.checkpoint_options(step))
+  return manager.save(checkpoint_number=step)
 
 
 def restore_latest(model, prefix):

@@ -20,7 +20,6 @@ from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import distribute
 from simclr_tf import export as export_lib
-from simclr_tf import fault_injection
 from simclr_tf import faults
 from simclr_tf import optimizers
 from simclr_tf import precision
@@ -98,7 +97,8 @@ def run_experiment(config: ExperimentConfig,
       stage_config = config.for_linear_eval(model_dir=config.run.model_dir,
                                             checkpoint=config.run.checkpoint)
     results = [run_stage(stage_config, strategy, log, run_dir=run_dir)]
-    if config.linear_eval.after_pretraining and "train" in config.run.mode:
+    if (config.linear_eval.after_pretraining and "train" in config.run.mode
+        and config.run.train_mode == "pretrain"):
       linear_config = config.for_linear_eval(
           model_dir=os.path.join(config.run.model_dir, LINEAR_EVAL_DIR),
           checkpoint=config.run.model_dir)
@@ -239,8 +239,14 @@ def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
         scaling=config.optimizer.learning_rate_scaling)
     optimizer = precision.wrap_optimizer(
         optimizers.build_optimizer(config.optimizer, schedule), run.precision)
+    # With `augment.on_device` the pipeline yields uint8 images and the
+    # views are made in the step.
     model.compile(optimizer, steps_per_loop=run.steps_per_loop,
-                  jit_compile=run.jit_compile)
+                  jit_compile=run.jit_compile,
+                  train_augmentation=(on_device_augmentation(config)
+                                      if train_augment_config(config).on_device
+                                      else None),
+                  stop_at_step=total_steps)
     model.build_optimizer_slots()
   return model
 
@@ -313,6 +319,27 @@ def on_device_augmentation(config):
       augment_config=train_augment_config(config), num_views=num_views)
 
 
+def training_input_fn(config: ExperimentConfig, *, start_step: int,
+                      num_classes: int):
+  """The stage's training `input_fn(input_context)`.
+
+  Args:
+    config: the stage's config.
+    start_step: the optimizer step training starts (or resumes) from.
+    num_classes: classes of the one-hot labels.
+
+  Returns:
+    A function from a `tf.distribute.InputContext` to the dataset of
+    (views, one-hot labels) batches of one replica.
+  """
+  del start_step, num_classes  # The data does not depend on them.
+  num_views = 2 if config.run.train_mode == "pretrain" else 1
+  return data_lib.build_input_fn(
+      config.data, train_augment_config(config), training=True,
+      num_views=num_views, global_batch_size=config.run.train_batch_size,
+      seed=config.run.seed)
+
+
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
            steps_per_epoch, run_dir, num_classes):
   run = config.run
@@ -321,15 +348,9 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     log(f"[{run.train_mode}] already at step {start_step} of "
         f"{total_steps}: nothing to train.")
     return
-  num_views = 2 if run.train_mode == "pretrain" else 1
   augment_config = train_augment_config(config)
-  input_fn = data_lib.build_input_fn(
-      config.data, augment_config, training=True,
-      num_views=num_views, global_batch_size=run.train_batch_size,
-      seed=run.seed)
-  if augment_config.on_device:
-    # The pipeline yields uint8 images; the views are made in the step.
-    model.train_augmentation = on_device_augmentation(config)
+  input_fn = training_input_fn(config, start_step=start_step,
+                               num_classes=num_classes)
   if (run.jit_compile and
       train_loop.xla_scope(strategy) == train_loop.XLA_AUGMENTATION):
     compiled = ("only the on-device augmentation" if augment_config.on_device
@@ -340,10 +361,6 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
   if run_dir.is_chief:
     _write_example_views(input_fn, writer, start_step,
                          model.train_augmentation)
-  input_fn = fault_injection.train_input_fn(
-      input_fn, start_step=start_step, image_size=config.data.image_size,
-      num_views=num_views, num_classes=num_classes,
-      global_batch_size=run.train_batch_size)
   contexts = []
 
   def recorded_input_fn(input_context):
@@ -367,7 +384,6 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
       f"({total_steps / steps_per_epoch:.1f} epochs of {steps_per_epoch} "
       f"steps, batch {run.train_batch_size}, "
       f"{strategy.num_replicas_in_sync} replica(s)).")
-  model.stop_at_step = total_steps
   try:
     model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
               shuffle=False,
@@ -382,7 +398,6 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     raise faults.WorkerLostError(
         getattr(error, "message", str(error)),
         tf.train.latest_checkpoint(run.model_dir)) from None
-  fault_injection.after_training(model, run_dir.task_name)
 
 
 def _write_example_views(input_fn, writer, step, augmentation=None):
