@@ -60,7 +60,7 @@ from simclr_tf import augment
 from simclr_tf import checkpoints
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
-from simclr_tf.models import resnet as resnet_lib
+from simclr_tf.models import resnet_encoder as resnet_lib
 from simclr_tf.models import simclr
 
 # Output keys of the export, as in the authors' hub modules.

@@ -7,6 +7,8 @@ Public API:
   build_input_fn(...): `input_fn(input_context)` for
     `strategy.distribute_datasets_from_function`.
   select_label_subset(...): the class-balanced label subset rule.
+  pretraining_views(dataset, ...): SimCLR views of your own
+    `tf.data.Dataset` of images, for `SimCLRModel.fit`.
 """
 
 from simclr_tf.data.errors import DataError
@@ -15,6 +17,7 @@ from simclr_tf.data.pipeline import build_input_fn
 from simclr_tf.data.pipeline import get_dataset_info
 from simclr_tf.data.source import DatasetInfo
 from simclr_tf.data.source import NO_LABEL
+from simclr_tf.data.user_dataset import pretraining_views
 
 __all__ = ["DataError", "DatasetInfo", "NO_LABEL", "build_input_fn",
-           "get_dataset_info", "select_label_subset"]
+           "get_dataset_info", "pretraining_views", "select_label_subset"]
