@@ -171,12 +171,18 @@ def resolve(path):
     if is_export(path):
       return os.path.join(path, EXPORT_VARIABLES_PREFIX)
     if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
+      authors = _authors_source(path)
+      if authors is not None:
+        return authors.prefix
       raise CheckpointError(
           f"--checkpoint {path}: a SavedModel, but not one written by "
           f"simclr_tf (it has no {EXPORT_METADATA_FILE}). Give a "
           "checkpoint, a model_dir or an export of this project.")
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
+      authors = _authors_source(path)
+      if authors is not None:
+        return authors.prefix
       exports = _exports_inside(path)
       if exports:
         raise CheckpointError(
@@ -196,6 +202,12 @@ def resolve(path):
         "the .index/.data suffix, the run's model_dir, or an export "
         "directory.")
   raise CheckpointError(f"--checkpoint {path}: no such file or directory.")
+
+
+def _authors_source(path):
+  """The authors' TF2 SavedModel or checkpoint at `path`, or None."""
+  from simclr_tf import authors_checkpoint  # It builds on this module.
+  return authors_checkpoint.open_source(path)
 
 
 def stored_config(checkpoint_prefix):
@@ -320,7 +332,7 @@ def saved_variable_shape(prefix, path: Sequence[str]):
   return list(reader.get_variable_to_shape_map()[keys[0]])
 
 
-def load_pretrained(model, path, model_config):
+def load_pretrained(model, path, model_config, log=None):
   """Loads the encoder and projection head of a checkpoint into `model`.
 
   The supervised head and optimizer state are not loaded: fine-tuning and
@@ -332,6 +344,7 @@ def load_pretrained(model, path, model_config):
     path: what `--checkpoint` gave (see `resolve`): a checkpoint, a model_dir
       or an export.
     model_config: this run's `ModelConfig`, to explain mismatches.
+    log: where a line on what was loaded goes (the authors' formats).
 
   Returns:
     The checkpoint prefix that was loaded.
@@ -340,6 +353,11 @@ def load_pretrained(model, path, model_config):
     CheckpointError: if the checkpoint is missing or holds a different
       architecture.
   """
+  authors = _authors_source(path)
+  if authors is not None:
+    from simclr_tf import authors_checkpoint  # It builds on this module.
+    return authors_checkpoint.load_pretrained(model, authors, model_config,
+                                              log)
   prefix = resolve(path)
   try:
     restore_parts(prefix, dict(encoder=model.encoder,
@@ -355,12 +373,13 @@ def load_pretrained(model, path, model_config):
   return prefix
 
 
-def restore_for_eval(model, path):
+def restore_for_eval(model, path, log=None):
   """Restores a whole model (with its supervised head) for evaluation.
 
   Args:
     model: a `SimCLRModel` with a supervised head.
     path: a checkpoint prefix, a run's model_dir or an export.
+    log: where a line on what was loaded goes (the authors' formats).
 
   Returns:
     The checkpoint prefix.
@@ -368,6 +387,10 @@ def restore_for_eval(model, path):
   Raises:
     CheckpointError: if missing or of another architecture.
   """
+  authors = _authors_source(path)
+  if authors is not None:
+    from simclr_tf import authors_checkpoint  # It builds on this module.
+    return authors_checkpoint.restore_for_eval(model, authors, log)
   prefix = resolve(path)
   try:
     export_dir = export_dir_of(prefix)
