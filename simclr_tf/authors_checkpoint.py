@@ -224,7 +224,8 @@ def open_source(path) -> Optional[AuthorsSource]:
     layout = _layout(graph, model_node, reader.get_variable_to_shape_map())
     if kind == TRAINING_CHECKPOINT:
       step = _global_step(reader, graph)
-  except (tf.errors.OpError, ValueError) as error:
+  # A truncated data file raises IndexError ("Read less bytes").
+  except (tf.errors.OpError, ValueError, IndexError) as error:
     raise AuthorsCheckpointError(
         f"--checkpoint {path}: cannot read {prefix} (truncated or corrupt? "
         f"{_first_line(error)}). Download it again.") from error
@@ -332,9 +333,9 @@ def read_architecture(layout, source="the checkpoint") -> Architecture:
     fail("it needs 4 block groups under resnet_model/block_groups")
   first_block = f"{_GROUPS}/0/layers/0"
   if _under(layout, first_block + "/conv_relu_dropblock_layers", "kernel"):
-    block_type, residual_list = "bottleneck", "conv_relu_dropblock_layers"
+    block_type = "bottleneck"
   elif _under(layout, first_block + "/conv2d_bn_layers", "kernel"):
-    block_type, residual_list = "residual", "conv2d_bn_layers"
+    block_type = "residual"
   else:
     fail("its blocks are neither residual nor bottleneck blocks")
   blocks = tuple(len(_indices(layout, f"{_GROUPS}/{g}/layers"))
@@ -351,10 +352,16 @@ def read_architecture(layout, source="the checkpoint") -> Architecture:
     fail(f"its stem has {len(stem_convs)} convolutions, not 1 or 3")
   stem_kernel = _shape(layout, f"{_STEM}/{stem_convs[-1]}/conv2d/kernel")
   width = stem_kernel[-1] / 64
-  resnet_d = len(stem_convs) == 3
-  cifar_stem = not resnet_d and stem_kernel[0] == 3
-  if not resnet_d and stem_kernel[0] not in (3, 7):
+  cifar_stem = len(stem_convs) == 1 and stem_kernel[0] == 3
+  if len(stem_convs) == 1 and stem_kernel[0] not in (3, 7):
     fail(f"its stem kernel is {stem_kernel[0]}x{stem_kernel[0]}")
+  # Selective kernels come with ResNet-D: a 3-convolution stem (not with
+  # the CIFAR stem, which stays) and shortcuts that pool before their
+  # convolution, so the first shortcut's convolution is not at position 0.
+  shortcut = f"{first_block}/" + ("projection_layers"
+                                  if block_type == "bottleneck"
+                                  else "shortcut_layers")
+  resnet_d = len(stem_convs) == 3 or _indices(layout, shortcut)[:1] != [0]
 
   group_widths = [int(64 * 2**g * width) for g in range(4)]
   sk_mixing = [(f, _shape(layout, path)[-1])
@@ -362,7 +369,7 @@ def read_architecture(layout, source="the checkpoint") -> Architecture:
                for path in _under(layout, f"{_GROUPS}/{g}/layers",
                                   "/conv2d_0/kernel")]
   if sk_mixing and not resnet_d:
-    fail("selective kernels without the ResNet-D stem")
+    fail("selective kernels without ResNet-D shortcuts")
   sk_ratio = 0.0
   if resnet_d:
     sk_ratio = AUTHORS_SK_RATIO
@@ -382,7 +389,6 @@ def read_architecture(layout, source="the checkpoint") -> Architecture:
     se_ratio = _infer_ratio(se_sizes, lambda f, r: max(1, int(f * r)))
     if se_ratio is None:
       fail("its squeeze-excite widths fit no single se_ratio")
-  del residual_list
 
   feature_dim = int(512 * width) * expansion
   head_layers = _indices(layout, _HEAD_LAYERS)
@@ -674,7 +680,7 @@ def load_parts(source: AuthorsSource, parts) -> None:
   try:
     reader = tf.train.load_checkpoint(source.prefix)
     values = [reader.get_tensor(source.layout[path][0]) for _, path in pairs]
-  except tf.errors.OpError as error:
+  except (tf.errors.OpError, IndexError) as error:
     raise AuthorsCheckpointError(
         f"{source.name()}: cannot read its values (truncated or corrupt? "
         f"{_first_line(error)}). Download it again.") from error
@@ -757,3 +763,45 @@ def _log(log, source, parts, fresh):
   log(f"Loaded {source.name()} (step {source.global_step}): "
       f"{source.architecture.describe()}. From it: {loaded}. Starting "
       f"fresh: {', '.join(fresh) if fresh else 'nothing'}.")
+
+
+def convert_to_checkpoint(source: AuthorsSource, output: str,
+                          overwrite: bool = False) -> str:
+  """Writes an authors' checkpoint as a model_dir of ours.
+
+  The model_dir holds `ckpt-<step>` and `config.json`, so `--checkpoint`
+  takes it with any of our flags and `simclr_tf.export.load` opens it.
+
+  Args:
+    source: an `AuthorsSource`.
+    output: the directory to write.
+    overwrite: replace what is at `output`.
+
+  Returns:
+    The checkpoint prefix written.
+
+  Raises:
+    AuthorsCheckpointError: `output` is not empty, or the source does not
+      load.
+  """
+  from simclr_tf.models import simclr  # pylint: disable=g-import-not-at-top
+  if tf.io.gfile.exists(output) and tf.io.gfile.listdir(output):
+    if not overwrite:
+      raise AuthorsCheckpointError(
+          f"--output {output} is not empty: give another directory, or "
+          "--overwrite.")
+    tf.io.gfile.rmtree(output)
+  architecture = source.architecture
+  config = experiment_config(source)
+  model = simclr.build_simclr_model(
+      config.model, image_size=config.data.image_size,
+      num_classes=architecture.num_classes or 1, train_mode="pretrain",
+      with_supervised_head=architecture.num_classes is not None)
+  parts = {"encoder": model.encoder}
+  if model.projection_head.weights:
+    parts["projection_head"] = model.projection_head
+  if model.supervised_head is not None:
+    parts["supervised_head"] = model.supervised_head
+  load_parts(source, parts)
+  return checkpoints.write_model_checkpoint(model, config, output,
+                                            source.global_step or 0)

@@ -412,3 +412,30 @@ def restore_for_eval(model, path, log=None):
         "supervised head (use the same flags as the run that wrote it). "
         f"{str(error).splitlines()[0][:200]}") from error
   return prefix
+
+
+def write_model_checkpoint(model, config, directory, step):
+  """Writes a model alone as a run's checkpoint, with its `config.json`.
+
+  What `--checkpoint` then takes like any pretraining model_dir: the model's
+  variables under `model` as `ckpt-<step>` (no optimizer state, so a run
+  started from it begins at step 0), and the config its architecture is read
+  from by the export tools.
+
+  Args:
+    model: a built `SimCLRModel`.
+    config: the `ExperimentConfig` it was built from.
+    directory: where to write; created if missing.
+    step: the checkpoint's number.
+
+  Returns:
+    The checkpoint prefix.
+  """
+  tf.io.gfile.makedirs(directory)
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(model=model), directory=directory, max_to_keep=1,
+      checkpoint_name=CHECKPOINT_NAME)
+  prefix = manager.save(checkpoint_number=step)
+  with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE), "w") as handle:
+    handle.write(config.to_json())
+  return prefix
