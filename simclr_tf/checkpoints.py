@@ -11,6 +11,10 @@ each part's variables as a list (`encoder_variables`, ...) in Keras'
 structural order, the order `layer.weights` lists them in, so an export
 loads through the same `tf.train.Checkpoint` matching as a run's checkpoint,
 variable by variable, with shapes checked.
+
+`--checkpoint` may also be one of the authors' TF2 formats (their SavedModel
+or training checkpoint); `simclr_tf.authors_checkpoint` reads those, and the
+functions here hand such paths to it.
 """
 
 import json
@@ -159,7 +163,8 @@ def resolve(path):
   Args:
     path: a checkpoint prefix (".../ckpt-100"), a directory holding
       checkpoints (a run's model_dir), whose latest is used, or an export
-      directory (".../saved_model/100"), whose variables are used.
+      directory (".../saved_model/100"), whose variables are used; also
+      the authors' TF2 SavedModel directories (their variables prefix).
 
   Returns:
     The checkpoint prefix; for an export, `<export>/variables/variables`.
