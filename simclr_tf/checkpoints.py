@@ -11,6 +11,10 @@ each part's variables as a list (`encoder_variables`, ...) in Keras'
 structural order, the order `layer.weights` lists them in, so an export
 loads through the same `tf.train.Checkpoint` matching as a run's checkpoint,
 variable by variable, with shapes checked.
+
+`--checkpoint` may also be one of the authors' TF2 formats (their SavedModel
+or training checkpoint); `simclr_tf.authors_checkpoint` reads those, and the
+functions here hand such paths to it.
 """
 
 import json
@@ -157,7 +161,8 @@ def resolve(path):
   Args:
     path: a checkpoint prefix (".../ckpt-100"), a directory holding
       checkpoints (a run's model_dir), whose latest is used, or an export
-      directory (".../saved_model/100"), whose variables are used.
+      directory (".../saved_model/100"), whose variables are used; also
+      the authors' TF2 SavedModel directories (their variables prefix).
 
   Returns:
     The checkpoint prefix; for an export, `<export>/variables/variables`.
@@ -169,12 +174,18 @@ def resolve(path):
     if is_export(path):
       return os.path.join(path, EXPORT_VARIABLES_PREFIX)
     if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
+      authors = _authors_source(path)
+      if authors is not None:
+        return authors.prefix
       raise CheckpointError(
           f"--checkpoint {path}: a SavedModel, but not one written by "
           f"simclr_tf (it has no {EXPORT_METADATA_FILE}). Give a "
           "checkpoint, a model_dir or an export of this project.")
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
+      authors = _authors_source(path)
+      if authors is not None:
+        return authors.prefix
       exports = _exports_inside(path)
       if exports:
         raise CheckpointError(
@@ -194,6 +205,12 @@ def resolve(path):
         "the .index/.data suffix, the run's model_dir, or an export "
         "directory.")
   raise CheckpointError(f"--checkpoint {path}: no such file or directory.")
+
+
+def _authors_source(path):
+  """The authors' TF2 SavedModel or checkpoint at `path`, or None."""
+  from simclr_tf import authors_checkpoint  # It builds on this module.
+  return authors_checkpoint.open_source(path)
 
 
 def stored_config(checkpoint_prefix):
@@ -318,7 +335,7 @@ def saved_variable_shape(prefix, path: Sequence[str]):
   return list(reader.get_variable_to_shape_map()[keys[0]])
 
 
-def load_pretrained(model, path, model_config):
+def load_pretrained(model, path, model_config, log=None):
   """Loads the encoder and projection head of a checkpoint into `model`.
 
   The supervised head and optimizer state are not loaded: fine-tuning and
@@ -330,6 +347,7 @@ def load_pretrained(model, path, model_config):
     path: what `--checkpoint` gave (see `resolve`): a checkpoint, a model_dir
       or an export.
     model_config: this run's `ModelConfig`, to explain mismatches.
+    log: where a line on what was loaded goes (the authors' formats).
 
   Returns:
     The checkpoint prefix that was loaded.
@@ -338,6 +356,11 @@ def load_pretrained(model, path, model_config):
     CheckpointError: if the checkpoint is missing or holds a different
       architecture.
   """
+  authors = _authors_source(path)
+  if authors is not None:
+    from simclr_tf import authors_checkpoint  # It builds on this module.
+    return authors_checkpoint.load_pretrained(model, authors, model_config,
+                                              log)
   prefix = resolve(path)
   try:
     restore_parts(prefix, dict(encoder=model.encoder,
@@ -353,12 +376,13 @@ def load_pretrained(model, path, model_config):
   return prefix
 
 
-def restore_for_eval(model, path):
+def restore_for_eval(model, path, log=None):
   """Restores a whole model (with its supervised head) for evaluation.
 
   Args:
     model: a `SimCLRModel` with a supervised head.
     path: a checkpoint prefix, a run's model_dir or an export.
+    log: where a line on what was loaded goes (the authors' formats).
 
   Returns:
     The checkpoint prefix.
@@ -366,6 +390,10 @@ def restore_for_eval(model, path):
   Raises:
     CheckpointError: if missing or of another architecture.
   """
+  authors = _authors_source(path)
+  if authors is not None:
+    from simclr_tf import authors_checkpoint  # It builds on this module.
+    return authors_checkpoint.restore_for_eval(model, authors, log)
   prefix = resolve(path)
   try:
     export_dir = export_dir_of(prefix)
@@ -386,4 +414,31 @@ def restore_for_eval(model, path):
         f"Cannot evaluate {prefix}: it does not hold this model with a "
         "supervised head (use the same flags as the run that wrote it). "
         f"{str(error).splitlines()[0][:200]}") from error
+  return prefix
+
+
+def write_model_checkpoint(model, config, directory, step):
+  """Writes a model alone as a run's checkpoint, with its `config.json`.
+
+  What `--checkpoint` then takes like any pretraining model_dir: the model's
+  variables under `model` as `ckpt-<step>` (no optimizer state, so a run
+  started from it begins at step 0), and the config its architecture is read
+  from by the export tools.
+
+  Args:
+    model: a built `SimCLRModel`.
+    config: the `ExperimentConfig` it was built from.
+    directory: where to write; created if missing.
+    step: the checkpoint's number.
+
+  Returns:
+    The checkpoint prefix.
+  """
+  tf.io.gfile.makedirs(directory)
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(model=model), directory=directory, max_to_keep=1,
+      checkpoint_name=CHECKPOINT_NAME)
+  prefix = manager.save(checkpoint_number=step)
+  with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE), "w") as handle:
+    handle.write(config.to_json())
   return prefix

@@ -57,6 +57,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf import augment
+from simclr_tf import authors_checkpoint
 from simclr_tf import checkpoints
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
@@ -571,6 +572,9 @@ def module_from_checkpoint(path: str):
   Raises:
     checkpoints.CheckpointError: missing, unrecognised or mismatched.
   """
+  authors = authors_checkpoint.open_source(path)
+  if authors is not None:
+    return _module_from_authors(authors)
   prefix = checkpoints.resolve(path)
   config = _config_of(prefix)
   export_dir = checkpoints.export_dir_of(prefix)
@@ -594,6 +598,18 @@ def module_from_checkpoint(path: str):
         f"({str(error).splitlines()[0][:200]}).") from error
   module = _wrap(parts, config)
   return module, metadata(module, config, _step_of(prefix))
+
+
+def _module_from_authors(source):
+  """`module_from_checkpoint` for the authors' TF2 formats."""
+  config = authors_checkpoint.experiment_config(source)
+  parts = _build_parts(config, source.architecture.num_classes)
+  layers = {name: layer for name, layer in (
+      ("encoder", parts.encoder), ("projection_head", parts.projection_head),
+      ("supervised_head", parts.supervised_head)) if layer is not None}
+  authors_checkpoint.load_parts(source, layers)
+  module = _wrap(parts, config)
+  return module, metadata(module, config, source.global_step)
 
 
 def export_checkpoint(path: str, export_dir: str, *,

@@ -228,6 +228,12 @@ def main(argv):
   # Keras warns when an evaluation dataset ends, which is how ours end.
   warnings.filterwarnings("ignore", message="Your input ran out of data")
   try:
+    # The authors' checkpoints carry their architecture: flags given on
+    # purpose must agree with it, the others take it.
+    from simclr_tf import authors_checkpoint
+    config = authors_checkpoint.adopt_architecture(config, given=[
+        name for name in authors_checkpoint.ARCHITECTURE_SETTINGS +
+        ("ft_proj_selector",) if FLAGS[name].present])
     results = training.run_experiment(config, log=_say)
   except (config_lib.ConfigError, data_lib.DataError,
           checkpoints.CheckpointError, distribute.StrategyError,

@@ -193,7 +193,7 @@ def run_stage(config: ExperimentConfig, strategy,
           raise checkpoints.CheckpointError(
               f"Nothing to evaluate: {run.model_dir} holds no checkpoint "
               "and no --checkpoint was given.")
-        checkpoints.restore_for_eval(model, run.checkpoint)
+        checkpoints.restore_for_eval(model, run.checkpoint, log=log)
       result.eval_results = evaluate(
           model, config, strategy, writer, log,
           num_eval_examples=info.num_eval_examples,
@@ -269,8 +269,11 @@ def _initialise(model, latest, config, log):
   if run.mode == "eval" or run.train_mode == "pretrain":
     return run.train_mode == "pretrain" and run.mode == "eval"
   if run.checkpoint:
-    prefix = checkpoints.load_pretrained(model, run.checkpoint, config.model)
-    log(f"Loaded the pretrained encoder from {prefix}.")
+    loaded = []
+    prefix = checkpoints.load_pretrained(model, run.checkpoint, config.model,
+                                         log=loaded.append)
+    log(loaded[0] if loaded else
+        f"Loaded the pretrained encoder from {prefix}.")
     return False
   if run.train_mode == "linear_eval":
     log("NOTE: linear_eval without --checkpoint: the encoder stays at its "
