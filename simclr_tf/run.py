@@ -28,8 +28,14 @@ from simclr_tf import config as config_lib  # noqa: E402
 DEMO_FLAGFILE = pathlib.Path(__file__).resolve().parent.parent / "flags" / \
     "demo.cfg"
 USAGE_ERROR = 2
-# Training ran but could not finish (a non-finite loss, a lost worker).
+# Training ran but could not finish (a non-finite loss, a lost worker, a
+# checkpoint or export that could not be written, e.g. a full disk).
 TRAINING_FAILED = 1
+# SIGTERM or SIGINT stopped training after a checkpoint of the step it was
+# at: rerun the same command to resume. 75 is EX_TEMPFAIL of sysexits.h
+# ("temporary failure; the user is invited to retry"), so schedulers and
+# scripts can tell it from a failure.
+STOPPED_BY_SIGNAL = 75
 
 FLAGS = flags.FLAGS
 
@@ -353,6 +359,7 @@ def main(argv):
   from simclr_tf import data as data_lib
   from simclr_tf import distribute
   from simclr_tf import faults
+  from simclr_tf import preemption
   from simclr_tf import run_dir
   from simclr_tf import training
   _activate_test_faults()
@@ -368,6 +375,16 @@ def main(argv):
     return _fail(str(error))
   except (faults.NonFiniteLossError, faults.WorkerLostError) as error:
     return _fail(str(error), TRAINING_FAILED)
+  except preemption.StoppedBySignal as stop:
+    print(stop, file=sys.stderr, flush=True)
+    return STOPPED_BY_SIGNAL
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training steps (start-up, evaluation, export): no
+    # step was taken since the last checkpoint, so none is lost.
+    print("stopped by SIGINT outside training; the last checkpoint is "
+          "kept; rerun the same command to resume", file=sys.stderr,
+          flush=True)
+    return STOPPED_BY_SIGNAL
   _say(format_summary(config, results))
   return 0
 

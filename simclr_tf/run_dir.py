@@ -463,7 +463,8 @@ def read_stored_config(model_dir: str) -> Optional[dict]:
                       "another --model_dir.") from error
 
 
-def check_resume_config(config, log: Callable[[str], None]) -> bool:
+def check_resume_config(config, log: Callable[[str], None],
+                        has_checkpoint: Optional[bool] = None) -> bool:
   """Refuses to resume a run under a config its checkpoints do not fit.
 
   Only matters when `model_dir` already holds a checkpoint.
@@ -471,6 +472,9 @@ def check_resume_config(config, log: Callable[[str], None]) -> bool:
   Args:
     config: this stage's `ExperimentConfig`.
     log: where allowed changes are reported.
+    has_checkpoint: whether the run resumes from a checkpoint (e.g. from
+      `checkpoints.resumable_checkpoint`); None asks
+      `tf.train.latest_checkpoint`.
 
   Returns:
     True if `model_dir` holds checkpoints (this run resumes it).
@@ -479,7 +483,9 @@ def check_resume_config(config, log: Callable[[str], None]) -> bool:
     ConfigError: listing every setting that may not change.
   """
   model_dir = config.run.model_dir
-  if tf.train.latest_checkpoint(model_dir) is None:
+  if has_checkpoint is None:
+    has_checkpoint = tf.train.latest_checkpoint(model_dir) is not None
+  if not has_checkpoint:
     return False
   stored = read_stored_config(model_dir)
   if stored is None:

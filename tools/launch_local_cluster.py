@@ -9,8 +9,11 @@ its own task index), which is what `tf.distribute.MultiWorkerMirroredStrategy`
 reads. Worker 0 is the chief. Output lines are prefixed with the worker
 ("[worker 1] ..."). The launcher waits for every worker; if one fails, the
 others are stopped (they would otherwise wait for it forever in a collective
-op), and the launcher exits with the failed worker's status. Ctrl-C stops
-them all.
+op), and the launcher exits with the failed worker's status. A worker that
+stopped on SIGTERM or SIGINT after saving a checkpoint (status 75, see
+simclr_tf/run.py) is not a failure of the others: they stop at the same step
+by themselves, and get time to. Ctrl-C sends SIGTERM to every worker, which
+saves a checkpoint and stops them.
 
 This is for trying multi-worker runs on one machine, and for the tests. On a
 real cluster, start the same command on each machine with a TF_CONFIG that
@@ -31,8 +34,11 @@ import time
 USAGE_ERROR = 2
 TIMED_OUT = 124
 INTERRUPTED = 130
-# Seconds a worker gets to exit after SIGTERM before it is killed.
-_TERMINATE_GRACE_SECONDS = 5.0
+# simclr_tf.run's status after a clean stop on a signal (STOPPED_BY_SIGNAL).
+STOPPED_BY_SIGNAL = 75
+# Seconds a worker gets to exit after SIGTERM before it is killed: enough
+# to finish its loop and write a checkpoint.
+_TERMINATE_GRACE_SECONDS = 30.0
 
 
 def free_ports(count):
@@ -115,6 +121,15 @@ class Worker:
     self._reader.join(timeout=5)
 
 
+def _wait_for(workers, seconds):
+  deadline = time.time() + seconds
+  for worker in workers:
+    try:
+      worker.process.wait(timeout=max(deadline - time.time(), 0.1))
+    except subprocess.TimeoutExpired:
+      return
+
+
 def stop_all(workers):
   """SIGTERM every running worker, then SIGKILL the ones still running."""
   running = [w for w in workers if w.process.poll() is None]
@@ -163,6 +178,9 @@ def run_cluster(command, num_workers, timeout=None, log=print):
         how = f"was killed by signal {-code}" if code < 0 else \
             f"exited with status {code}"
         log(f"[launcher] worker {worker.index} {how}; stopping the others.")
+        if code == STOPPED_BY_SIGNAL:
+          # The others saved the same checkpoint and are exiting too.
+          _wait_for(workers, _TERMINATE_GRACE_SECONDS)
         break
       if all(code == 0 for code in codes):
         break
