@@ -262,7 +262,7 @@ def resumable_checkpoint(model_dir, *, log: Callable[[str], None] = print,
     kept = [_set_aside(prefix) for prefix in damaged]
     still_listed = [prefix for prefix in listed[::-1]
                     if prefix not in damaged and prefix not in missing]
-    tf.train.update_checkpoint_state(
+    tf.compat.v1.train.update_checkpoint_state(
         model_dir, intact, all_model_checkpoint_paths=still_listed)
   log(f"WARNING: resuming from the newest intact checkpoint {intact}; the "
       "steps after it are trained again"
