@@ -24,6 +24,8 @@ import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from simclr_tf import write_errors
+
 CHECKPOINT_NAME = "ckpt"
 CONFIG_FILE = "config.json"
 # What makes a directory an export of ours: TensorFlow's SavedModel file and
@@ -92,16 +94,55 @@ def save(manager, step):
   atomically replaced to name it; old checkpoints are deleted after that.
   A kill at any point leaves the previous checkpoint named and intact.
 
+  A write that fails (a full disk, say) leaves the state file as it was;
+  what it wrote of the new checkpoint (the `ckpt-<step>_temp` directory
+  TensorFlow writes shards into, and any `ckpt-<step>` files) is removed,
+  so nothing partial is left beside the previous checkpoint.
+
   Args:
     manager: a `tf.train.CheckpointManager`.
     step: the step number, used in the file name ("ckpt-<step>").
 
   Returns:
     The new checkpoint's prefix.
+
+  Raises:
+    write_errors.WriteFailedError: the checkpoint could not be written.
   """
   from simclr_tf import fault_injection  # Test-only; inert by default.
-  return manager.save(checkpoint_number=step,
-                      options=fault_injection.checkpoint_options(step))
+  try:
+    return manager.save(checkpoint_number=step,
+                        options=fault_injection.checkpoint_options(step))
+  except (tf.errors.OpError, OSError) as error:
+    prefix = os.path.join(manager.directory, f"{CHECKPOINT_NAME}-{step}")
+    _remove_unfinished(prefix, manager.directory)
+    previous = manager.latest_checkpoint
+    raise write_errors.WriteFailedError(
+        f"could not write checkpoint {prefix} "
+        f"({write_errors.reason(error)}); the previous checkpoint "
+        f"{previous or '(none yet)'} is intact and nothing partial was "
+        "left. Free space (or fix the disk) and rerun the same command to "
+        "resume" + (" from it." if previous else ".")) from error
+
+
+def _remove_unfinished(prefix, directory):
+  """Deletes a failed save's files, unless the state file names them."""
+  if prefix in listed_checkpoints(directory):
+    return
+  for path in tf.io.gfile.glob(prefix + "_temp*"):
+    _remove_quietly(path)
+  for path in [prefix + ".index"] + _data_files(prefix):
+    _remove_quietly(path)
+
+
+def _remove_quietly(path):
+  try:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  except (tf.errors.OpError, OSError):
+    pass  # Not in the state file, so never read; best effort.
 
 
 def restore_latest(model, prefix):

@@ -362,6 +362,7 @@ def main(argv):
   from simclr_tf import preemption
   from simclr_tf import run_dir
   from simclr_tf import training
+  from simclr_tf import write_errors
   _activate_test_faults()
   tfds.disable_progress_bar()
   _quiet_library_logs()
@@ -373,7 +374,8 @@ def main(argv):
           checkpoints.CheckpointError, distribute.StrategyError,
           run_dir.RunDirError) as error:
     return _fail(str(error))
-  except (faults.NonFiniteLossError, faults.WorkerLostError) as error:
+  except (faults.NonFiniteLossError, faults.WorkerLostError,
+          write_errors.WriteFailedError) as error:
     return _fail(str(error), TRAINING_FAILED)
   except preemption.StoppedBySignal as stop:
     print(stop, file=sys.stderr, flush=True)

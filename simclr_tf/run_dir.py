@@ -29,6 +29,7 @@ from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
+from simclr_tf import write_errors
 from simclr_tf.checkpoints import CONFIG_FILE
 from simclr_tf.config import ConfigError
 
@@ -56,8 +57,16 @@ def atomic_write_text(path: str, text: str) -> None:
     text: its new content.
   """
   temporary = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(temporary, "w") as handle:
-    handle.write(text)
+  try:
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+      handle.write(text)
+  except (tf.errors.OpError, OSError) as error:
+    if tf.io.gfile.exists(temporary):
+      tf.io.gfile.remove(temporary)
+    raise write_errors.WriteFailedError(
+        f"could not write {path} ({write_errors.reason(error)}); the "
+        "previous file, if any, is untouched. Free space (or fix the disk) "
+        "and rerun the same command.") from error
   # A rename within a directory is atomic on local filesystems; object
   # stores copy then delete, which still never exposes a partial file.
   tf.io.gfile.rename(temporary, path, overwrite=True)
