@@ -25,6 +25,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
@@ -178,10 +179,26 @@ class RunLock:
   lock exists, the pid and host decide: a lock from this host whose process
   is gone is taken over, one from another host is respected until deleted.
 
+  Taking the lock on an object store is not atomic. GCS could make it so
+  (a create-only upload, `ifGenerationMatch=0`), but `tf.io.gfile`, the only
+  storage API this project uses, offers no conditional write, and the
+  google-cloud-storage client is not a dependency. So the lock checks,
+  writes a lock file holding a random token, waits `REMOTE_SETTLE_SECONDS`
+  and reads the file back: if another run wrote it meanwhile, the token is
+  not ours and this run stops (the last writer keeps the lock). GCS reads
+  are strongly consistent, so this catches two runs started together as
+  long as each writes its lock within `REMOTE_SETTLE_SECONDS` of finding
+  none. It does not protect against a run that stalls longer than that
+  between its check and its write, nor against a lock file deleted by hand
+  while its run is alive.
+
   Args:
     directory: the run's model_dir (must exist).
     log: where takeover notices go.
   """
+
+  # Seconds between writing a lock on an object store and reading it back.
+  REMOTE_SETTLE_SECONDS = 2.0
 
   def __init__(self, directory: str, log: Callable[[str], None] = print):
     self.directory = directory
@@ -189,11 +206,12 @@ class RunLock:
     self.log = log
     self._fd = None
     self._held = False
+    self._token = uuid.uuid4().hex
 
-  @staticmethod
-  def _owner_text() -> str:
+  def _owner_text(self) -> str:
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "token": self._token})
 
   def _read_owner(self) -> Optional[dict]:
     try:
@@ -268,6 +286,12 @@ class RunLock:
                f"{owner['pid']} on {owner['host']}, which is no longer "
                "running.")
     atomic_write_text(self.path, self._owner_text())
+    # Not atomic (see the class docstring): a run that found no lock at the
+    # same time may have written after us; the last writer keeps it.
+    time.sleep(self.REMOTE_SETTLE_SECONDS)
+    owner = self._read_owner()
+    if owner is None or owner.get("token") != self._token:
+      self._refuse(owner)
 
   def release(self) -> None:
     """Removes the lock file and releases the lock (safe to call twice)."""
