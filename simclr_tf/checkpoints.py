@@ -13,11 +13,9 @@ loads through the same `tf.train.Checkpoint` matching as a run's checkpoint,
 variable by variable, with shapes checked.
 """
 
-import glob
 import json
 import os
 import re
-import time
 from typing import Callable, List, Optional, Sequence
 
 import keras
@@ -66,6 +64,11 @@ class DamagedCheckpointError(CheckpointError):
 # `resumable_checkpoint`): `ckpt-6.index` becomes `ckpt-6.damaged.index`.
 DAMAGED_TAG = "damaged"
 _SHARD = re.compile(r"shard (\d+)")
+
+# What reading a damaged or vanished checkpoint raises: OpError subclasses
+# (DataLossError for a checksum mismatch, NotFoundError), and IndexError for
+# a truncated file ("Read less bytes than requested").
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError)
 
 
 def make_manager(model, model_dir, max_to_keep):
@@ -163,12 +166,6 @@ def restore_latest(model, prefix):
         "changed. Rerun to check the run's checkpoints again.") from error
 
 
-# What reading a damaged or vanished checkpoint raises: OpError subclasses
-# (DataLossError for a checksum mismatch, NotFoundError), and IndexError for
-# a truncated file ("Read less bytes than requested").
-_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError)
-
-
 def first_line(error) -> str:
   """The first line of an error's message, without TF's op preamble."""
   text = (getattr(error, "message", None) or str(error)).strip()
@@ -231,6 +228,27 @@ def listed_checkpoints(model_dir) -> List[str]:
   if state.model_checkpoint_path in paths:
     paths.remove(state.model_checkpoint_path)
   return [state.model_checkpoint_path] + paths[::-1]
+
+
+def _rewrite_state(model_dir, latest, dropped):
+  """Names `latest` as the newest checkpoint, forgetting `dropped`.
+
+  The save times are kept: `CheckpointManager` only takes over (and later
+  prunes) the listed checkpoints that have one.
+  """
+  state = tf.train.get_checkpoint_state(model_dir)
+  paths = list(state.all_model_checkpoint_paths)
+  stamps = list(state.all_model_checkpoint_timestamps)
+  if len(stamps) != len(paths):  # A state file written without times.
+    stamps = [None] * len(paths)
+  kept = [(path, stamp) for path, stamp in zip(paths, stamps)
+          if path not in dropped]
+  tf.compat.v1.train.update_checkpoint_state(
+      model_dir, latest,
+      all_model_checkpoint_paths=[path for path, _ in kept],
+      all_model_checkpoint_timestamps=(
+          [stamp for _, stamp in kept] if None not in stamps else None),
+      last_preserved_timestamp=state.last_preserved_timestamp or None)
 
 
 def _set_aside(prefix) -> str:
@@ -301,10 +319,7 @@ def resumable_checkpoint(model_dir, *, log: Callable[[str], None] = print,
   kept = []
   if repair:
     kept = [_set_aside(prefix) for prefix in damaged]
-    still_listed = [prefix for prefix in listed[::-1]
-                    if prefix not in damaged and prefix not in missing]
-    tf.compat.v1.train.update_checkpoint_state(
-        model_dir, intact, all_model_checkpoint_paths=still_listed)
+    _rewrite_state(model_dir, intact, dropped=damaged + missing)
   log(f"WARNING: resuming from the newest intact checkpoint {intact}; the "
       "steps after it are trained again"
       + (f"; the damaged checkpoint is kept as {', '.join(kept)}"

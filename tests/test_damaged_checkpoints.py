@@ -63,10 +63,11 @@ def copy_of(trained_run, tmp_path):
   model_dir = str(tmp_path / "run")
   shutil.copytree(trained_run, model_dir)
   # The state file names the checkpoints by absolute path.
-  prefixes = [p.replace(trained_run, model_dir)
-              for p in checkpoints.listed_checkpoints(trained_run)]
-  tf.compat.v1.train.update_checkpoint_state(model_dir, prefixes[0],
-                                   all_model_checkpoint_paths=prefixes[::-1])
+  state = os.path.join(model_dir, "checkpoint")
+  with open(state) as handle:
+    text = handle.read()
+  with open(state, "w") as handle:
+    handle.write(text.replace(trained_run, model_dir))
   return model_dir
 
 

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import checkpoints
+from simclr_tf import data as data_lib
 from simclr_tf import export
 from simclr_tf import run as run_lib
 from simclr_tf import training
@@ -98,7 +99,8 @@ def test_a_full_disk_stops_an_export_and_keeps_the_previous_one(
   config = config_of(tiny_flags(data_dir, str(tmp_path / "run"),
                                 train_steps=1))
   model = training.build_model(config, tf.distribute.get_strategy(),
-                               info=_info(config), total_steps=1)
+                               info=data_lib.get_dataset_info(config.data),
+                               total_steps=1)
   exports_dir = str(small_disk / "saved_model")
   first = export.export_model(model, config, f"{exports_dir}/1",
                               global_step=1)
@@ -111,11 +113,6 @@ def test_a_full_disk_stops_an_export_and_keeps_the_previous_one(
   assert sorted(os.listdir(exports_dir)) == ["1"]
   assert checkpoints.is_export(first)
   checkpoints.verify(os.path.join(first, checkpoints.EXPORT_VARIABLES_PREFIX))
-
-
-def _info(config):
-  from simclr_tf import data as data_lib
-  return data_lib.get_dataset_info(config.data)
 
 
 @pytest.fixture(scope="module")
