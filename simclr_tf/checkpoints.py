@@ -19,11 +19,14 @@ functions here hand such paths to it.
 
 import json
 import os
-from typing import Optional, Sequence
+import re
+from typing import Callable, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from simclr_tf import write_errors
 
 CHECKPOINT_NAME = "ckpt"
 CONFIG_FILE = "config.json"
@@ -43,6 +46,33 @@ _ARCHITECTURE_KEYS = ("resnet_depth", "width_multiplier", "sk_ratio",
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used, with a one-line message."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files cannot be read back whole.
+
+  Args:
+    prefix: the checkpoint prefix.
+    path: the file found damaged (or the prefix's files, if unknown).
+    reason: what TensorFlow said, one line.
+  """
+
+  def __init__(self, prefix: str, path: str, reason: str):
+    self.prefix = prefix
+    self.path = path
+    self.reason = reason
+    super().__init__(f"{path} is damaged ({reason})")
+
+
+# Suffix of a damaged checkpoint's files, renamed aside (see
+# `resumable_checkpoint`): `ckpt-6.index` becomes `ckpt-6.damaged.index`.
+DAMAGED_TAG = "damaged"
+_SHARD = re.compile(r"shard (\d+)")
+
+# What reading a damaged or vanished checkpoint raises: OpError subclasses
+# (DataLossError for a checksum mismatch, NotFoundError), and IndexError for
+# a truncated file ("Read less bytes than requested").
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError)
 
 
 def make_manager(model, model_dir, max_to_keep):
@@ -71,13 +101,57 @@ def save(manager, step):
   atomically replaced to name it; old checkpoints are deleted after that.
   A kill at any point leaves the previous checkpoint named and intact.
 
+  A write that fails (a full disk, say) leaves the state file as it was;
+  what it wrote of the new checkpoint (the `ckpt-<step>_temp` directory
+  TensorFlow writes shards into, and any `ckpt-<step>` files) is removed,
+  so nothing partial is left beside the previous checkpoint.
+
   Args:
     manager: a `tf.train.CheckpointManager`.
     step: the step number, used in the file name ("ckpt-<step>").
 
   Returns:
     The new checkpoint's prefix.
+
+  Raises:
+    write_errors.WriteFailedError: the checkpoint could not be written.
   """
+  try:
+    return _save_files(manager, step)
+  except (tf.errors.OpError, OSError) as error:
+    prefix = os.path.join(manager.directory, f"{CHECKPOINT_NAME}-{step}")
+    _remove_unfinished(prefix, manager.directory)
+    previous = manager.latest_checkpoint
+    raise write_errors.WriteFailedError(
+        f"could not write checkpoint {prefix} "
+        f"({write_errors.reason(error)}); the previous checkpoint "
+        f"{previous or '(none yet)'} is intact and nothing partial was "
+        "left. Free space (or fix the disk) and rerun the same command to "
+        "resume" + (" from it." if previous else ".")) from error
+
+
+def _remove_unfinished(prefix, directory):
+  """Deletes a failed save's files, unless the state file names them."""
+  if prefix in listed_checkpoints(directory):
+    return
+  for path in tf.io.gfile.glob(prefix + "_temp*"):
+    _remove_quietly(path)
+  for path in [prefix + ".index"] + _data_files(prefix):
+    _remove_quietly(path)
+
+
+def _remove_quietly(path):
+  try:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  except (tf.errors.OpError, OSError):
+    pass  # Not in the state file, so never read; best effort.
+
+
+def _save_files(manager, step):
+  """The save itself; tests/fault_injection.py patches in a kill here."""
   return manager.save(checkpoint_number=step)
 
 
@@ -86,9 +160,178 @@ def restore_latest(model, prefix):
 
   Args:
     model: a compiled `SimCLRModel` whose optimizer slots exist.
-    prefix: the checkpoint prefix, e.g. `tf.train.latest_checkpoint(dir)`.
+    prefix: the checkpoint prefix, from `resumable_checkpoint`.
+
+  Raises:
+    CheckpointError: if it cannot be read (it changed since it was checked).
   """
-  _run_checkpoint(model).restore(prefix).expect_partial()
+  try:
+    _run_checkpoint(model).restore(prefix).expect_partial()
+  except _READ_ERRORS as error:
+    raise CheckpointError(
+        f"cannot resume from {prefix} ({first_line(error)}); nothing was "
+        "changed. Rerun to check the run's checkpoints again.") from error
+
+
+def first_line(error) -> str:
+  """The first line of an error's message, without TF's op preamble."""
+  text = (getattr(error, "message", None) or str(error)).strip()
+  line = text.splitlines()[0] if text else type(error).__name__
+  line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
+  return line[:200]
+
+
+def _data_files(prefix) -> List[str]:
+  return sorted(tf.io.gfile.glob(prefix + ".data-?????-of-?????"))
+
+
+def _damaged_data_file(prefix, error) -> str:
+  files = _data_files(prefix)
+  shard = _SHARD.search(first_line(error))
+  if shard:
+    wanted = f".data-{int(shard.group(1)):05d}-of-"
+    named = [path for path in files if wanted in path]
+    if named:
+      return named[0]
+  if len(files) == 1:
+    return files[0]
+  return prefix + ".data-*"
+
+
+def verify(prefix) -> None:
+  """Reads back every tensor of a checkpoint, which checks its checksums.
+
+  TensorFlow's checkpoint bundle stores a CRC32C of every tensor (and of
+  every block of the `.index` file), and reading a tensor checks it: a
+  truncated file cannot be read, a flipped bit fails its checksum. This
+  reads the whole checkpoint once, one tensor at a time.
+
+  Args:
+    prefix: a checkpoint prefix (".../ckpt-100", or an export's
+      ".../variables/variables").
+
+  Raises:
+    DamagedCheckpointError: naming the first damaged file.
+  """
+  index = prefix + ".index"
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+  except _READ_ERRORS as error:
+    raise DamagedCheckpointError(prefix, index, first_line(error)) from error
+  for key in sorted(reader.get_variable_to_dtype_map()):
+    try:
+      reader.get_tensor(key)
+    except _READ_ERRORS as error:
+      raise DamagedCheckpointError(prefix, _damaged_data_file(prefix, error),
+                                   first_line(error)) from error
+
+
+def listed_checkpoints(model_dir) -> List[str]:
+  """The checkpoints `model_dir/checkpoint` names, newest first."""
+  state = tf.train.get_checkpoint_state(model_dir)
+  if state is None or not state.model_checkpoint_path:
+    return []
+  paths = list(state.all_model_checkpoint_paths)
+  if state.model_checkpoint_path in paths:
+    paths.remove(state.model_checkpoint_path)
+  return [state.model_checkpoint_path] + paths[::-1]
+
+
+def _rewrite_state(model_dir, latest, dropped):
+  """Names `latest` as the newest checkpoint, forgetting `dropped`.
+
+  The save times are kept: `CheckpointManager` only takes over (and later
+  prunes) the listed checkpoints that have one.
+  """
+  state = tf.train.get_checkpoint_state(model_dir)
+  paths = list(state.all_model_checkpoint_paths)
+  stamps = list(state.all_model_checkpoint_timestamps)
+  if len(stamps) != len(paths):  # A state file written without times.
+    stamps = [None] * len(paths)
+  kept = [(path, stamp) for path, stamp in zip(paths, stamps)
+          if path not in dropped]
+  tf.compat.v1.train.update_checkpoint_state(
+      model_dir, latest,
+      all_model_checkpoint_paths=[path for path, _ in kept],
+      all_model_checkpoint_timestamps=(
+          [stamp for _, stamp in kept] if None not in stamps else None),
+      last_preserved_timestamp=state.last_preserved_timestamp or None)
+
+
+def _set_aside(prefix) -> str:
+  """Renames a damaged checkpoint's files to `<prefix>.damaged[-N].*`."""
+  number = 1
+  while True:
+    tag = DAMAGED_TAG if number == 1 else f"{DAMAGED_TAG}-{number}"
+    target = f"{prefix}.{tag}"
+    if not tf.io.gfile.glob(target + ".*"):
+      break
+    number += 1
+  for path in [prefix + ".index"] + _data_files(prefix):
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.rename(path, target + path[len(prefix):])
+  return target
+
+
+def resumable_checkpoint(model_dir, *, log: Callable[[str], None] = print,
+                         repair: bool = True) -> Optional[str]:
+  """The newest intact checkpoint of a run, to resume from.
+
+  Each checkpoint the `checkpoint` state file names is checked with
+  `verify`, newest first. A damaged one is reported in one line naming the
+  file, and training falls back to the newest intact one, with a warning.
+  The damaged checkpoint is never deleted: with `repair`, its files are
+  renamed beside it (`ckpt-6.index` to `ckpt-6.damaged.index`, readable as
+  the checkpoint `ckpt-6.damaged`), so that neither the checkpoint of the
+  same step written later nor `keep_checkpoint_max` can overwrite or delete
+  it, and the state file is rewritten to name the intact ones only.
+  If no listed checkpoint is intact, it refuses rather than starting the
+  run afresh beside (and later deleting) the damaged ones.
+
+  Args:
+    model_dir: the run's directory.
+    log: where warnings go.
+    repair: set the damaged checkpoints aside and rewrite the state file;
+      only the process that writes `model_dir` (the chief) may.
+
+  Returns:
+    A checkpoint prefix, or None if `model_dir` names no checkpoint.
+
+  Raises:
+    CheckpointError: checkpoints are named but none is intact.
+  """
+  listed = listed_checkpoints(model_dir)
+  damaged, missing, intact = [], [], None
+  for prefix in listed:
+    if not tf.io.gfile.exists(prefix + ".index"):
+      log(f"WARNING: checkpoint {prefix} is named in "
+          f"{os.path.join(model_dir, 'checkpoint')} but its files are gone.")
+      missing.append(prefix)
+      continue
+    try:
+      verify(prefix)
+    except DamagedCheckpointError as error:
+      log(f"WARNING: checkpoint {prefix}: {error}.")
+      damaged.append(prefix)
+      continue
+    intact = prefix
+    break
+  if not (damaged or missing):
+    return intact
+  if intact is None:
+    raise CheckpointError(
+        f"{model_dir} holds no intact checkpoint (damaged or missing: "
+        f"{', '.join(damaged + missing)}). Move its ckpt-* files out of "
+        "model_dir to start the run afresh, or use another --model_dir.")
+  kept = []
+  if repair:
+    kept = [_set_aside(prefix) for prefix in damaged]
+    _rewrite_state(model_dir, intact, dropped=damaged + missing)
+  log(f"WARNING: resuming from the newest intact checkpoint {intact}; the "
+      "steps after it are trained again"
+      + (f"; the damaged checkpoint is kept as {', '.join(kept)}"
+         if kept else "") + ".")
+  return intact
 
 
 def _run_checkpoint(model):
@@ -335,6 +578,16 @@ def saved_variable_shape(prefix, path: Sequence[str]):
   return list(reader.get_variable_to_shape_map()[keys[0]])
 
 
+def _verify_given(path, prefix):
+  # A checkpoint the user names is theirs to replace: no fallback.
+  try:
+    verify(prefix)
+  except DamagedCheckpointError as error:
+    raise CheckpointError(
+        f"--checkpoint {path}: {error}. Give an intact checkpoint, e.g. an "
+        "earlier ckpt-N of the same run, or its export.") from error
+
+
 def load_pretrained(model, path, model_config, log=None):
   """Loads the encoder and projection head of a checkpoint into `model`.
 
@@ -362,6 +615,7 @@ def load_pretrained(model, path, model_config, log=None):
     return authors_checkpoint.load_pretrained(model, authors, model_config,
                                               log)
   prefix = resolve(path)
+  _verify_given(path, prefix)
   try:
     restore_parts(prefix, dict(encoder=model.encoder,
                                projection_head=model.projection_head))
@@ -395,6 +649,7 @@ def restore_for_eval(model, path, log=None):
     from simclr_tf import authors_checkpoint  # It builds on this module.
     return authors_checkpoint.restore_for_eval(model, authors, log)
   prefix = resolve(path)
+  _verify_given(path, prefix)
   try:
     export_dir = export_dir_of(prefix)
     if export_dir:

@@ -59,6 +59,7 @@ import tensorflow as tf
 from simclr_tf import augment
 from simclr_tf import authors_checkpoint
 from simclr_tf import checkpoints
+from simclr_tf import write_errors
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import resnet_encoder as resnet_lib
@@ -435,11 +436,22 @@ def write_saved_model(module: SimCLRExport, export_dir: str, meta: dict, *,
   temp = os.path.join(parent, f"{_TEMP_PREFIX}{name}-{os.getpid()}")
   if tf.io.gfile.exists(temp):
     tf.io.gfile.rmtree(temp)
-  tf.saved_model.save(module, temp, signatures=module.serving_signatures())
-  meta_path = os.path.join(temp, checkpoints.EXPORT_METADATA_FILE)
-  tf.io.gfile.makedirs(os.path.dirname(meta_path))
-  with tf.io.gfile.GFile(meta_path, "w") as handle:
-    handle.write(json.dumps(meta, indent=2, sort_keys=True))
+  try:
+    tf.saved_model.save(module, temp, signatures=module.serving_signatures())
+    meta_path = os.path.join(temp, checkpoints.EXPORT_METADATA_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(meta_path))
+    with tf.io.gfile.GFile(meta_path, "w") as handle:
+      handle.write(json.dumps(meta, indent=2, sort_keys=True))
+  except (tf.errors.OpError, OSError) as error:
+    # Nothing but the temporary directory was touched: remove it, and the
+    # previous export (if any) stays in place.
+    if tf.io.gfile.exists(temp):
+      tf.io.gfile.rmtree(temp)
+    raise write_errors.WriteFailedError(
+        f"could not write the export {export_dir} "
+        f"({write_errors.reason(error)}); nothing partial was left and "
+        "earlier exports are untouched. Free space (or fix the disk) and "
+        "rerun the same command.") from error
   old = None
   if tf.io.gfile.exists(export_dir):
     # Move the previous export aside rather than deleting it first: at every

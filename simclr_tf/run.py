@@ -30,8 +30,14 @@ from simclr_tf import settings  # noqa: E402
 from simclr_tf.tools import _cli  # noqa: E402
 
 USAGE_ERROR = _cli.USAGE_ERROR
-# Training ran but could not finish (a non-finite loss, a lost worker).
+# Training ran but could not finish (a non-finite loss, a lost worker, a
+# checkpoint or export that could not be written, e.g. a full disk).
 TRAINING_FAILED = 1
+# SIGTERM or SIGINT stopped training after a checkpoint of the step it was
+# at: rerun the same command to resume. 75 is EX_TEMPFAIL of sysexits.h
+# ("temporary failure; the user is invited to retry"), so schedulers and
+# scripts can tell it from a failure.
+STOPPED_BY_SIGNAL = 75
 
 FLAGS = flags.FLAGS
 
@@ -221,8 +227,10 @@ def main(argv):
   from simclr_tf import data as data_lib
   from simclr_tf import distribute
   from simclr_tf import faults
+  from simclr_tf import preemption
   from simclr_tf import run_dir
   from simclr_tf import training
+  from simclr_tf import write_errors
   tfds.disable_progress_bar()
   _cli.quiet_library_logs()
   # Keras warns when an evaluation dataset ends, which is how ours end.
@@ -239,8 +247,19 @@ def main(argv):
           checkpoints.CheckpointError, distribute.StrategyError,
           run_dir.RunDirError) as error:
     return _fail(str(error))
-  except (faults.NonFiniteLossError, faults.WorkerLostError) as error:
+  except (faults.NonFiniteLossError, faults.WorkerLostError,
+          write_errors.WriteFailedError) as error:
     return _fail(str(error), TRAINING_FAILED)
+  except preemption.StoppedBySignal as stop:
+    print(stop, file=sys.stderr, flush=True)
+    return STOPPED_BY_SIGNAL
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training steps (start-up, evaluation, export): no
+    # step was taken since the last checkpoint, so none is lost.
+    print("stopped by SIGINT outside training; the last checkpoint is "
+          "kept; rerun the same command to resume", file=sys.stderr,
+          flush=True)
+    return STOPPED_BY_SIGNAL
   _say(format_summary(config, results))
   return 0
 

@@ -25,10 +25,12 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
+from simclr_tf import write_errors
 from simclr_tf.checkpoints import CONFIG_FILE
 from simclr_tf.config import ConfigError
 
@@ -56,8 +58,16 @@ def atomic_write_text(path: str, text: str) -> None:
     text: its new content.
   """
   temporary = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(temporary, "w") as handle:
-    handle.write(text)
+  try:
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+      handle.write(text)
+  except (tf.errors.OpError, OSError) as error:
+    if tf.io.gfile.exists(temporary):
+      tf.io.gfile.remove(temporary)
+    raise write_errors.WriteFailedError(
+        f"could not write {path} ({write_errors.reason(error)}); the "
+        "previous file, if any, is untouched. Free space (or fix the disk) "
+        "and rerun the same command.") from error
   # A rename within a directory is atomic on local filesystems; object
   # stores copy then delete, which still never exposes a partial file.
   tf.io.gfile.rename(temporary, path, overwrite=True)
@@ -169,10 +179,26 @@ class RunLock:
   lock exists, the pid and host decide: a lock from this host whose process
   is gone is taken over, one from another host is respected until deleted.
 
+  Taking the lock on an object store is not atomic. GCS could make it so
+  (a create-only upload, `ifGenerationMatch=0`), but `tf.io.gfile`, the only
+  storage API this project uses, offers no conditional write, and the
+  google-cloud-storage client is not a dependency. So the lock checks,
+  writes a lock file holding a random token, waits `REMOTE_SETTLE_SECONDS`
+  and reads the file back: if another run wrote it meanwhile, the token is
+  not ours and this run stops (the last writer keeps the lock). GCS reads
+  are strongly consistent, so this catches two runs started together as
+  long as each writes its lock within `REMOTE_SETTLE_SECONDS` of finding
+  none. It does not protect against a run that stalls longer than that
+  between its check and its write, nor against a lock file deleted by hand
+  while its run is alive.
+
   Args:
     directory: the run's model_dir (must exist).
     log: where takeover notices go.
   """
+
+  # Seconds between writing a lock on an object store and reading it back.
+  REMOTE_SETTLE_SECONDS = 2.0
 
   def __init__(self, directory: str, log: Callable[[str], None] = print):
     self.directory = directory
@@ -180,11 +206,12 @@ class RunLock:
     self.log = log
     self._fd = None
     self._held = False
+    self._token = uuid.uuid4().hex
 
-  @staticmethod
-  def _owner_text() -> str:
+  def _owner_text(self) -> str:
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "token": self._token})
 
   def _read_owner(self) -> Optional[dict]:
     try:
@@ -259,6 +286,12 @@ class RunLock:
                f"{owner['pid']} on {owner['host']}, which is no longer "
                "running.")
     atomic_write_text(self.path, self._owner_text())
+    # Not atomic (see the class docstring): a run that found no lock at the
+    # same time may have written after us; the last writer keeps it.
+    time.sleep(self.REMOTE_SETTLE_SECONDS)
+    owner = self._read_owner()
+    if owner is None or owner.get("token") != self._token:
+      self._refuse(owner)
 
   def release(self) -> None:
     """Removes the lock file and releases the lock (safe to call twice)."""
@@ -463,7 +496,8 @@ def read_stored_config(model_dir: str) -> Optional[dict]:
                       "another --model_dir.") from error
 
 
-def check_resume_config(config, log: Callable[[str], None]) -> bool:
+def check_resume_config(config, log: Callable[[str], None],
+                        has_checkpoint: Optional[bool] = None) -> bool:
   """Refuses to resume a run under a config its checkpoints do not fit.
 
   Only matters when `model_dir` already holds a checkpoint.
@@ -471,6 +505,9 @@ def check_resume_config(config, log: Callable[[str], None]) -> bool:
   Args:
     config: this stage's `ExperimentConfig`.
     log: where allowed changes are reported.
+    has_checkpoint: whether the run resumes from a checkpoint (e.g. from
+      `checkpoints.resumable_checkpoint`); None asks
+      `tf.train.latest_checkpoint`.
 
   Returns:
     True if `model_dir` holds checkpoints (this run resumes it).
@@ -479,7 +516,9 @@ def check_resume_config(config, log: Callable[[str], None]) -> bool:
     ConfigError: listing every setting that may not change.
   """
   model_dir = config.run.model_dir
-  if tf.train.latest_checkpoint(model_dir) is None:
+  if has_checkpoint is None:
+    has_checkpoint = tf.train.latest_checkpoint(model_dir) is not None
+  if not has_checkpoint:
     return False
   stored = read_stored_config(model_dir)
   if stored is None:

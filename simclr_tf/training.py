@@ -23,6 +23,7 @@ from simclr_tf import export as export_lib
 from simclr_tf import faults
 from simclr_tf import optimizers
 from simclr_tf import precision
+from simclr_tf import preemption
 from simclr_tf import run_dir as run_dir_lib
 from simclr_tf import train_loop
 from simclr_tf.config import ConfigError
@@ -150,7 +151,12 @@ def run_stage(config: ExperimentConfig, strategy,
   if run_dir is None:
     run_dir = run_dir_lib.RunDirectory.for_strategy(run.model_dir, strategy)
   tf.io.gfile.makedirs(run_dir.write_dir)
-  resuming = run_dir_lib.check_resume_config(config, log)
+  # Every worker resumes from the chief's model_dir, from the newest intact
+  # checkpoint; only the chief sets damaged ones aside.
+  latest = checkpoints.resumable_checkpoint(run.model_dir, log=log,
+                                            repair=run_dir.is_chief)
+  resuming = run_dir_lib.check_resume_config(
+      config, log, has_checkpoint=latest is not None)
 
   steps_per_epoch = max(1, info.num_train_examples // run.train_batch_size)
   total_steps = optimizers.total_train_steps(
@@ -174,8 +180,6 @@ def run_stage(config: ExperimentConfig, strategy,
   manager = checkpoints.make_manager(
       model, run_dir.write_dir,
       run.keep_checkpoint_max if run_dir.is_chief else 1)
-  # Every worker restores from the chief's model_dir.
-  latest = tf.train.latest_checkpoint(run.model_dir)
   random_init = _initialise(model, latest, config, log)
 
   result = StageResult(run.train_mode, run.model_dir, _step(model),
@@ -378,19 +382,26 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
         f"{contexts[0].num_input_pipelines}.")
   checkpoint_every = run.checkpoint_steps or (run.checkpoint_epochs *
                                               steps_per_epoch)
+  stop_request = preemption.StopOnSignal(strategy)
   monitor = callbacks_lib.TrainingMonitor(
       stage=run.train_mode, total_steps=total_steps,
       global_batch_size=run.train_batch_size, checkpoint_manager=manager,
       checkpoint_every=max(checkpoint_every, 1), summary_writer=writer,
-      log=log)
+      log=log, stop_request=stop_request)
   log(f"[{run.train_mode}] training steps {start_step}..{total_steps} "
       f"({total_steps / steps_per_epoch:.1f} epochs of {steps_per_epoch} "
       f"steps, batch {run.train_batch_size}, "
       f"{strategy.num_replicas_in_sync} replica(s)).")
   try:
-    model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
-              shuffle=False,
-              callbacks=[monitor], verbose=0)
+    # SIGTERM and SIGINT are caught only while training: elsewhere there is
+    # nothing newer than the last checkpoint to save.
+    with stop_request:
+      model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
+                shuffle=False,
+                callbacks=[monitor], verbose=0)
+  except preemption.StoppedBySignal as stop:
+    raise stop.with_checkpoint(os.path.join(
+        run.model_dir, f"{checkpoints.CHECKPOINT_NAME}-{stop.step}")) from None
   except faults.NonFiniteLossError as error:
     raise error.with_checkpoint(
         tf.train.latest_checkpoint(run.model_dir)) from None

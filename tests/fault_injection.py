@@ -5,7 +5,7 @@ kill in the middle of a checkpoint write, and, to compare multi-worker and
 single-process runs, inputs that do not depend on how the data is sharded
 and a dump of each worker's final weights. The library carries no hook for
 them: `install` replaces `training.training_input_fn`, `training._train` and
-`checkpoints.save` with wrappers that add the faults in force.
+`checkpoints._save_files` with wrappers that add the faults in force.
 
 They are switched on either in process, with `injected(...)`, or for a
 command-line run by running `tests/fault_program.py` (the program with the
@@ -86,7 +86,7 @@ def current() -> Faults:
 _ORIGINALS = {
     (training, "training_input_fn"): training.training_input_fn,
     (training, "_train"): training._train,  # pylint: disable=protected-access
-    (checkpoints, "save"): checkpoints.save,
+    (checkpoints, "_save_files"): checkpoints._save_files,  # pylint: disable=protected-access
 }
 
 
@@ -114,7 +114,7 @@ def _faulty_save(manager, step):
 _PATCHES = {
     (training, "training_input_fn"): _faulty_training_input_fn,
     (training, "_train"): _faulty_train,
-    (checkpoints, "save"): _faulty_save,
+    (checkpoints, "_save_files"): _faulty_save,
 }
 
 
