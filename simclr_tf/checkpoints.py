@@ -26,10 +26,11 @@ import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from simclr_tf import config_file
 from simclr_tf import write_errors
 
 CHECKPOINT_NAME = "ckpt"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_file.CONFIG_FILE
 # What makes a directory an export of ours: TensorFlow's SavedModel file and
 # our metadata, kept in `assets.extra` (SavedModel's place for files that the
 # graph does not read).
@@ -38,10 +39,6 @@ EXPORT_METADATA_FILE = os.path.join("assets.extra", "simclr_tf_export.json")
 EXPORT_VARIABLES_PREFIX = os.path.join("variables", "variables")
 # The object-graph key TensorFlow stores in every object-based checkpoint.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-# Settings that change the encoder or projection head's variables.
-_ARCHITECTURE_KEYS = ("resnet_depth", "width_multiplier", "sk_ratio",
-                      "se_ratio", "cifar_stem", "proj_head_mode",
-                      "proj_out_dim", "num_proj_layers")
 
 
 class CheckpointError(ValueError):
@@ -468,36 +465,7 @@ def stored_config(checkpoint_prefix):
       return read_export_metadata(export_dir).get("config")
     except CheckpointError:
       return None
-  path = os.path.join(os.path.dirname(checkpoint_prefix), CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path) as handle:
-      return json.load(handle)
-  except (ValueError, tf.errors.OpError):
-    return None
-
-
-def architecture_differences(stored, model_config):
-  """Architecture settings that differ between a stored config and ours.
-
-  Args:
-    stored: a `config.json` dict (or None).
-    model_config: this run's `ModelConfig`.
-
-  Returns:
-    "name: checkpoint X, this run Y" strings; empty if unknown or equal.
-  """
-  if not stored:
-    return []
-  stored_model = stored.get("model", {})
-  differences = []
-  for key in _ARCHITECTURE_KEYS:
-    if key in stored_model and stored_model[key] != getattr(model_config,
-                                                            key):
-      differences.append(f"{key}: checkpoint {stored_model[key]}, this run "
-                         f"{getattr(model_config, key)}")
-  return differences
+  return config_file.read(os.path.dirname(checkpoint_prefix), strict=False)
 
 
 def restore_parts(prefix, parts):
@@ -588,7 +556,7 @@ def _verify_given(path, prefix):
         "earlier ckpt-N of the same run, or its export.") from error
 
 
-def load_pretrained(model, path, model_config, log=None):
+def load_pretrained(model, path, model_config, log=None, *, image_size):
   """Loads the encoder and projection head of a checkpoint into `model`.
 
   The supervised head and optimizer state are not loaded: fine-tuning and
@@ -601,6 +569,7 @@ def load_pretrained(model, path, model_config, log=None):
       or an export.
     model_config: this run's `ModelConfig`, to explain mismatches.
     log: where a line on what was loaded goes (the authors' formats).
+    image_size: this run's image size (an automatic stem depends on it).
 
   Returns:
     The checkpoint prefix that was loaded.
@@ -620,8 +589,8 @@ def load_pretrained(model, path, model_config, log=None):
     restore_parts(prefix, dict(encoder=model.encoder,
                                projection_head=model.projection_head))
   except (AssertionError, ValueError, tf.errors.OpError) as error:
-    differences = architecture_differences(stored_config(prefix),
-                                           model_config)
+    differences = config_file.architecture_differences(
+        stored_config(prefix), model_config, image_size)
     detail = ("; ".join(differences) if differences else
               str(error).splitlines()[0][:200])
     raise CheckpointError(
@@ -694,6 +663,5 @@ def write_model_checkpoint(model, config, directory, step):
       tf.train.Checkpoint(model=model), directory=directory, max_to_keep=1,
       checkpoint_name=CHECKPOINT_NAME)
   prefix = manager.save(checkpoint_number=step)
-  with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE), "w") as handle:
-    handle.write(config.to_json())
+  config_file.write(directory, config)
   return prefix

@@ -59,6 +59,8 @@ import tensorflow as tf
 from simclr_tf import augment
 from simclr_tf import authors_checkpoint
 from simclr_tf import checkpoints
+from simclr_tf import config_file
+from simclr_tf import run_dir
 from simclr_tf import write_errors
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
@@ -390,18 +392,6 @@ def _pid_of(name):
     return None
 
 
-def _pid_alive(pid):
-  if pid is None:
-    return False
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def write_saved_model(module: SimCLRExport, export_dir: str, meta: dict, *,
                       overwrite: bool = False) -> str:
   """Saves `module` to `export_dir` through a temporary directory.
@@ -501,7 +491,7 @@ def prune_exports(exports_dir: str, keep: int) -> None:
     tf.io.gfile.rmtree(os.path.join(exports_dir, name))
   for name in names:
     if (name.startswith((_TEMP_PREFIX, _OLD_PREFIX)) and
-        not _pid_alive(_pid_of(name))):
+        not run_dir.process_alive(_pid_of(name))):
       tf.io.gfile.rmtree(os.path.join(exports_dir, name))
 
 
@@ -549,14 +539,14 @@ def _config_of(prefix) -> ExperimentConfig:
   stored = checkpoints.stored_config(prefix)
   if stored is None:
     raise checkpoints.CheckpointError(
-        f"{prefix}: no {checkpoints.CONFIG_FILE} beside it, so its "
+        f"{prefix}: no {config_file.CONFIG_FILE} beside it, so its "
         "architecture is unknown. Export from the run's model_dir, where "
         "the program writes it.")
   try:
     return ExperimentConfig.from_dict(stored)
   except (ConfigError, TypeError) as error:
     raise checkpoints.CheckpointError(
-        f"{prefix}: its {checkpoints.CONFIG_FILE} is not a config of this "
+        f"{prefix}: its {config_file.CONFIG_FILE} is not a config of this "
         f"version ({str(error).splitlines()[0][:200]}).") from error
 
 

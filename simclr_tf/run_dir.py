@@ -30,8 +30,9 @@ from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
+from simclr_tf import config_file
 from simclr_tf import write_errors
-from simclr_tf.checkpoints import CONFIG_FILE
+from simclr_tf.config_file import CONFIG_FILE
 from simclr_tf.config import ConfigError
 
 LOCK_FILE = "simclr.lock"
@@ -158,7 +159,8 @@ def check_free_space(directory: str, needed: int,
         "space or choose another --model_dir.")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+  """Whether process `pid` exists on this machine (of any user)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -279,7 +281,7 @@ class RunLock:
       stale = (owner is not None and
                owner.get("host") == socket.gethostname() and
                isinstance(owner.get("pid"), int) and
-               not _process_alive(owner["pid"]))
+               not process_alive(owner["pid"]))
       if not stale:
         self._refuse(owner)
       self.log(f"Took over the stale lock {self.path} of process "
@@ -366,7 +368,7 @@ class RunDirectory:
     stem = os.path.join(tempfile.gettempdir(), f"simclr_{label}_{digest}_")
     for leftover in glob.glob(stem + "*"):
       owner = leftover[len(stem):]
-      if owner.isdigit() and not _process_alive(int(owner)):
+      if owner.isdigit() and not process_alive(int(owner)):
         shutil.rmtree(leftover, ignore_errors=True)
     path = f"{stem}{os.getpid()}"
     os.makedirs(path, exist_ok=True)
@@ -425,10 +427,9 @@ class RunDirectory:
 # else (steps, eval settings, checkpoint cadence, learning rate, hardware)
 # may change on resume; those changes are logged.
 _FIXED_SETTINGS = {
-    "model": ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio",
-              "cifar_stem", "proj_head_mode", "proj_out_dim",
-              "num_proj_layers", "ft_proj_selector",
-              "supervised_head_feature_norm", "fine_tune_after_block"),
+    "model": config_file.ARCHITECTURE_SETTINGS + (
+        "ft_proj_selector", "supervised_head_feature_norm",
+        "fine_tune_after_block"),
     "run": ("train_mode", "lineareval_while_pretraining"),
     "data": ("dataset", "image_size", "train_split", "label_fraction",
              "labels_per_class", "label_seed", "synthetic_train_examples",
@@ -436,23 +437,6 @@ _FIXED_SETTINGS = {
     # The checkpoint holds this optimizer's slot variables.
     "optimizer": ("optimizer",),
 }
-
-
-def _comparable(config) -> dict:
-  """The config as plain JSON values, with the stem choice resolved."""
-  values = json.loads(config.to_json())
-  model = values["model"]
-  model["cifar_stem"] = config.model.use_cifar_stem(config.data.image_size)
-  return values
-
-
-def _stored_comparable(stored: dict) -> dict:
-  values = json.loads(json.dumps(stored))
-  model = values.get("model", {})
-  image_size = values.get("data", {}).get("image_size")
-  if model.get("cifar_stem", "missing") is None and image_size is not None:
-    model["cifar_stem"] = image_size <= 32
-  return values
 
 
 def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
@@ -466,7 +450,8 @@ def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
     (fixed, allowed): "section.name: stored X, now Y" strings for settings
     that cannot change on resume, and for those that may.
   """
-  old, new = _stored_comparable(stored), _comparable(config)
+  old = config_file.comparable_stored(stored)
+  new = config_file.comparable(config)
   fixed, allowed = [], []
   for section in sorted(new):
     for name in sorted(new[section]):
@@ -480,20 +465,6 @@ def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
       else:
         allowed.append(line)
   return fixed, allowed
-
-
-def read_stored_config(model_dir: str) -> Optional[dict]:
-  """The `config.json` in `model_dir` as a dict, or None if absent."""
-  path = os.path.join(model_dir, CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path) as handle:
-      return json.load(handle)
-  except (ValueError, tf.errors.OpError) as error:
-    raise ConfigError(f"{path} is unreadable ({error}); it describes the "
-                      "checkpoints in that model_dir. Restore it, or use "
-                      "another --model_dir.") from error
 
 
 def check_resume_config(config, log: Callable[[str], None],
@@ -520,7 +491,7 @@ def check_resume_config(config, log: Callable[[str], None],
     has_checkpoint = tf.train.latest_checkpoint(model_dir) is not None
   if not has_checkpoint:
     return False
-  stored = read_stored_config(model_dir)
+  stored = config_file.read(model_dir)
   if stored is None:
     log(f"NOTE: {model_dir} holds checkpoints but no {CONFIG_FILE}; the "
         "settings they were trained with cannot be checked.")
@@ -539,5 +510,4 @@ def check_resume_config(config, log: Callable[[str], None],
 
 def write_config(run_dir: RunDirectory, config) -> None:
   """Writes `config.json` (atomically) where this process writes."""
-  atomic_write_text(run_dir.path(CONFIG_FILE), config.to_json())
-
+  config_file.write(run_dir.write_dir, config)

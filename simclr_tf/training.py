@@ -274,8 +274,9 @@ def _initialise(model, latest, config, log):
     return run.train_mode == "pretrain" and run.mode == "eval"
   if run.checkpoint:
     loaded = []
-    prefix = checkpoints.load_pretrained(model, run.checkpoint, config.model,
-                                         log=loaded.append)
+    prefix = checkpoints.load_pretrained(
+        model, run.checkpoint, config.model, log=loaded.append,
+        image_size=config.data.image_size)
     log(loaded[0] if loaded else
         f"Loaded the pretrained encoder from {prefix}.")
     return False

@@ -160,7 +160,8 @@ def test_finetune_starts_from_the_pretrained_encoder(pretrained_dir, data_dir,
     model = simclr.build_simclr_model(
         config.model, image_size=16, num_classes=10, train_mode="finetune",
         with_supervised_head=True)
-  checkpoints.load_pretrained(model, pretrained_dir, config.model)
+  checkpoints.load_pretrained(model, pretrained_dir, config.model,
+                              image_size=16)
   expected = encoder_weights_of_checkpoint(pretrained_dir, config.model)
   for variable in model.encoder.weights:
     np.testing.assert_array_equal(variable.numpy(), expected[variable.path])
