@@ -16,7 +16,7 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
 
@@ -383,7 +383,8 @@ class RunConfig:
     strategy: "auto", "one_device", "mirrored", "multi_worker" or "tpu".
     tpu: TPU name or address for `strategy="tpu"`.
     cpu_replicas: split the host CPU into this many logical devices.
-    precision: "float32", "mixed_bfloat16" or "mixed_float16".
+    precision: "float32", "mixed_bfloat16", "mixed_float16" or "auto"
+      (bfloat16 where the hardware has it natively, see `precision`).
     jit_compile: compile the train step with XLA.
   """
   mode: str = "train_then_eval"

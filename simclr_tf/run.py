@@ -180,9 +180,11 @@ flags.DEFINE_integer("steps_per_loop", 1, "Optimizer steps per host call; "
                      "loops.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
-                  "Keras dtype policy: float32, mixed_bfloat16, or "
-                  "mixed_float16 (with dynamic loss scaling). Losses, "
-                  "BatchNorm statistics and LARS stay float32.")
+                  "Keras dtype policy: float32, mixed_bfloat16, "
+                  "mixed_float16 (with dynamic loss scaling), or auto "
+                  "(mixed_bfloat16 on hardware with native bfloat16, else "
+                  "float32). Losses, BatchNorm statistics and LARS stay "
+                  "float32.")
 
 
 _CIFAR_STEM = {"auto": None, "true": True, "false": False}
