@@ -20,8 +20,9 @@ What stays float32 under every policy, and where that is done:
 
 - the contrastive logits, softmax and loss (`losses.contrastive_loss` casts
   the projections first) and the supervised loss (`losses.supervised_loss`);
-- BatchNorm statistics (Keras' BatchNormalization upcasts its inputs to
-  float32 for the moments, also when synchronised across replicas);
+- BatchNorm statistics (`models.batch_norm.BatchNormalization`: the fused
+  kernel accumulates and returns float32 statistics of bfloat16 or float16
+  inputs; the synchronised path upcasts its inputs to float32);
 - LARS norms and updates (`optimizers.LARS` computes in float32) and the L2
   weight-decay term (`optimizers.l2_weight_decay`).
 """
