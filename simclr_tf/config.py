@@ -28,7 +28,7 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
 
@@ -362,8 +362,9 @@ class RunConfig:
                               "devices to try multi-replica runs.",
                               at_least=0)
   precision: str = setting(
-      "float32", "Keras dtype policy: float32, mixed_bfloat16, or "
-      "mixed_float16 (with dynamic loss scaling). Losses, BatchNorm "
+      "float32", "Keras dtype policy: float32, mixed_bfloat16, "
+      "mixed_float16 (with dynamic loss scaling), or auto (mixed_bfloat16 "
+      "on hardware with native bfloat16, else float32). Losses, BatchNorm "
       "statistics and LARS stay float32.", choices=PRECISIONS)
   jit_compile: bool = setting(False, "Compile the train step with XLA.")
 
