@@ -385,6 +385,13 @@ class RunConfig:
     cpu_replicas: split the host CPU into this many logical devices.
     precision: "float32", "mixed_bfloat16" or "mixed_float16".
     jit_compile: compile the train step with XLA.
+    knn_eval_every_epochs: while pretraining, measure the weighted kNN
+      accuracy of the encoder every this many epochs (and at the end);
+      0 turns the monitor off.
+    knn_bank_size: cap on the kNN memory bank (the first examples of the
+      train split), which bounds its cost.
+    knn_k: neighbours per kNN query.
+    knn_temperature: kNN votes weigh exp(cosine similarity / this).
   """
   mode: str = "train_then_eval"
   train_mode: str = "pretrain"
@@ -408,6 +415,10 @@ class RunConfig:
   cpu_replicas: int = 0
   precision: str = "float32"
   jit_compile: bool = False
+  knn_eval_every_epochs: int = 0
+  knn_bank_size: int = 10000
+  knn_k: int = 200
+  knn_temperature: float = 0.1
 
   def validate(self) -> None:
     _check_choice("mode", self.mode, RUN_MODES)
@@ -416,17 +427,22 @@ class RunConfig:
     _check_choice("precision", self.precision, PRECISIONS)
     _check(bool(self.model_dir), "`model_dir` must not be empty.")
     for name in ("train_batch_size", "eval_batch_size", "keep_checkpoint_max",
-                 "keep_hub_module_max", "steps_per_loop"):
+                 "keep_hub_module_max", "steps_per_loop", "knn_bank_size",
+                 "knn_k"):
       _check(getattr(self, name) >= 1,
              f"`{name}` must be positive. Received: "
              f"{name}={getattr(self, name)}")
     for name in ("train_epochs", "train_steps", "eval_steps",
-                 "checkpoint_epochs", "checkpoint_steps", "cpu_replicas"):
+                 "checkpoint_epochs", "checkpoint_steps", "cpu_replicas",
+                 "knn_eval_every_epochs"):
       _check(getattr(self, name) >= 0,
              f"`{name}` must be >= 0. Received: "
              f"{name}={getattr(self, name)}")
     _check(self.train_steps > 0 or self.train_epochs > 0,
            "Set `train_steps` or `train_epochs` above 0.")
+    _check(self.knn_temperature > 0,
+           f"`knn_temperature` must be positive. Received: "
+           f"knn_temperature={self.knn_temperature}")
     if self.strategy == "tpu":
       _check(bool(self.tpu), "`strategy=tpu` needs `tpu` set to the TPU "
              "name or address (e.g. --tpu=local on a TPU VM).")

@@ -183,6 +183,16 @@ flags.DEFINE_enum("precision", "float32", config_lib.PRECISIONS,
                   "Keras dtype policy: float32, mixed_bfloat16, or "
                   "mixed_float16 (with dynamic loss scaling). Losses, "
                   "BatchNorm statistics and LARS stay float32.")
+# --- kNN monitor while pretraining
+flags.DEFINE_integer("knn_eval_every_epochs", 0, "While pretraining, "
+                     "report the weighted kNN accuracy (eval/knn_top_1, "
+                     "eval/knn_top_5) every this many epochs and at the "
+                     "end; 0 is off.")
+flags.DEFINE_integer("knn_bank_size", 10000, "kNN memory bank: at most this "
+                     "many train-split examples (bounds the cost).")
+flags.DEFINE_integer("knn_k", 200, "kNN: neighbours per query.")
+flags.DEFINE_float("knn_temperature", 0.1, "kNN: votes weigh "
+                   "exp(cosine similarity / knn_temperature).")
 
 
 _CIFAR_STEM = {"auto": None, "true": True, "false": False}
@@ -264,7 +274,10 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           keep_hub_module_max=v.keep_hub_module_max,
           steps_per_loop=v.steps_per_loop, seed=v.seed, strategy=v.strategy,
           tpu=v.tpu, cpu_replicas=v.cpu_replicas,
-          precision=v.precision, jit_compile=v.jit_compile))
+          precision=v.precision, jit_compile=v.jit_compile,
+          knn_eval_every_epochs=v.knn_eval_every_epochs,
+          knn_bank_size=v.knn_bank_size, knn_k=v.knn_k,
+          knn_temperature=v.knn_temperature))
 
 
 class _DropRoutineTfdsNotices(logging_std.Filter):

@@ -22,6 +22,7 @@ from simclr_tf import distribute
 from simclr_tf import export as export_lib
 from simclr_tf import fault_injection
 from simclr_tf import faults
+from simclr_tf import knn
 from simclr_tf import optimizers
 from simclr_tf import precision
 from simclr_tf import run_dir as run_dir_lib
@@ -363,6 +364,9 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
       global_batch_size=run.train_batch_size, checkpoint_manager=manager,
       checkpoint_every=max(checkpoint_every, 1), summary_writer=writer,
       log=log)
+  knn_monitor = knn.build_monitor(
+      config, strategy, steps_per_epoch=steps_per_epoch,
+      summary_writer=writer, log=log)
   log(f"[{run.train_mode}] training steps {start_step}..{total_steps} "
       f"({total_steps / steps_per_epoch:.1f} epochs of {steps_per_epoch} "
       f"steps, batch {run.train_batch_size}, "
@@ -371,7 +375,8 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
   try:
     model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
               shuffle=False,
-              callbacks=[monitor], verbose=0)
+              callbacks=[monitor] + ([knn_monitor] if knn_monitor else []),
+              verbose=0)
   except faults.NonFiniteLossError as error:
     raise error.with_checkpoint(
         tf.train.latest_checkpoint(run.model_dir)) from None
