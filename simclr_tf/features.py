@@ -141,3 +141,33 @@ class FeatureExtractor:
     if max_examples is not None:
       outputs, labels = outputs[:max_examples], labels[:max_examples]
     return outputs, labels
+
+
+def split_features(forward, data_config, augment_config, *, splits,
+                   batch_size, max_examples=None, strategy=None, log=None,
+                   log_every=0):
+  """`forward`'s outputs and the labels of each split in `splits`.
+
+  Args:
+    forward: see `FeatureExtractor`.
+    data_config: a `DataConfig`.
+    augment_config: an `AugmentConfig` (its evaluation transform).
+    splits: split names.
+    batch_size: global images per batch.
+    max_examples: cap on the examples of each split; None for all.
+    strategy: a `tf.distribute.Strategy`, or None for one device.
+    log: where progress lines go, or None.
+    log_every: progress every this many batches; 0 never.
+
+  Returns:
+    {split: (outputs, labels)}.
+  """
+  extractor = FeatureExtractor(forward, strategy)
+  results = {}
+  for split in splits:
+    input_fn, num_examples = split_input_fn(
+        data_config, augment_config, split=split, batch_size=batch_size)
+    results[split] = extractor(
+        input_fn, num_examples=num_examples, max_examples=max_examples,
+        batch_size=batch_size, log=log, log_every=log_every, name=split)
+  return results
