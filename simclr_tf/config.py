@@ -392,6 +392,16 @@ class RunConfig:
       train split), which bounds its cost.
     knn_k: neighbours per kNN query.
     knn_temperature: kNN votes weigh exp(cosine similarity / this).
+    probe_baselines: after pretraining, fit the paper's linear probe
+      (L-BFGS logistic regression, appendix B.8) to the encoder's frozen
+      features, to raw pixels and to a random-init encoder, and print the
+      three in the summary (`model_dir/probe.json`).
+    probe_num_strengths: l2 strengths in the probe's grid, log-spaced over
+      the paper's [1e-6, 1e5] (the paper: 45).
+    probe_train_examples: fit the probe on at most this many (the first)
+      train examples, to bound its cost; 0 uses all.
+    write_plots: at the end of pretraining, write PNGs of the training
+      curves and of an embedding of eval features (`model_dir/plots`).
   """
   mode: str = "train_then_eval"
   train_mode: str = "pretrain"
@@ -419,6 +429,10 @@ class RunConfig:
   knn_bank_size: int = 10000
   knn_k: int = 200
   knn_temperature: float = 0.1
+  probe_baselines: bool = False
+  probe_num_strengths: int = 45
+  probe_train_examples: int = 0
+  write_plots: bool = False
 
   def validate(self) -> None:
     _check_choice("mode", self.mode, RUN_MODES)
@@ -428,13 +442,13 @@ class RunConfig:
     _check(bool(self.model_dir), "`model_dir` must not be empty.")
     for name in ("train_batch_size", "eval_batch_size", "keep_checkpoint_max",
                  "keep_hub_module_max", "steps_per_loop", "knn_bank_size",
-                 "knn_k"):
+                 "knn_k", "probe_num_strengths"):
       _check(getattr(self, name) >= 1,
              f"`{name}` must be positive. Received: "
              f"{name}={getattr(self, name)}")
     for name in ("train_epochs", "train_steps", "eval_steps",
                  "checkpoint_epochs", "checkpoint_steps", "cpu_replicas",
-                 "knn_eval_every_epochs"):
+                 "knn_eval_every_epochs", "probe_train_examples"):
       _check(getattr(self, name) >= 0,
              f"`{name}` must be >= 0. Received: "
              f"{name}={getattr(self, name)}")

@@ -75,7 +75,8 @@ def top_k_accuracy(model, features, labels) -> Dict[str, float]:
 def run_probe(train_features, train_labels, test_features, test_labels, *,
               strengths: Sequence[float] = PAPER_STRENGTHS,
               holdout_fraction: float = 0.2, seed: int = 0,
-              max_iter: int = 1000, log=None) -> Dict:
+              max_iter: int = 1000, warm_start: bool = True,
+              log=None) -> Dict:
   """Chooses the strength on held-out train data, refits, scores the test.
 
   Unlabeled examples (negative ids) are left out. The held-out part is a
@@ -90,6 +91,8 @@ def run_probe(train_features, train_labels, test_features, test_labels, *,
     holdout_fraction: share of the train split held out for the choice.
     seed: seed of the held-out split.
     max_iter: L-BFGS iterations per fit.
+    warm_start: start each held-out fit from the previous strength's
+      solution (same optimum, fewer iterations).
     log: function taking one line, or None.
 
   Returns:
@@ -118,9 +121,16 @@ def run_probe(train_features, train_labels, test_features, test_labels, *,
       train_x, train_y, test_size=holdout_fraction, random_state=seed,
       stratify=train_y)
   held_out = []
+  # From the strongest penalty to the weakest, each fit starting from the
+  # previous solution: the optimum is unique (strictly convex), so this
+  # changes only how fast L-BFGS gets there (many times faster at the weak
+  # end, where a cold start needs hundreds of iterations).
+  model = linear_model.LogisticRegression(
+      l1_ratio=0.0, solver="lbfgs", max_iter=max_iter,
+      warm_start=warm_start)
   for strength in sorted(strengths, reverse=True):
-    model = fit_logistic_regression(fit_x, fit_y, strength=strength,
-                                    max_iter=max_iter)
+    model.set_params(C=strength_to_c(strength, len(fit_y)))
+    model.fit(fit_x, fit_y)
     accuracy = top_k_accuracy(model, held_x, held_y)[TOP_1]
     held_out.append((strength, accuracy))
     if log:

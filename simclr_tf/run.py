@@ -193,6 +193,17 @@ flags.DEFINE_integer("knn_bank_size", 10000, "kNN memory bank: at most this "
 flags.DEFINE_integer("knn_k", 200, "kNN: neighbours per query.")
 flags.DEFINE_float("knn_temperature", 0.1, "kNN: votes weigh "
                    "exp(cosine similarity / knn_temperature).")
+flags.DEFINE_bool("probe_baselines", False, "After pretraining, fit the "
+                  "paper's L-BFGS linear probe to the encoder's features, to "
+                  "raw pixels and to a random-init encoder, and print the "
+                  "three in the summary (model_dir/probe.json).")
+flags.DEFINE_integer("probe_num_strengths", 45, "Probe: l2 strengths in the "
+                     "grid, log-spaced over [1e-6, 1e5] (the paper: 45).")
+flags.DEFINE_integer("probe_train_examples", 0, "Probe: fit on at most "
+                     "this many (the first) train examples; 0 uses all.")
+flags.DEFINE_bool("write_plots", False, "At the end of pretraining, write "
+                  "PNGs of the training curves and of an embedding of eval "
+                  "features to model_dir/plots (tools/plot_run.py).")
 
 
 _CIFAR_STEM = {"auto": None, "true": True, "false": False}
@@ -277,7 +288,11 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           precision=v.precision, jit_compile=v.jit_compile,
           knn_eval_every_epochs=v.knn_eval_every_epochs,
           knn_bank_size=v.knn_bank_size, knn_k=v.knn_k,
-          knn_temperature=v.knn_temperature))
+          knn_temperature=v.knn_temperature,
+          probe_baselines=v.probe_baselines,
+          probe_num_strengths=v.probe_num_strengths,
+          probe_train_examples=v.probe_train_examples,
+          write_plots=v.write_plots))
 
 
 class _DropRoutineTfdsNotices(logging_std.Filter):
@@ -315,6 +330,11 @@ def _activate_test_faults():
     fault_injection.activate(fault_injection.parse(spec))
 
 
+def _probe_line(name, result):
+  return (f"{name:<12} top-1 {100 * result['top_1']:6.2f}%  top-5 "
+          f"{100 * result['top_5']:6.2f}%  (C {result['C']:.3g})")
+
+
 def format_summary(config, results):
   """The closing summary: each stage's result and where its files are."""
   lines = ["", "==== summary ===="]
@@ -335,6 +355,11 @@ def format_summary(config, results):
                  if result.random_init else
                  " (linear eval of the frozen encoder)")
     lines.append(line)
+    if getattr(result, "probe", None):
+      lines.append(f"{'':12} linear probe (L-BFGS logistic regression on "
+                   f"frozen features, {config.data.eval_split} split):")
+      for name, probed in result.probe.items():
+        lines.append(f"{'':14}{_probe_line(name, probed)}")
   lines.append(f"TensorBoard:  tensorboard --logdir {config.run.model_dir}")
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
   from simclr_tf import export  # pylint: disable=g-import-not-at-top

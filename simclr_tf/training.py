@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import time
 from typing import Callable, Dict, List, Optional
 
 import keras
@@ -49,12 +50,15 @@ class StageResult:
     global_step: optimizer steps taken in total.
     eval_results: evaluation metrics, or None if not evaluated.
     random_init: the encoder was never trained or loaded (baseline).
+    probe: {features: linear-probe result} of SimCLR and the baselines
+      (`probe_baselines`), or None.
   """
   stage: str
   model_dir: str
   global_step: int
   eval_results: Optional[Dict[str, float]] = None
   random_init: bool = False
+  probe: Optional[Dict[str, dict]] = None
 
 
 def run_experiment(config: ExperimentConfig,
@@ -106,6 +110,22 @@ def run_experiment(config: ExperimentConfig,
       _check_batches_split(linear_config, strategy.num_replicas_in_sync)
       results.append(run_stage(linear_config, strategy, log,
                                run_dir=run_dir.child(LINEAR_EVAL_DIR)))
+    if (config.run.probe_baselines and config.run.train_mode == "pretrain"
+        and "train" in config.run.mode and run_dir.is_chief):
+      # Imported here: it needs scikit-learn, which nothing else does.
+      from simclr_tf import probe_baselines  # pylint: disable=g-import-not-at-top
+      start = time.time()
+      results[0].probe = probe_baselines.compare(
+          config, config.run.model_dir, log=log)
+      log(f"[probe] SimCLR and both baselines probed in "
+          f"{time.time() - start:.0f} s.")
+    if (config.run.write_plots and config.run.train_mode == "pretrain"
+        and "train" in config.run.mode and run_dir.is_chief):
+      # Imported here: it needs matplotlib, which nothing else does.
+      from simclr_tf import plots  # pylint: disable=g-import-not-at-top
+      start = time.time()
+      plots.write_for_run(config, log=log)
+      log(f"[plots] written in {time.time() - start:.0f} s.")
   return results
 
 
