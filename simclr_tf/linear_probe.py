@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from sklearn import linear_model
 from sklearn import model_selection
+import threadpoolctl
 
 # Appendix B.8: 45 logarithmically spaced values between 1e-6 and 1e5.
 PAPER_STRENGTHS = tuple(float(value) for value in np.logspace(-6, 5, 45))
@@ -108,6 +109,18 @@ def run_probe(train_features, train_labels, test_features, test_labels, *,
   if not strengths or min(strengths) <= 0:
     raise ValueError("`strengths` must be positive numbers. Received: "
                      f"strengths={list(strengths)}")
+  # One BLAS thread: these products are small, and OpenBLAS' spinning
+  # threads beside TensorFlow's on a busy CPU made each fit minutes long
+  # (measured on a shared 2-core machine).
+  with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+    return _run_probe(train_features, train_labels, test_features,
+                      test_labels, strengths=strengths,
+                      holdout_fraction=holdout_fraction, seed=seed,
+                      max_iter=max_iter, warm_start=warm_start, log=log)
+
+
+def _run_probe(train_features, train_labels, test_features, test_labels, *,
+               strengths, holdout_fraction, seed, max_iter, warm_start, log):
   start = time.time()
   train_x, train_y = _labeled(train_features, train_labels)
   test_x, test_y = _labeled(test_features, test_labels)
