@@ -367,6 +367,32 @@ class RunConfig:
       "on hardware with native bfloat16, else float32). Losses, BatchNorm "
       "statistics and LARS stay float32.", choices=PRECISIONS)
   jit_compile: bool = setting(False, "Compile the train step with XLA.")
+  knn_eval_every_epochs: int = setting(
+      0, "While pretraining, report the weighted kNN accuracy of the encoder "
+      "(eval/knn_top_1, eval/knn_top_5) every this many epochs and at the "
+      "end; 0 turns the monitor off.", at_least=0)
+  knn_bank_size: int = setting(
+      10000, "kNN memory bank: at most this many (the first) train-split "
+      "examples, which bounds its cost.", at_least=1)
+  knn_k: int = setting(200, "kNN: neighbours per query.", at_least=1)
+  knn_temperature: float = setting(
+      0.1, "kNN: votes weigh exp(cosine similarity / knn_temperature).",
+      above=0.0)
+  probe_baselines: bool = setting(
+      False, "After pretraining, fit the paper's L-BFGS linear probe "
+      "(logistic regression, appendix B.8) to the encoder's frozen "
+      "features, to raw pixels and to a random-init encoder, and print the "
+      "three in the summary (model_dir/probe.json).")
+  probe_num_strengths: int = setting(
+      45, "Probe: l2 strengths in the grid, log-spaced over the paper's "
+      "[1e-6, 1e5] (the paper: 45).", at_least=1)
+  probe_train_examples: int = setting(
+      0, "Probe: fit on at most this many (the first) train examples, to "
+      "bound its cost; 0 uses all.", at_least=0)
+  write_plots: bool = setting(
+      False, "At the end of pretraining, write PNGs of the training curves "
+      "and of an embedding of eval features to model_dir/plots "
+      "(tools/plot_run.py).")
 
   def validate(self) -> None:
     _check_declared(self)

@@ -176,6 +176,11 @@ def _say(line):
 _fail = _cli.fail
 
 
+def _probe_line(name, result):
+  return (f"{name:<12} top-1 {100 * result['top_1']:6.2f}%  top-5 "
+          f"{100 * result['top_5']:6.2f}%  (C {result['C']:.3g})")
+
+
 def format_summary(config, results):
   """The closing summary: each stage's result and where its files are."""
   lines = ["", "==== summary ===="]
@@ -196,6 +201,11 @@ def format_summary(config, results):
                  if result.random_init else
                  " (linear eval of the frozen encoder)")
     lines.append(line)
+    if getattr(result, "probe", None):
+      lines.append(f"{'':12} linear probe (L-BFGS logistic regression on "
+                   f"frozen features, {config.data.eval_split} split):")
+      for name, probed in result.probe.items():
+        lines.append(f"{'':14}{_probe_line(name, probed)}")
   lines.append(f"TensorBoard:  tensorboard --logdir {config.run.model_dir}")
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
   from simclr_tf import export  # pylint: disable=g-import-not-at-top

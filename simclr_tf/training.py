@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import time
 from typing import Callable, Dict, List, Optional
 
 import keras
@@ -21,6 +22,7 @@ from simclr_tf import data as data_lib
 from simclr_tf import distribute
 from simclr_tf import export as export_lib
 from simclr_tf import faults
+from simclr_tf import knn
 from simclr_tf import optimizers
 from simclr_tf import precision
 from simclr_tf import preemption
@@ -48,12 +50,15 @@ class StageResult:
     global_step: optimizer steps taken in total.
     eval_results: evaluation metrics, or None if not evaluated.
     random_init: the encoder was never trained or loaded (baseline).
+    probe: {features: linear-probe result} of SimCLR and the baselines
+      (`probe_baselines`), or None.
   """
   stage: str
   model_dir: str
   global_step: int
   eval_results: Optional[Dict[str, float]] = None
   random_init: bool = False
+  probe: Optional[Dict[str, dict]] = None
 
 
 def run_experiment(config: ExperimentConfig,
@@ -106,6 +111,22 @@ def run_experiment(config: ExperimentConfig,
       _check_batches_split(linear_config, strategy.num_replicas_in_sync)
       results.append(run_stage(linear_config, strategy, log,
                                run_dir=run_dir.child(LINEAR_EVAL_DIR)))
+    if (config.run.probe_baselines and config.run.train_mode == "pretrain"
+        and "train" in config.run.mode and run_dir.is_chief):
+      # Imported here: it needs scikit-learn, which nothing else does.
+      from simclr_tf import probe_baselines  # pylint: disable=g-import-not-at-top
+      start = time.time()
+      results[0].probe = probe_baselines.compare(
+          config, config.run.model_dir, log=log)
+      log(f"[probe] SimCLR and both baselines probed in "
+          f"{time.time() - start:.0f} s.")
+    if (config.run.write_plots and config.run.train_mode == "pretrain"
+        and "train" in config.run.mode and run_dir.is_chief):
+      # Imported here: it needs matplotlib, which nothing else does.
+      from simclr_tf import plots  # pylint: disable=g-import-not-at-top
+      start = time.time()
+      plots.write_for_run(config, log=log)
+      log(f"[plots] written in {time.time() - start:.0f} s.")
   return results
 
 
@@ -389,6 +410,9 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
       global_batch_size=run.train_batch_size, checkpoint_manager=manager,
       checkpoint_every=max(checkpoint_every, 1), summary_writer=writer,
       log=log, stop_request=stop_request)
+  knn_monitor = knn.build_monitor(
+      config, strategy, steps_per_epoch=steps_per_epoch,
+      summary_writer=writer, log=log)
   log(f"[{run.train_mode}] training steps {start_step}..{total_steps} "
       f"({total_steps / steps_per_epoch:.1f} epochs of {steps_per_epoch} "
       f"steps, batch {run.train_batch_size}, "
@@ -399,7 +423,8 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     with stop_request:
       model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
                 shuffle=False,
-                callbacks=[monitor], verbose=0)
+                callbacks=[monitor] + ([knn_monitor] if knn_monitor else []),
+                verbose=0)
   except preemption.StoppedBySignal as stop:
     raise stop.with_checkpoint(os.path.join(
         run.model_dir, f"{checkpoints.CHECKPOINT_NAME}-{stop.step}")) from None
