@@ -326,6 +326,14 @@ class SimCLRModel(keras.Model):
     variables = self.trainable_variables
     gradients = tape.gradient(loss, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
+    if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+      # A non-finite gradient poisons every weight it touches, but need not
+      # show in this step's loss: under oneDNN graph rewrites TensorFlow's
+      # fused BatchNorm turns NaN inputs into finite outputs. Folding the
+      # gradients' norm into the logged total makes the loss check
+      # (`faults`) see it. (A loss-scaled optimizer skips such steps itself.)
+      terms[TOTAL_LOSS] = terms[TOTAL_LOSS] + 0.0 * ops.cast(
+          tf.linalg.global_norm(gradients), terms[TOTAL_LOSS].dtype)
     return self._update_train_metrics(terms)
 
   def test_step(self, data):
