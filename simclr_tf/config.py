@@ -54,7 +54,11 @@ class DataConfig:
     cache_dataset: cache decoded images in memory. None picks automatically
       (on for datasets small enough to fit comfortably).
     shuffle_files: shuffle the file order of tfds datasets.
-    shuffle_buffer: examples in the training shuffle buffer.
+    shuffle_buffer: examples in the training shuffle buffer. None: the
+      authors' 10x the per-replica batch (50x at 32 px and below).
+    max_image_pixels: image files with more pixels (read from the header,
+      before decoding) are skipped and counted; Pillow's decompression-bomb
+      threshold by default.
     label_fraction: keep this fraction of each class of the training split's
       labels (semi-supervised fine-tuning). None keeps all.
     labels_per_class: keep this many labeled examples per class instead.
@@ -70,7 +74,8 @@ class DataConfig:
   image_size: int = 32
   cache_dataset: Optional[bool] = None
   shuffle_files: bool = True
-  shuffle_buffer: int = 10000
+  shuffle_buffer: Optional[int] = None
+  max_image_pixels: int = 89478485
   label_fraction: Optional[float] = None
   labels_per_class: Optional[int] = None
   label_seed: int = 0
@@ -84,9 +89,12 @@ class DataConfig:
     _check(self.image_size >= 8,
            f"`image_size` must be at least 8. Received: "
            f"image_size={self.image_size}")
-    _check(self.shuffle_buffer >= 1,
+    _check(self.shuffle_buffer is None or self.shuffle_buffer >= 1,
            f"`shuffle_buffer` must be positive. Received: "
            f"shuffle_buffer={self.shuffle_buffer}")
+    _check(self.max_image_pixels >= 1,
+           f"`max_image_pixels` must be positive. Received: "
+           f"max_image_pixels={self.max_image_pixels}")
     if self.dataset == "image_folder":
       _check(bool(self.data_dir),
              "`dataset=image_folder` needs `data_dir` set to the folder root "
@@ -130,7 +138,11 @@ class AugmentConfig:
     eval_crop_fraction: central crop kept by the evaluation transform for
       images larger than 32 px.
     on_device: run the batched augmentation inside the train step instead of
-      in tf.data.
+      in tf.data (the host still takes the crops, from full-resolution
+      images).
+    crop_sampler: "authors" (`tf.image.sample_distorted_bounding_box` as the
+      authors' code calls it) or "area_uniform" (the paper's wording: area
+      uniform, aspect ratio log-uniform).
   """
   crop_area_range: Tuple[float, float] = (0.08, 1.0)
   crop_aspect_ratio_range: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
@@ -144,6 +156,7 @@ class AugmentConfig:
   blur_kernel_fraction: float = 0.1
   eval_crop_fraction: float = 0.875
   on_device: bool = False
+  crop_sampler: str = "authors"
 
   def validate(self) -> None:
     for name in ("crop_area_range", "crop_aspect_ratio_range",
@@ -164,6 +177,9 @@ class AugmentConfig:
     _check(0 < self.blur_kernel_fraction <= 1,
            f"`blur_kernel_fraction` must be in (0, 1]. Received: "
            f"blur_kernel_fraction={self.blur_kernel_fraction}")
+    _check(self.crop_sampler in ("authors", "area_uniform"),
+           f"`crop_sampler` must be authors or area_uniform. Received: "
+           f"crop_sampler={self.crop_sampler!r}")
     _check(0 < self.eval_crop_fraction <= 1,
            f"`eval_crop_fraction` must be in (0, 1]. Received: "
            f"eval_crop_fraction={self.eval_crop_fraction}")

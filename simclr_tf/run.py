@@ -68,8 +68,12 @@ flags.DEFINE_bool("cache_dataset", None, "Cache decoded images in memory "
                   "(default: on for datasets that fit comfortably).")
 flags.DEFINE_bool("shuffle_files", True, "Shuffle the files of tfds "
                   "datasets.")
-flags.DEFINE_integer("shuffle_buffer", 10000, "Training shuffle buffer, in "
-                     "examples.")
+flags.DEFINE_integer("shuffle_buffer", None, "Training shuffle buffer, in "
+                     "examples (default: 10x the per-replica batch, 50x at "
+                     "32 px and below, as the authors).")
+flags.DEFINE_integer("max_image_pixels", 89478485, "Skip (and count) image "
+                     "files with more pixels than this, read from their "
+                     "header (default: Pillow's decompression-bomb limit).")
 flags.DEFINE_float("label_fraction", None, "Keep this fraction of each "
                    "class's training labels (semi-supervised fine-tuning).")
 flags.DEFINE_integer("labels_per_class", None, "Keep this many training "
@@ -144,10 +148,16 @@ flags.DEFINE_bool("use_blur", True, "Gaussian blur while pretraining.")
 flags.DEFINE_list("crop_area_range", ["0.08", "1.0"], "Random crop: "
                   "smallest and largest area as fractions of the image, "
                   "LOW,HIGH (the paper's 0.08,1.0).")
+flags.DEFINE_enum("crop_sampler", "authors", ["authors", "area_uniform"],
+                  "Random crop distribution: authors = "
+                  "tf.image.sample_distorted_bounding_box as the authors' "
+                  "code calls it; area_uniform = the paper's wording (area "
+                  "uniform, log-uniform aspect ratio).")
 flags.DEFINE_bool("augment_on_device", False, "Augment inside the train "
                   "step on the accelerator (batched ops) instead of in the "
-                  "tf.data pipeline, which then only decodes, caches and "
-                  "batches uint8 images of --image_size.")
+                  "tf.data pipeline, which then only decodes, takes the "
+                  "random crops from the full-resolution images and batches "
+                  "them as uint8 views of --image_size.")
 # --- linear evaluation (train_mode=linear_eval and after pretraining)
 flags.DEFINE_enum("linear_eval_optimizer", "momentum", config_lib.OPTIMIZERS,
                   "Linear eval: optimizer.")
@@ -217,11 +227,13 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
           labels_per_class=v.labels_per_class, label_seed=v.label_seed,
           synthetic_train_examples=v.synthetic_train_examples,
           synthetic_test_examples=v.synthetic_test_examples,
-          synthetic_seed=v.synthetic_seed),
+          synthetic_seed=v.synthetic_seed,
+          max_image_pixels=v.max_image_pixels),
       augment=config_lib.AugmentConfig(
           crop_area_range=_float_pair("crop_area_range", v.crop_area_range),
           color_jitter_strength=v.color_jitter_strength,
-          use_blur=v.use_blur, on_device=v.augment_on_device),
+          use_blur=v.use_blur, on_device=v.augment_on_device,
+          crop_sampler=v.crop_sampler),
       model=config_lib.ModelConfig(
           resnet_depth=v.resnet_depth, width_multiplier=v.width_multiplier,
           sk_ratio=v.sk_ratio, se_ratio=v.se_ratio,

@@ -52,8 +52,8 @@ class SimCLRModel(keras.Model):
   the optimizer sums gradients over replicas. Metrics report unscaled values.
 
   Set `train_augmentation` to augment on the device: `fit` data are then
-  `(uint8 images (B, H, W, 3), labels)` and the function makes the views
-  inside each train step (see `train_loop`).
+  `(uint8 crops (B, H, W, 3 * views), labels)` and the function makes the
+  views inside each train step (see `train_loop`).
 
   Args:
     encoder: a `resnet()` model.
