@@ -250,3 +250,19 @@ def test_color_strength_zero_skips_colour_and_grayscale():
   gray = augment.distort_batch_views(crops, 16, strong, num_views=1,
                                      seed=1).numpy()
   np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1e-5)
+
+
+def test_cifar10_linear_eval_preset_uses_the_authors_linear_scaling():
+  # The authors' README linear-eval command sets lr 0.1, batch 512 and
+  # leaves learning_rate_scaling at its default, linear: 0.1 * 512 / 256.
+  from simclr_tf import optimizers
+  from tests.command_line import REPO
+  from tests.command_line import config_of
+  config = config_of([f"--flagfile={REPO}/flags/cifar10_linear_eval.cfg"])
+  stage = config.for_linear_eval(model_dir="/tmp/x", checkpoint="/tmp/y")
+  opt = stage.optimizer
+  schedule = optimizers.WarmUpAndCosineDecay(
+      opt.learning_rate, batch_size=stage.run.train_batch_size,
+      num_examples=50000, warmup_epochs=0, total_steps=100,
+      scaling=opt.learning_rate_scaling)
+  assert abs(schedule.scaled_learning_rate - 0.1 * 512 / 256) < 1e-9
