@@ -220,3 +220,32 @@ def test_one_line_errors(tmp_path):
     get_dataset_info(DataConfig(dataset="image_folder",
                                 data_dir=str(tmp_path / "nowhere")))
   assert "\n" not in str(error.value)
+
+
+def test_opening_a_folder_reads_a_few_files_and_decodes_none(tmp_path,
+                                                              monkeypatch):
+  from simclr_tf.data import encoded_image
+  from simclr_tf.data import image_folder
+  root = tmp_path / "many"
+  (root / "train" / "a").mkdir(parents=True)
+  png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy()
+  for i in range(300):
+    (root / "train" / "a" / f"{i:03d}.png").write_bytes(png)
+  calls = {"inspect": 0, "decode": 0}
+  inspect, decode = encoded_image.inspect, encoded_image.decode_rgb
+
+  def counting_inspect(*args):
+    calls["inspect"] += 1
+    return inspect(*args)
+
+  def counting_decode(*args):
+    calls["decode"] += 1
+    return decode(*args)
+  monkeypatch.setattr(encoded_image, "inspect", counting_inspect)
+  monkeypatch.setattr(encoded_image, "decode_rgb", counting_decode)
+  registry.clear_caches()
+  info = get_dataset_info(DataConfig(dataset="image_folder",
+                                     data_dir=str(root), eval_split="train"))
+  assert info.num_train_examples == 300
+  assert calls["decode"] == 0
+  assert 1 <= calls["inspect"] <= image_folder._SAMPLE_CHECKED
