@@ -241,8 +241,10 @@ class ModelConfig:
     _check(self.num_proj_layers >= 1,
            f"`num_proj_layers` must be positive. Received: "
            f"num_proj_layers={self.num_proj_layers}")
-    _check(0 <= self.ft_proj_selector <= self.num_proj_head_layers,
-           f"`ft_proj_selector` must be in [0, {self.num_proj_head_layers}] "
+    _check(self.ft_proj_selector == -1 or
+           0 <= self.ft_proj_selector <= self.num_proj_head_layers,
+           f"`ft_proj_selector` must be -1 (the last layer) or in "
+           f"[0, {self.num_proj_head_layers}] "
            f"for proj_head_mode={self.proj_head_mode}. Received: "
            f"ft_proj_selector={self.ft_proj_selector}")
     _check(-1 <= self.fine_tune_after_block <= 4,
@@ -479,7 +481,8 @@ class ExperimentConfig:
              "Freezing layers while pretraining is not supported: set "
              "fine_tune_after_block=-1. Received: fine_tune_after_block="
              f"{model.fine_tune_after_block}")
-      _check(model.proj_head_mode != "none" or model.ft_proj_selector == 0,
+      _check(model.proj_head_mode != "none" or
+             model.ft_proj_selector in (0, -1),
              "proj_head_mode=none has no projection layers to select.")
     if run.train_mode == "finetune" and "train" in run.mode:
       _check(bool(run.checkpoint) or run.from_scratch,
