@@ -112,7 +112,7 @@ class _Random:
     self._count += 1
     if self._seed is None:
       return tf.random.uniform(shape, minval, maxval, dtype=tf.float32)
-    seed = tf.random.experimental.stateless_fold_in(self._seed, self._count)
+    seed = self._seed + tf.constant([0, 1], tf.int64) * self._count
     return tf.random.stateless_uniform(shape, seed, minval, maxval,
                                        dtype=tf.float32)
 
