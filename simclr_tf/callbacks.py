@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from simclr_tf import checkpoints
 from simclr_tf import faults
+from simclr_tf import preemption
 
 LEARNING_RATE_TAG = "learning_rate"
 TRAIN_PREFIX = "train/"
@@ -46,10 +47,14 @@ class TrainingMonitor(keras.callbacks.Callback):
     checkpoint_every: save when the step crosses a multiple of this.
     summary_writer: a `tf.summary` writer, or None.
     log: function taking one line of text.
+    stop_request: a `preemption.StopOnSignal`, or None. After each loop,
+      if it (on any worker) received a signal, the checkpoint of that step
+      is saved and `preemption.StoppedBySignal` raised.
   """
 
   def __init__(self, *, stage, total_steps, global_batch_size,
-               checkpoint_manager, checkpoint_every, summary_writer, log):
+               checkpoint_manager, checkpoint_every, summary_writer, log,
+               stop_request=None):
     super().__init__()
     if checkpoint_every < 1:
       raise ValueError("`checkpoint_every` must be positive. Received: "
@@ -61,6 +66,7 @@ class TrainingMonitor(keras.callbacks.Callback):
     self.checkpoint_every = checkpoint_every
     self.summary_writer = summary_writer
     self.log = log
+    self.stop_request = stop_request
     self.last_saved_step = None
 
   def _step(self):
@@ -87,6 +93,13 @@ class TrainingMonitor(keras.callbacks.Callback):
     if step // self.checkpoint_every > self.last_saved_step // \
         self.checkpoint_every:
       self.save(step)
+    # Checked after every loop, where all workers are at the same step.
+    stop = (self.stop_request.agreed_signal()
+            if self.stop_request is not None else None)
+    if stop:
+      if step != self.last_saved_step:
+        self.save(step)
+      raise preemption.StoppedBySignal(stop, step)
 
   def on_train_end(self, logs=None):
     step = self._step()

@@ -11,18 +11,26 @@ each part's variables as a list (`encoder_variables`, ...) in Keras'
 structural order, the order `layer.weights` lists them in, so an export
 loads through the same `tf.train.Checkpoint` matching as a run's checkpoint,
 variable by variable, with shapes checked.
+
+`--checkpoint` may also be one of the authors' TF2 formats (their SavedModel
+or training checkpoint); `simclr_tf.authors_checkpoint` reads those, and the
+functions here hand such paths to it.
 """
 
 import json
 import os
-from typing import Optional, Sequence
+import re
+from typing import Callable, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from simclr_tf import config_file
+from simclr_tf import write_errors
+
 CHECKPOINT_NAME = "ckpt"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_file.CONFIG_FILE
 # What makes a directory an export of ours: TensorFlow's SavedModel file and
 # our metadata, kept in `assets.extra` (SavedModel's place for files that the
 # graph does not read).
@@ -31,14 +39,37 @@ EXPORT_METADATA_FILE = os.path.join("assets.extra", "simclr_tf_export.json")
 EXPORT_VARIABLES_PREFIX = os.path.join("variables", "variables")
 # The object-graph key TensorFlow stores in every object-based checkpoint.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-# Settings that change the encoder or projection head's variables.
-_ARCHITECTURE_KEYS = ("resnet_depth", "width_multiplier", "sk_ratio",
-                      "se_ratio", "cifar_stem", "proj_head_mode",
-                      "proj_out_dim", "num_proj_layers")
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used, with a one-line message."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files cannot be read back whole.
+
+  Args:
+    prefix: the checkpoint prefix.
+    path: the file found damaged (or the prefix's files, if unknown).
+    reason: what TensorFlow said, one line.
+  """
+
+  def __init__(self, prefix: str, path: str, reason: str):
+    self.prefix = prefix
+    self.path = path
+    self.reason = reason
+    super().__init__(f"{path} is damaged ({reason})")
+
+
+# Suffix of a damaged checkpoint's files, renamed aside (see
+# `resumable_checkpoint`): `ckpt-6.index` becomes `ckpt-6.damaged.index`.
+DAMAGED_TAG = "damaged"
+_SHARD = re.compile(r"shard (\d+)")
+
+# What reading a damaged or vanished checkpoint raises: OpError subclasses
+# (DataLossError for a checksum mismatch, NotFoundError), and IndexError for
+# a truncated file ("Read less bytes than requested").
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError)
 
 
 def make_manager(model, model_dir, max_to_keep):
@@ -67,16 +98,58 @@ def save(manager, step):
   atomically replaced to name it; old checkpoints are deleted after that.
   A kill at any point leaves the previous checkpoint named and intact.
 
+  A write that fails (a full disk, say) leaves the state file as it was;
+  what it wrote of the new checkpoint (the `ckpt-<step>_temp` directory
+  TensorFlow writes shards into, and any `ckpt-<step>` files) is removed,
+  so nothing partial is left beside the previous checkpoint.
+
   Args:
     manager: a `tf.train.CheckpointManager`.
     step: the step number, used in the file name ("ckpt-<step>").
 
   Returns:
     The new checkpoint's prefix.
+
+  Raises:
+    write_errors.WriteFailedError: the checkpoint could not be written.
   """
-  from simclr_tf import fault_injection  # Test-only; inert by default.
-  return manager.save(checkpoint_number=step,
-                      options=fault_injection.checkpoint_options(step))
+  try:
+    return _save_files(manager, step)
+  except (tf.errors.OpError, OSError) as error:
+    prefix = os.path.join(manager.directory, f"{CHECKPOINT_NAME}-{step}")
+    _remove_unfinished(prefix, manager.directory)
+    previous = manager.latest_checkpoint
+    raise write_errors.WriteFailedError(
+        f"could not write checkpoint {prefix} "
+        f"({write_errors.reason(error)}); the previous checkpoint "
+        f"{previous or '(none yet)'} is intact and nothing partial was "
+        "left. Free space (or fix the disk) and rerun the same command to "
+        "resume" + (" from it." if previous else ".")) from error
+
+
+def _remove_unfinished(prefix, directory):
+  """Deletes a failed save's files, unless the state file names them."""
+  if prefix in listed_checkpoints(directory):
+    return
+  for path in tf.io.gfile.glob(prefix + "_temp*"):
+    _remove_quietly(path)
+  for path in [prefix + ".index"] + _data_files(prefix):
+    _remove_quietly(path)
+
+
+def _remove_quietly(path):
+  try:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  except (tf.errors.OpError, OSError):
+    pass  # Not in the state file, so never read; best effort.
+
+
+def _save_files(manager, step):
+  """The save itself; tests/fault_injection.py patches in a kill here."""
+  return manager.save(checkpoint_number=step)
 
 
 def restore_latest(model, prefix):
@@ -84,9 +157,178 @@ def restore_latest(model, prefix):
 
   Args:
     model: a compiled `SimCLRModel` whose optimizer slots exist.
-    prefix: the checkpoint prefix, e.g. `tf.train.latest_checkpoint(dir)`.
+    prefix: the checkpoint prefix, from `resumable_checkpoint`.
+
+  Raises:
+    CheckpointError: if it cannot be read (it changed since it was checked).
   """
-  _run_checkpoint(model).restore(prefix).expect_partial()
+  try:
+    _run_checkpoint(model).restore(prefix).expect_partial()
+  except _READ_ERRORS as error:
+    raise CheckpointError(
+        f"cannot resume from {prefix} ({first_line(error)}); nothing was "
+        "changed. Rerun to check the run's checkpoints again.") from error
+
+
+def first_line(error) -> str:
+  """The first line of an error's message, without TF's op preamble."""
+  text = (getattr(error, "message", None) or str(error)).strip()
+  line = text.splitlines()[0] if text else type(error).__name__
+  line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
+  return line[:200]
+
+
+def _data_files(prefix) -> List[str]:
+  return sorted(tf.io.gfile.glob(prefix + ".data-?????-of-?????"))
+
+
+def _damaged_data_file(prefix, error) -> str:
+  files = _data_files(prefix)
+  shard = _SHARD.search(first_line(error))
+  if shard:
+    wanted = f".data-{int(shard.group(1)):05d}-of-"
+    named = [path for path in files if wanted in path]
+    if named:
+      return named[0]
+  if len(files) == 1:
+    return files[0]
+  return prefix + ".data-*"
+
+
+def verify(prefix) -> None:
+  """Reads back every tensor of a checkpoint, which checks its checksums.
+
+  TensorFlow's checkpoint bundle stores a CRC32C of every tensor (and of
+  every block of the `.index` file), and reading a tensor checks it: a
+  truncated file cannot be read, a flipped bit fails its checksum. This
+  reads the whole checkpoint once, one tensor at a time.
+
+  Args:
+    prefix: a checkpoint prefix (".../ckpt-100", or an export's
+      ".../variables/variables").
+
+  Raises:
+    DamagedCheckpointError: naming the first damaged file.
+  """
+  index = prefix + ".index"
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+  except _READ_ERRORS as error:
+    raise DamagedCheckpointError(prefix, index, first_line(error)) from error
+  for key in sorted(reader.get_variable_to_dtype_map()):
+    try:
+      reader.get_tensor(key)
+    except _READ_ERRORS as error:
+      raise DamagedCheckpointError(prefix, _damaged_data_file(prefix, error),
+                                   first_line(error)) from error
+
+
+def listed_checkpoints(model_dir) -> List[str]:
+  """The checkpoints `model_dir/checkpoint` names, newest first."""
+  state = tf.train.get_checkpoint_state(model_dir)
+  if state is None or not state.model_checkpoint_path:
+    return []
+  paths = list(state.all_model_checkpoint_paths)
+  if state.model_checkpoint_path in paths:
+    paths.remove(state.model_checkpoint_path)
+  return [state.model_checkpoint_path] + paths[::-1]
+
+
+def _rewrite_state(model_dir, latest, dropped):
+  """Names `latest` as the newest checkpoint, forgetting `dropped`.
+
+  The save times are kept: `CheckpointManager` only takes over (and later
+  prunes) the listed checkpoints that have one.
+  """
+  state = tf.train.get_checkpoint_state(model_dir)
+  paths = list(state.all_model_checkpoint_paths)
+  stamps = list(state.all_model_checkpoint_timestamps)
+  if len(stamps) != len(paths):  # A state file written without times.
+    stamps = [None] * len(paths)
+  kept = [(path, stamp) for path, stamp in zip(paths, stamps)
+          if path not in dropped]
+  tf.compat.v1.train.update_checkpoint_state(
+      model_dir, latest,
+      all_model_checkpoint_paths=[path for path, _ in kept],
+      all_model_checkpoint_timestamps=(
+          [stamp for _, stamp in kept] if None not in stamps else None),
+      last_preserved_timestamp=state.last_preserved_timestamp or None)
+
+
+def _set_aside(prefix) -> str:
+  """Renames a damaged checkpoint's files to `<prefix>.damaged[-N].*`."""
+  number = 1
+  while True:
+    tag = DAMAGED_TAG if number == 1 else f"{DAMAGED_TAG}-{number}"
+    target = f"{prefix}.{tag}"
+    if not tf.io.gfile.glob(target + ".*"):
+      break
+    number += 1
+  for path in [prefix + ".index"] + _data_files(prefix):
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.rename(path, target + path[len(prefix):])
+  return target
+
+
+def resumable_checkpoint(model_dir, *, log: Callable[[str], None] = print,
+                         repair: bool = True) -> Optional[str]:
+  """The newest intact checkpoint of a run, to resume from.
+
+  Each checkpoint the `checkpoint` state file names is checked with
+  `verify`, newest first. A damaged one is reported in one line naming the
+  file, and training falls back to the newest intact one, with a warning.
+  The damaged checkpoint is never deleted: with `repair`, its files are
+  renamed beside it (`ckpt-6.index` to `ckpt-6.damaged.index`, readable as
+  the checkpoint `ckpt-6.damaged`), so that neither the checkpoint of the
+  same step written later nor `keep_checkpoint_max` can overwrite or delete
+  it, and the state file is rewritten to name the intact ones only.
+  If no listed checkpoint is intact, it refuses rather than starting the
+  run afresh beside (and later deleting) the damaged ones.
+
+  Args:
+    model_dir: the run's directory.
+    log: where warnings go.
+    repair: set the damaged checkpoints aside and rewrite the state file;
+      only the process that writes `model_dir` (the chief) may.
+
+  Returns:
+    A checkpoint prefix, or None if `model_dir` names no checkpoint.
+
+  Raises:
+    CheckpointError: checkpoints are named but none is intact.
+  """
+  listed = listed_checkpoints(model_dir)
+  damaged, missing, intact = [], [], None
+  for prefix in listed:
+    if not tf.io.gfile.exists(prefix + ".index"):
+      log(f"WARNING: checkpoint {prefix} is named in "
+          f"{os.path.join(model_dir, 'checkpoint')} but its files are gone.")
+      missing.append(prefix)
+      continue
+    try:
+      verify(prefix)
+    except DamagedCheckpointError as error:
+      log(f"WARNING: checkpoint {prefix}: {error}.")
+      damaged.append(prefix)
+      continue
+    intact = prefix
+    break
+  if not (damaged or missing):
+    return intact
+  if intact is None:
+    raise CheckpointError(
+        f"{model_dir} holds no intact checkpoint (damaged or missing: "
+        f"{', '.join(damaged + missing)}). Move its ckpt-* files out of "
+        "model_dir to start the run afresh, or use another --model_dir.")
+  kept = []
+  if repair:
+    kept = [_set_aside(prefix) for prefix in damaged]
+    _rewrite_state(model_dir, intact, dropped=damaged + missing)
+  log(f"WARNING: resuming from the newest intact checkpoint {intact}; the "
+      "steps after it are trained again"
+      + (f"; the damaged checkpoint is kept as {', '.join(kept)}"
+         if kept else "") + ".")
+  return intact
 
 
 def _run_checkpoint(model):
@@ -159,7 +401,8 @@ def resolve(path):
   Args:
     path: a checkpoint prefix (".../ckpt-100"), a directory holding
       checkpoints (a run's model_dir), whose latest is used, or an export
-      directory (".../saved_model/100"), whose variables are used.
+      directory (".../saved_model/100"), whose variables are used; also
+      the authors' TF2 SavedModel directories (their variables prefix).
 
   Returns:
     The checkpoint prefix; for an export, `<export>/variables/variables`.
@@ -171,12 +414,18 @@ def resolve(path):
     if is_export(path):
       return os.path.join(path, EXPORT_VARIABLES_PREFIX)
     if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
+      authors = _authors_source(path)
+      if authors is not None:
+        return authors.prefix
       raise CheckpointError(
           f"--checkpoint {path}: a SavedModel, but not one written by "
           f"simclr_tf (it has no {EXPORT_METADATA_FILE}). Give a "
           "checkpoint, a model_dir or an export of this project.")
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
+      authors = _authors_source(path)
+      if authors is not None:
+        return authors.prefix
       exports = _exports_inside(path)
       if exports:
         raise CheckpointError(
@@ -198,6 +447,12 @@ def resolve(path):
   raise CheckpointError(f"--checkpoint {path}: no such file or directory.")
 
 
+def _authors_source(path):
+  """The authors' TF2 SavedModel or checkpoint at `path`, or None."""
+  from simclr_tf import authors_checkpoint  # It builds on this module.
+  return authors_checkpoint.open_source(path)
+
+
 def stored_config(checkpoint_prefix):
   """The run config of a checkpoint or export, as a dict, or None.
 
@@ -210,36 +465,7 @@ def stored_config(checkpoint_prefix):
       return read_export_metadata(export_dir).get("config")
     except CheckpointError:
       return None
-  path = os.path.join(os.path.dirname(checkpoint_prefix), CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path) as handle:
-      return json.load(handle)
-  except (ValueError, tf.errors.OpError):
-    return None
-
-
-def architecture_differences(stored, model_config):
-  """Architecture settings that differ between a stored config and ours.
-
-  Args:
-    stored: a `config.json` dict (or None).
-    model_config: this run's `ModelConfig`.
-
-  Returns:
-    "name: checkpoint X, this run Y" strings; empty if unknown or equal.
-  """
-  if not stored:
-    return []
-  stored_model = stored.get("model", {})
-  differences = []
-  for key in _ARCHITECTURE_KEYS:
-    if key in stored_model and stored_model[key] != getattr(model_config,
-                                                            key):
-      differences.append(f"{key}: checkpoint {stored_model[key]}, this run "
-                         f"{getattr(model_config, key)}")
-  return differences
+  return config_file.read(os.path.dirname(checkpoint_prefix), strict=False)
 
 
 def restore_parts(prefix, parts):
@@ -320,7 +546,17 @@ def saved_variable_shape(prefix, path: Sequence[str]):
   return list(reader.get_variable_to_shape_map()[keys[0]])
 
 
-def load_pretrained(model, path, model_config):
+def _verify_given(path, prefix):
+  # A checkpoint the user names is theirs to replace: no fallback.
+  try:
+    verify(prefix)
+  except DamagedCheckpointError as error:
+    raise CheckpointError(
+        f"--checkpoint {path}: {error}. Give an intact checkpoint, e.g. an "
+        "earlier ckpt-N of the same run, or its export.") from error
+
+
+def load_pretrained(model, path, model_config, log=None, *, image_size):
   """Loads the encoder and projection head of a checkpoint into `model`.
 
   The supervised head and optimizer state are not loaded: fine-tuning and
@@ -332,6 +568,8 @@ def load_pretrained(model, path, model_config):
     path: what `--checkpoint` gave (see `resolve`): a checkpoint, a model_dir
       or an export.
     model_config: this run's `ModelConfig`, to explain mismatches.
+    log: where a line on what was loaded goes (the authors' formats).
+    image_size: this run's image size (an automatic stem depends on it).
 
   Returns:
     The checkpoint prefix that was loaded.
@@ -340,13 +578,19 @@ def load_pretrained(model, path, model_config):
     CheckpointError: if the checkpoint is missing or holds a different
       architecture.
   """
+  authors = _authors_source(path)
+  if authors is not None:
+    from simclr_tf import authors_checkpoint  # It builds on this module.
+    return authors_checkpoint.load_pretrained(model, authors, model_config,
+                                              log)
   prefix = resolve(path)
+  _verify_given(path, prefix)
   try:
     restore_parts(prefix, dict(encoder=model.encoder,
                                projection_head=model.projection_head))
   except (AssertionError, ValueError, tf.errors.OpError) as error:
-    differences = architecture_differences(stored_config(prefix),
-                                           model_config)
+    differences = config_file.architecture_differences(
+        stored_config(prefix), model_config, image_size)
     detail = ("; ".join(differences) if differences else
               str(error).splitlines()[0][:200])
     raise CheckpointError(
@@ -355,12 +599,13 @@ def load_pretrained(model, path, model_config):
   return prefix
 
 
-def restore_for_eval(model, path):
+def restore_for_eval(model, path, log=None):
   """Restores a whole model (with its supervised head) for evaluation.
 
   Args:
     model: a `SimCLRModel` with a supervised head.
     path: a checkpoint prefix, a run's model_dir or an export.
+    log: where a line on what was loaded goes (the authors' formats).
 
   Returns:
     The checkpoint prefix.
@@ -368,7 +613,12 @@ def restore_for_eval(model, path):
   Raises:
     CheckpointError: if missing or of another architecture.
   """
+  authors = _authors_source(path)
+  if authors is not None:
+    from simclr_tf import authors_checkpoint  # It builds on this module.
+    return authors_checkpoint.restore_for_eval(model, authors, log)
   prefix = resolve(path)
+  _verify_given(path, prefix)
   try:
     export_dir = export_dir_of(prefix)
     if export_dir:
@@ -388,4 +638,30 @@ def restore_for_eval(model, path):
         f"Cannot evaluate {prefix}: it does not hold this model with a "
         "supervised head (use the same flags as the run that wrote it). "
         f"{str(error).splitlines()[0][:200]}") from error
+  return prefix
+
+
+def write_model_checkpoint(model, config, directory, step):
+  """Writes a model alone as a run's checkpoint, with its `config.json`.
+
+  What `--checkpoint` then takes like any pretraining model_dir: the model's
+  variables under `model` as `ckpt-<step>` (no optimizer state, so a run
+  started from it begins at step 0), and the config its architecture is read
+  from by the export tools.
+
+  Args:
+    model: a built `SimCLRModel`.
+    config: the `ExperimentConfig` it was built from.
+    directory: where to write; created if missing.
+    step: the checkpoint's number.
+
+  Returns:
+    The checkpoint prefix.
+  """
+  tf.io.gfile.makedirs(directory)
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(model=model), directory=directory, max_to_keep=1,
+      checkpoint_name=CHECKPOINT_NAME)
+  prefix = manager.save(checkpoint_number=step)
+  config_file.write(directory, config)
   return prefix

@@ -1,14 +1,26 @@
 """Experiment configuration: one frozen dataclass per concern.
 
-`simclr_tf.run` turns absl flags into one `ExperimentConfig`; library code only
-ever sees these objects (or plain arguments), never flags. The config is
-written to `model_dir/config.json` and read back on resume.
+Every setting is declared once, here, with `settings.setting`: its name,
+type, default, help and bounds. `simclr_tf.run` derives one absl flag per
+setting from these declarations and builds an `ExperimentConfig` from the
+parsed flags, so the program and the library share one set of defaults:
+the authors' (the paper's ImageNet recipe). Library code only ever sees
+these objects (or plain arguments), never flags. The config is written to
+`model_dir/config.json` and read back on resume (`run_dir`).
 """
 
 import dataclasses
 import json
-import math
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
+
+from simclr_tf.settings import ConfigError
+from simclr_tf.settings import check as _check_declared
+from simclr_tf.settings import section
+from simclr_tf.settings import setting
+
+__all__ = ["ConfigError", "DataConfig", "AugmentConfig", "ModelConfig",
+           "LossConfig", "OptimizerConfig", "LinearEvalConfig", "RunConfig",
+           "ExperimentConfig"]
 
 TRAIN_MODES = ("pretrain", "finetune", "linear_eval")
 RUN_MODES = ("train", "eval", "train_then_eval")
@@ -16,12 +28,9 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
-
-
-class ConfigError(ValueError):
-  """An invalid setting, with a message meant for the user as it is."""
+CROP_SAMPLERS = ("authors", "area_uniform")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -29,72 +38,60 @@ def _check(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def _check_choice(name: str, value: Any, choices) -> None:
-  _check(value in choices,
-         f"`{name}` must be one of {', '.join(map(str, choices))}. "
-         f"Received: {name}={value!r}")
+def _check_pair(name: str, pair) -> None:
+  low, high = pair
+  _check(low <= high, f"`{name}` must be LOW,HIGH with LOW <= HIGH. "
+         f"Received: {name}={pair!r}")
 
 
-def _check_range(name: str, value, low: float, high: float) -> None:
-  _check(low <= value <= high,
-         f"`{name}` must be in [{low}, {high}]. Received: {name}={value!r}")
-
-
+@section()
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where the images come from and how they are batched.
-
-  Attributes:
-    dataset: a tfds name (e.g. "cifar10", "imagenet2012_subset/1pct"),
-      "synthetic_shapes" (built in, offline) or "image_folder".
-    data_dir: tfds data directory; for "image_folder", the folder's root.
-    train_split: split to train on (e.g. "train", "unlabelled").
-    eval_split: split to evaluate on.
-    image_size: side of the square images fed to the network.
-    cache_dataset: cache decoded images in memory. None picks automatically
-      (on for datasets small enough to fit comfortably).
-    shuffle_files: shuffle the file order of tfds datasets.
-    shuffle_buffer: examples in the training shuffle buffer. None: the
-      authors' 10x the per-replica batch (50x at 32 px and below).
-    max_image_pixels: image files with more pixels (read from the header,
-      before decoding) are skipped and counted; Pillow's decompression-bomb
-      threshold by default.
-    label_fraction: keep this fraction of each class of the training split's
-      labels (semi-supervised fine-tuning). None keeps all.
-    labels_per_class: keep this many labeled examples per class instead.
-    label_seed: seed of the label subset, so it is repeatable.
-    synthetic_train_examples: size of the built-in dataset's train split.
-    synthetic_test_examples: size of the built-in dataset's test split.
-    synthetic_seed: seed the built-in dataset is generated from.
-  """
-  dataset: str = "synthetic_shapes"
-  data_dir: Optional[str] = None
-  train_split: str = "train"
-  eval_split: str = "test"
-  image_size: int = 32
-  cache_dataset: Optional[bool] = None
-  shuffle_files: bool = True
-  shuffle_buffer: Optional[int] = None
-  max_image_pixels: int = 89478485
-  label_fraction: Optional[float] = None
-  labels_per_class: Optional[int] = None
-  label_seed: int = 0
-  synthetic_train_examples: int = 10000
-  synthetic_test_examples: int = 2000
-  synthetic_seed: int = 0
+  """Where the images come from and how they are batched."""
+  dataset: str = setting(
+      "imagenet2012", "A tfds name (e.g. cifar10, imagenet2012_subset/1pct), "
+      "synthetic_shapes (built in, offline) or image_folder.")
+  data_dir: Optional[str] = setting(
+      None, "tfds data directory; for image_folder, the folder's root "
+      "(root/<split>/<class>/<image>).")
+  train_split: str = setting("train", "Split to train on (e.g. train, "
+                             "unlabelled).")
+  eval_split: str = setting("test", "Split to evaluate on.")
+  image_size: int = setting(224, "Side of the square images fed to the "
+                            "network.", at_least=8)
+  cache_dataset: Optional[bool] = setting(
+      None, "Cache decoded images in memory; auto (None) turns it on for "
+      "datasets small enough to fit comfortably.")
+  shuffle_files: bool = setting(True, "Shuffle the file order of tfds "
+                                "datasets.")
+  shuffle_buffer: Optional[int] = setting(
+      None, "Examples in the training shuffle buffer; unset: the authors' "
+      "10x the per-replica batch (50x at 32 px and below).", at_least=1)
+  label_fraction: Optional[float] = setting(
+      None, "Keep this fraction of each class's training labels "
+      "(semi-supervised fine-tuning); unset keeps all.", above=0.0,
+      at_most=1.0)
+  labels_per_class: Optional[int] = setting(
+      None, "Keep this many training labels per class instead.", at_least=1)
+  label_seed: int = setting(0, "Seed of the label subset, so it is "
+                            "repeatable.")
+  synthetic_train_examples: int = setting(
+      10000, "Train examples of the built-in synthetic_shapes dataset.",
+      at_least=1)
+  synthetic_test_examples: int = setting(
+      2000, "Test examples of the built-in synthetic_shapes dataset.",
+      at_least=1)
+  synthetic_seed: int = setting(0, "Seed synthetic_shapes is generated "
+                                "from.")
+  max_image_pixels: int = setting(
+      89478485, "Image files with more pixels than this (read from the "
+      "header, before decoding) are skipped and counted; the default is "
+      "Pillow's decompression-bomb threshold.", at_least=1)
 
   def validate(self) -> None:
+    _check_declared(self)
     _check(bool(self.dataset), "`dataset` must not be empty. Received: "
            "dataset=''. Use a tfds name, synthetic_shapes or image_folder.")
-    _check(self.image_size >= 8,
-           f"`image_size` must be at least 8. Received: "
-           f"image_size={self.image_size}")
-    _check(self.shuffle_buffer is None or self.shuffle_buffer >= 1,
-           f"`shuffle_buffer` must be positive. Received: "
-           f"shuffle_buffer={self.shuffle_buffer}")
-    _check(self.max_image_pixels >= 1,
-           f"`max_image_pixels` must be positive. Received: "
-           f"max_image_pixels={self.max_image_pixels}")
     if self.dataset == "image_folder":
       _check(bool(self.data_dir),
              "`dataset=image_folder` needs `data_dir` set to the folder root "
@@ -103,159 +100,127 @@ class DataConfig:
            "Set only one of `label_fraction` and `labels_per_class`. "
            f"Received: label_fraction={self.label_fraction}, "
            f"labels_per_class={self.labels_per_class}")
-    if self.label_fraction is not None:
-      _check(0.0 < self.label_fraction <= 1.0,
-             f"`label_fraction` must be in (0, 1]. Received: "
-             f"label_fraction={self.label_fraction}")
-    if self.labels_per_class is not None:
-      _check(self.labels_per_class >= 1,
-             f"`labels_per_class` must be positive. Received: "
-             f"labels_per_class={self.labels_per_class}")
-    _check(self.synthetic_train_examples >= 1 and
-           self.synthetic_test_examples >= 1,
-           "The synthetic dataset needs at least one example per split. "
-           f"Received: synthetic_train_examples="
-           f"{self.synthetic_train_examples}, synthetic_test_examples="
-           f"{self.synthetic_test_examples}")
 
 
+@section()
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-  """SimCLR augmentations (paper appendix A). Defaults are ImageNet's.
-
-  Attributes:
-    crop_area_range: range of the crop's area as a fraction of the image.
-    crop_aspect_ratio_range: range of the crop's width / height.
-    flip_probability: probability of a horizontal flip.
-    color_jitter_strength: s; brightness, contrast and saturation are 0.8*s,
-      hue 0.2*s.
-    color_jitter_probability: probability of applying colour jitter.
-    grayscale_probability: probability of converting to grayscale.
-    use_blur: apply Gaussian blur (off for CIFAR-sized images).
-    blur_probability: probability of blurring when `use_blur`.
-    blur_sigma_range: range of the blur's standard deviation, in pixels.
-    blur_kernel_fraction: blur kernel side as a fraction of the image side.
-    eval_crop_fraction: central crop kept by the evaluation transform for
-      images larger than 32 px.
-    on_device: run the batched augmentation inside the train step instead of
-      in tf.data (the host still takes the crops, from full-resolution
-      images).
-    crop_sampler: "authors" (`tf.image.sample_distorted_bounding_box` as the
-      authors' code calls it) or "area_uniform" (the paper's wording: area
-      uniform, aspect ratio log-uniform).
-  """
-  crop_area_range: Tuple[float, float] = (0.08, 1.0)
-  crop_aspect_ratio_range: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-  flip_probability: float = 0.5
-  color_jitter_strength: float = 1.0
-  color_jitter_probability: float = 0.8
-  grayscale_probability: float = 0.2
-  use_blur: bool = True
-  blur_probability: float = 0.5
-  blur_sigma_range: Tuple[float, float] = (0.1, 2.0)
-  blur_kernel_fraction: float = 0.1
-  eval_crop_fraction: float = 0.875
-  on_device: bool = False
-  crop_sampler: str = "authors"
+  """SimCLR augmentations (paper appendix A). Defaults are ImageNet's."""
+  crop_area_range: Tuple[float, float] = setting(
+      (0.08, 1.0), "Random crop: smallest and largest area as fractions of "
+      "the image, LOW,HIGH (the paper's 0.08,1.0).", above=0.0, at_most=1.0)
+  crop_aspect_ratio_range: Tuple[float, float] = setting(
+      (3.0 / 4.0, 4.0 / 3.0), "Random crop: range of width / height, "
+      "LOW,HIGH.", above=0.0)
+  flip_probability: float = setting(0.5, "Probability of a horizontal "
+                                    "flip.", at_least=0.0, at_most=1.0)
+  color_jitter_strength: float = setting(
+      1.0, "Colour jitter strength s: brightness, contrast and saturation "
+      "0.8*s, hue 0.2*s.", at_least=0.0)
+  color_jitter_probability: float = setting(
+      0.8, "Probability of applying colour jitter.", at_least=0.0,
+      at_most=1.0)
+  grayscale_probability: float = setting(
+      0.2, "Probability of converting a view to grayscale.", at_least=0.0,
+      at_most=1.0)
+  use_blur: bool = setting(True, "Gaussian blur while pretraining (off for "
+                           "CIFAR-sized images).")
+  blur_probability: float = setting(0.5, "Probability of blurring when "
+                                    "use_blur.", at_least=0.0, at_most=1.0)
+  blur_sigma_range: Tuple[float, float] = setting(
+      (0.1, 2.0), "Range of the blur's standard deviation in pixels, "
+      "LOW,HIGH.", above=0.0)
+  blur_kernel_fraction: float = setting(
+      0.1, "Blur kernel side as a fraction of the image side.", above=0.0,
+      at_most=1.0)
+  eval_crop_fraction: float = setting(
+      0.875, "Central crop kept by the evaluation transform for images "
+      "larger than 32 px.", above=0.0, at_most=1.0)
+  on_device: bool = setting(
+      False, "Augment inside the train step on the accelerator (batched "
+      "ops) instead of in the tf.data pipeline, which then only decodes, "
+      "takes the random crops from the full-resolution images and batches "
+      "them as uint8 views of image_size.", flag="augment_on_device")
+  crop_sampler: str = setting(
+      "authors", "Random crop distribution: authors = "
+      "tf.image.sample_distorted_bounding_box as the authors' code calls "
+      "it; area_uniform = the paper's wording (area uniform, log-uniform "
+      "aspect ratio).", choices=CROP_SAMPLERS)
 
   def validate(self) -> None:
+    _check_declared(self)
     for name in ("crop_area_range", "crop_aspect_ratio_range",
                  "blur_sigma_range"):
-      low, high = getattr(self, name)
-      _check(0 < low <= high,
-             f"`{name}` must be two positive numbers, low <= high. "
-             f"Received: {name}={getattr(self, name)!r}")
-    _check(self.crop_area_range[1] <= 1.0,
-           f"`crop_area_range` cannot exceed 1. Received: "
-           f"crop_area_range={self.crop_area_range!r}")
-    for name in ("flip_probability", "color_jitter_probability",
-                 "grayscale_probability", "blur_probability"):
-      _check_range(name, getattr(self, name), 0.0, 1.0)
-    _check(self.color_jitter_strength >= 0,
-           f"`color_jitter_strength` must be >= 0. Received: "
-           f"color_jitter_strength={self.color_jitter_strength}")
-    _check(0 < self.blur_kernel_fraction <= 1,
-           f"`blur_kernel_fraction` must be in (0, 1]. Received: "
-           f"blur_kernel_fraction={self.blur_kernel_fraction}")
-    _check(self.crop_sampler in ("authors", "area_uniform"),
-           f"`crop_sampler` must be authors or area_uniform. Received: "
-           f"crop_sampler={self.crop_sampler!r}")
-    _check(0 < self.eval_crop_fraction <= 1,
-           f"`eval_crop_fraction` must be in (0, 1]. Received: "
-           f"eval_crop_fraction={self.eval_crop_fraction}")
+      _check_pair(name, getattr(self, name))
 
 
+@section()
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Encoder and heads.
-
-  Attributes:
-    resnet_depth: 18, 34, 50, 101, 152 or 200.
-    width_multiplier: channel multiplier; below 1 only for tiny test models.
-    sk_ratio: selective-kernel ratio; 0 turns SK (and ResNet-D) off.
-    se_ratio: squeeze-excite ratio; 0 turns SE off.
-    cifar_stem: 3x3 stride-1 stem without max-pool. None picks it for
-      image_size <= 32, as the authors do.
-    global_bn: synchronise BatchNorm statistics across replicas.
-    batch_norm_decay: BatchNorm moving-average momentum.
-    proj_head_mode: "none", "linear" or "nonlinear".
-    proj_out_dim: output size of the projection head.
-    num_proj_layers: layers in the nonlinear projection head.
-    ft_proj_selector: which projection-head layer fine-tuning starts from
-      (0 is the encoder output).
-    zero_init_logits_layer: start the supervised head at zero.
-    supervised_head_feature_norm: normalise features with a parameter-free
-      BatchNorm before the supervised head (MAE's linear probe). Off matches
-      the authors; on makes linear evaluation insensitive to feature scale.
-    fine_tune_after_block: freeze the encoder up to this block (-1 trains all,
-      0 freezes the stem, 4 the whole encoder).
-  """
-  resnet_depth: int = 50
-  width_multiplier: float = 1.0
-  sk_ratio: float = 0.0
-  se_ratio: float = 0.0
-  cifar_stem: Optional[bool] = None
-  global_bn: bool = True
-  batch_norm_decay: float = 0.9
-  proj_head_mode: str = "nonlinear"
-  proj_out_dim: int = 128
-  num_proj_layers: int = 3
-  ft_proj_selector: int = 0
-  zero_init_logits_layer: bool = False
-  supervised_head_feature_norm: bool = False
-  fine_tune_after_block: int = -1
+  """Encoder and heads."""
+  resnet_depth: int = setting(50, "ResNet depth: 18, 34, 50, 101, 152 or "
+                              "200.", choices=RESNET_DEPTHS)
+  width_multiplier: float = setting(
+      1.0, "ResNet channel multiplier; below 1 only for small models.",
+      above=0.0)
+  sk_ratio: float = setting(
+      0.0, "Selective-kernel ratio (0.0625 in SimCLRv2); 0 turns SK (and "
+      "ResNet-D) off.", at_least=0.0, at_most=1.0)
+  se_ratio: float = setting(0.0, "Squeeze-excite ratio; 0 turns SE off.",
+                            at_least=0.0, at_most=1.0)
+  cifar_stem: Optional[bool] = setting(
+      None, "ResNet stem: true is the CIFAR stem (3x3 stride-1 conv, no "
+      "max-pool), false the ImageNet one (7x7 stride-2 conv and max-pool, "
+      "16x fewer activations); auto picks the CIFAR stem for image_size <= "
+      "32, as the authors do.")
+  global_bn: bool = setting(True, "Synchronise BatchNorm statistics across "
+                            "replicas.")
+  batch_norm_decay: float = setting(0.9, "BatchNorm moving-average decay.",
+                                    at_least=0.0, at_most=1.0)
+  proj_head_mode: str = setting("nonlinear", "Projection head: none, linear "
+                                "or nonlinear.", choices=PROJ_HEAD_MODES)
+  proj_out_dim: int = setting(128, "Output size of the projection head.",
+                              at_least=1)
+  num_proj_layers: int = setting(3, "Layers of the nonlinear projection "
+                                 "head (2 for SimCLR v1, 3 for v2).",
+                                 at_least=1)
+  ft_proj_selector: int = setting(
+      0, "Projection-head layer that fine-tuning starts from: 0 is the "
+      "encoder output, -1 the head's last layer.", at_least=-1)
+  zero_init_logits_layer: bool = setting(False, "Start the supervised head "
+                                         "at zero.")
+  supervised_head_feature_norm: bool = setting(
+      False, "Normalise features with a parameter-free BatchNorm before the "
+      "supervised head (MAE's linear probe). Off matches the authors; on "
+      "makes linear evaluation insensitive to feature scale.")
+  fine_tune_after_block: int = setting(
+      -1, "Freeze the encoder up to this block when fine-tuning: -1 trains "
+      "all, 0 freezes the stem, 4 the whole encoder.", at_least=-1,
+      at_most=4)
 
   def validate(self) -> None:
-    _check_choice("resnet_depth", self.resnet_depth, RESNET_DEPTHS)
-    _check(self.width_multiplier > 0 and int(64 * self.width_multiplier) >= 2,
+    _check_declared(self)
+    _check(int(64 * self.width_multiplier) >= 2,
            "`width_multiplier` must give at least 2 stem channels "
            f"(64 * width_multiplier >= 2). Received: "
            f"width_multiplier={self.width_multiplier}")
-    _check_range("sk_ratio", self.sk_ratio, 0.0, 1.0)
-    _check_range("se_ratio", self.se_ratio, 0.0, 1.0)
-    _check_range("batch_norm_decay", self.batch_norm_decay, 0.0, 1.0)
-    _check_choice("proj_head_mode", self.proj_head_mode, PROJ_HEAD_MODES)
-    _check(self.proj_out_dim >= 1,
-           f"`proj_out_dim` must be positive. Received: "
-           f"proj_out_dim={self.proj_out_dim}")
-    _check(self.num_proj_layers >= 1,
-           f"`num_proj_layers` must be positive. Received: "
-           f"num_proj_layers={self.num_proj_layers}")
-    _check(self.ft_proj_selector == -1 or
-           0 <= self.ft_proj_selector <= self.num_proj_head_layers,
-           f"`ft_proj_selector` must be -1 (the last layer) or in "
-           f"[0, {self.num_proj_head_layers}] "
-           f"for proj_head_mode={self.proj_head_mode}. Received: "
+    _check(self.ft_proj_selector <= self.num_proj_head_layers,
+           f"`ft_proj_selector` must be in [-1, {self.num_proj_head_layers}]"
+           f" for proj_head_mode={self.proj_head_mode}. Received: "
            f"ft_proj_selector={self.ft_proj_selector}")
-    _check(-1 <= self.fine_tune_after_block <= 4,
-           f"`fine_tune_after_block` must be in [-1, 4]. Received: "
-           f"fine_tune_after_block={self.fine_tune_after_block}")
 
   @property
   def num_proj_head_layers(self) -> int:
     """Layers the projection head actually has in this mode."""
     return {"none": 0, "linear": 1,
             "nonlinear": self.num_proj_layers}[self.proj_head_mode]
+
+  @property
+  def proj_selector(self) -> int:
+    """`ft_proj_selector` with -1 resolved to the head's last layer."""
+    if self.ft_proj_selector < 0:
+      return self.num_proj_head_layers
+    return self.ft_proj_selector
 
   def use_cifar_stem(self, image_size: int) -> bool:
     """The stem choice, resolving None the authors' way (size <= 32)."""
@@ -264,60 +229,46 @@ class ModelConfig:
     return self.cifar_stem
 
 
+@section()
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """Contrastive loss.
-
-  Attributes:
-    temperature: softmax temperature tau.
-    hidden_norm: L2-normalise projections (cosine similarity).
-  """
-  temperature: float = 0.1
-  hidden_norm: bool = True
+  """Contrastive loss."""
+  temperature: float = setting(0.1, "NT-Xent softmax temperature tau.",
+                               above=0.0)
+  hidden_norm: bool = setting(True, "L2-normalise projections (cosine "
+                              "similarity) in the loss.")
 
   def validate(self) -> None:
-    _check(self.temperature > 0,
-           f"`temperature` must be positive. Received: "
-           f"temperature={self.temperature}")
+    _check_declared(self)
 
 
+@section()
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """Optimizer and learning-rate schedule.
-
-  Attributes:
-    optimizer: "lars", "momentum" or "adam".
-    learning_rate: base learning rate, before batch scaling.
-    learning_rate_scaling: "linear" (lr * batch / 256) or "sqrt"
-      (lr * sqrt(batch)).
-    warmup_epochs: epochs of linear warm-up.
-    weight_decay: weight decay; BN parameters and biases are excluded.
-    momentum: momentum of LARS and momentum SGD; beta_1 of Adam.
-  """
-  optimizer: str = "lars"
-  learning_rate: float = 0.3
-  learning_rate_scaling: str = "linear"
-  warmup_epochs: float = 10.0
-  weight_decay: float = 1e-6
-  momentum: float = 0.9
+  """Optimizer and learning-rate schedule."""
+  optimizer: str = setting("lars", "Optimizer: lars, momentum or adam.",
+                           choices=OPTIMIZERS)
+  learning_rate: float = setting(
+      0.3, "Base learning rate, before batch scaling (lr * batch / 256, or "
+      "lr * sqrt(batch)).", above=0.0)
+  learning_rate_scaling: str = setting(
+      "linear", "How the learning rate scales with the batch: linear or "
+      "sqrt.", choices=LR_SCALINGS)
+  warmup_epochs: float = setting(10.0, "Epochs of linear warm-up.",
+                                 at_least=0.0)
+  weight_decay: float = setting(1e-6, "Weight decay (BatchNorm parameters "
+                                "and biases excluded).", at_least=0.0)
+  momentum: float = setting(0.9, "Momentum of LARS and momentum SGD; "
+                            "beta_1 of Adam.", at_least=0.0, below=1.0)
 
   def validate(self) -> None:
-    _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-    _check_choice("learning_rate_scaling", self.learning_rate_scaling,
-                  LR_SCALINGS)
-    _check(self.learning_rate > 0 and math.isfinite(self.learning_rate),
-           f"`learning_rate` must be positive. Received: "
+    _check_declared(self)
+    _check(self.learning_rate != float("inf"),
+           f"`learning_rate` must be finite. Received: "
            f"learning_rate={self.learning_rate}")
-    _check(self.warmup_epochs >= 0,
-           f"`warmup_epochs` must be >= 0. Received: "
-           f"warmup_epochs={self.warmup_epochs}")
-    _check(self.weight_decay >= 0,
-           f"`weight_decay` must be >= 0. Received: "
-           f"weight_decay={self.weight_decay}")
-    _check(0 <= self.momentum < 1,
-           f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
 
 
+@section(prefix="linear_eval_")
 @dataclasses.dataclass(frozen=True)
 class LinearEvalConfig:
   """Linear evaluation: a linear head trained on the frozen encoder.
@@ -326,39 +277,36 @@ class LinearEvalConfig:
   evaluation that follows pretraining, so a pretrained encoder and a
   randomly initialised one are always compared under the same settings.
   Defaults are the authors' CIFAR-10 linear-evaluation recipe.
-
-  Attributes:
-    after_pretraining: after pretraining, train and evaluate a linear head on
-      the frozen encoder (in `model_dir/linear_eval`).
-    optimizer: "lars", "momentum" or "adam".
-    learning_rate: base learning rate, before batch scaling.
-    learning_rate_scaling: "linear" or "sqrt".
-    momentum: optimizer momentum.
-    weight_decay: weight decay of the head.
-    warmup_epochs: epochs of linear warm-up.
-    train_batch_size: global batch.
-    train_epochs: epochs, used when `train_steps` is 0.
-    train_steps: optimizer steps; 0 derives them from `train_epochs`.
-    train_split: labeled split the head trains on; None uses the data
-      config's `train_split` (set it when pretraining on unlabeled data).
   """
-  after_pretraining: bool = False
-  optimizer: str = "momentum"
-  learning_rate: float = 0.1
-  learning_rate_scaling: str = "sqrt"
-  momentum: float = 0.9
-  weight_decay: float = 0.0
-  warmup_epochs: float = 0.0
-  train_batch_size: int = 512
-  train_epochs: int = 100
-  train_steps: int = 0
-  train_split: Optional[str] = None
+  after_pretraining: bool = setting(
+      False, "After pretraining, train and evaluate a linear head on the "
+      "frozen encoder (in model_dir/linear_eval). Ignored by the other "
+      "train modes.")
+  optimizer: str = setting("momentum", "Linear eval: optimizer.",
+                           choices=OPTIMIZERS)
+  learning_rate: float = setting(0.1, "Linear eval: base learning rate.",
+                                 above=0.0)
+  learning_rate_scaling: str = setting(
+      "sqrt", "Linear eval: batch scaling, linear or sqrt.",
+      choices=LR_SCALINGS)
+  momentum: float = setting(0.9, "Linear eval: momentum.", at_least=0.0,
+                            below=1.0)
+  weight_decay: float = setting(0.0, "Linear eval: weight decay of the "
+                                "head.", at_least=0.0)
+  warmup_epochs: float = setting(0.0, "Linear eval: warm-up epochs.",
+                                 at_least=0.0)
+  train_batch_size: int = setting(512, "Linear eval: global batch.",
+                                  at_least=1)
+  train_epochs: int = setting(100, "Linear eval: epochs (when "
+                              "linear_eval_train_steps is 0).", at_least=0)
+  train_steps: int = setting(0, "Linear eval: optimizer steps; 0 derives "
+                             "them from the epochs.", at_least=0)
+  train_split: Optional[str] = setting(
+      None, "Linear eval: labeled split the head trains on (default: "
+      "train_split; set it when pretraining on unlabeled data).")
 
   def validate(self) -> None:
-    self.optimizer_config().validate()
-    _check(self.train_batch_size >= 1,
-           f"`linear_eval_train_batch_size` must be positive. Received: "
-           f"linear_eval_train_batch_size={self.train_batch_size}")
+    _check_declared(self)
     _check(self.train_steps > 0 or self.train_epochs > 0,
            "Set `linear_eval_train_steps` or `linear_eval_train_epochs` "
            "above 0.")
@@ -372,77 +320,94 @@ class LinearEvalConfig:
         momentum=self.momentum)
 
 
+@section()
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """What to run, for how long, where, and on what hardware.
-
-  Attributes:
-    mode: "train", "eval" or "train_then_eval".
-    train_mode: "pretrain", "finetune" or "linear_eval".
-    model_dir: where checkpoints, summaries, results and exports go.
-    checkpoint: checkpoint file, model_dir or export to start from.
-    from_scratch: finetune without a checkpoint (supervised baseline).
-    lineareval_while_pretraining: train a linear head on stop_gradient
-      features beside the contrastive loss.
-    train_batch_size: global training batch (images; pretraining sees two
-      views of each).
-    train_epochs: epochs, used when `train_steps` is 0.
-    train_steps: optimizer steps; 0 derives them from `train_epochs`.
-    eval_batch_size: global evaluation batch.
-    eval_steps: evaluation batches; 0 evaluates the whole split.
-    checkpoint_epochs: save every this many epochs (when
-      `checkpoint_steps` is 0).
-    checkpoint_steps: save every this many steps.
-    keep_checkpoint_max: checkpoints to keep.
-    keep_hub_module_max: SavedModel exports to keep.
-    steps_per_loop: optimizer steps per host call (Keras
-      steps_per_execution); progress is printed once per loop.
-    seed: random seed.
-    strategy: "auto", "one_device", "mirrored", "multi_worker" or "tpu".
-    tpu: TPU name or address for `strategy="tpu"`.
-    cpu_replicas: split the host CPU into this many logical devices.
-    precision: "float32", "mixed_bfloat16" or "mixed_float16".
-    jit_compile: compile the train step with XLA.
-  """
-  mode: str = "train_then_eval"
-  train_mode: str = "pretrain"
-  model_dir: str = "runs/demo"
-  checkpoint: Optional[str] = None
-  from_scratch: bool = False
-  lineareval_while_pretraining: bool = True
-  train_batch_size: int = 512
-  train_epochs: int = 100
-  train_steps: int = 0
-  eval_batch_size: int = 256
-  eval_steps: int = 0
-  checkpoint_epochs: int = 1
-  checkpoint_steps: int = 0
-  keep_checkpoint_max: int = 5
-  keep_hub_module_max: int = 1
-  steps_per_loop: int = 1
-  seed: int = 0
-  strategy: str = "auto"
-  tpu: Optional[str] = None
-  cpu_replicas: int = 0
-  precision: str = "float32"
-  jit_compile: bool = False
+  """What to run, for how long, where, and on what hardware."""
+  mode: str = setting("train_then_eval", "train, eval or train_then_eval.",
+                      choices=RUN_MODES)
+  train_mode: str = setting(
+      "pretrain", "pretrain (contrastive), finetune, or linear_eval (frozen "
+      "encoder, linear head).", choices=TRAIN_MODES)
+  model_dir: str = setting("runs/simclr", "Where checkpoints, TensorBoard "
+                           "logs, results and exports go.")
+  checkpoint: Optional[str] = setting(
+      None, "Checkpoint to start fine-tuning or linear eval from (a "
+      "pretraining model_dir, checkpoint prefix or SavedModel export), or "
+      "to evaluate.")
+  from_scratch: bool = setting(False, "Fine-tune from random "
+                               "initialisation: the supervised baseline.")
+  lineareval_while_pretraining: bool = setting(
+      True, "Train a linear head on stop_gradient features beside the "
+      "contrastive loss.")
+  train_batch_size: int = setting(
+      512, "Global training batch (images; pretraining sees two views of "
+      "each).", at_least=1)
+  train_epochs: int = setting(100, "Training epochs (when train_steps is "
+                              "0).", at_least=0)
+  train_steps: int = setting(0, "Training steps; 0 derives them from "
+                             "train_epochs.", at_least=0)
+  eval_batch_size: int = setting(256, "Global evaluation batch.",
+                                 at_least=1)
+  eval_steps: int = setting(0, "Evaluation batches; 0 evaluates the whole "
+                            "eval split.", at_least=0)
+  checkpoint_epochs: int = setting(1, "Save a checkpoint every this many "
+                                   "epochs (when checkpoint_steps is 0).",
+                                   at_least=0)
+  checkpoint_steps: int = setting(0, "Save a checkpoint every this many "
+                                  "steps.", at_least=0)
+  keep_checkpoint_max: int = setting(5, "Checkpoints to keep.", at_least=1)
+  keep_hub_module_max: int = setting(
+      1, "SavedModel exports to keep in model_dir/saved_model/ (one is "
+      "written at the end of each training or evaluation).", at_least=1)
+  steps_per_loop: int = setting(
+      1, "Optimizer steps per host call; progress, summaries and "
+      "checkpoints happen between loops.", at_least=1)
+  seed: int = setting(0, "Random seed.")
+  strategy: str = setting("auto", "tf.distribute strategy: auto, "
+                          "one_device, mirrored, multi_worker or tpu.",
+                          choices=STRATEGIES)
+  tpu: Optional[str] = setting(None, "TPU name or address for "
+                               "strategy=tpu (--tpu=local on a TPU VM).")
+  cpu_replicas: int = setting(0, "Split the host CPU into this many logical "
+                              "devices to try multi-replica runs.",
+                              at_least=0)
+  precision: str = setting(
+      "float32", "Keras dtype policy: float32, mixed_bfloat16, "
+      "mixed_float16 (with dynamic loss scaling), or auto (mixed_bfloat16 "
+      "on hardware with native bfloat16, else float32). Losses, BatchNorm "
+      "statistics and LARS stay float32.", choices=PRECISIONS)
+  jit_compile: bool = setting(False, "Compile the train step with XLA.")
+  knn_eval_every_epochs: int = setting(
+      0, "While pretraining, report the weighted kNN accuracy of the encoder "
+      "(eval/knn_top_1, eval/knn_top_5) every this many epochs and at the "
+      "end; 0 turns the monitor off.", at_least=0)
+  knn_bank_size: int = setting(
+      10000, "kNN memory bank: at most this many (the first) train-split "
+      "examples, which bounds its cost.", at_least=1)
+  knn_k: int = setting(200, "kNN: neighbours per query.", at_least=1)
+  knn_temperature: float = setting(
+      0.1, "kNN: votes weigh exp(cosine similarity / knn_temperature).",
+      above=0.0)
+  probe_baselines: bool = setting(
+      False, "After pretraining, fit the paper's L-BFGS linear probe "
+      "(logistic regression, appendix B.8) to the encoder's frozen "
+      "features, to raw pixels and to a random-init encoder, and print the "
+      "three in the summary (model_dir/probe.json).")
+  probe_num_strengths: int = setting(
+      45, "Probe: l2 strengths in the grid, log-spaced over the paper's "
+      "[1e-6, 1e5] (the paper: 45).", at_least=1)
+  probe_train_examples: int = setting(
+      0, "Probe: fit on at most this many (the first) train examples, to "
+      "bound its cost; 0 uses all.", at_least=0)
+  write_plots: bool = setting(
+      False, "At the end of pretraining, write PNGs of the training curves "
+      "and of an embedding of eval features to model_dir/plots "
+      "(tools/plot_run.py).")
 
   def validate(self) -> None:
-    _check_choice("mode", self.mode, RUN_MODES)
-    _check_choice("train_mode", self.train_mode, TRAIN_MODES)
-    _check_choice("strategy", self.strategy, STRATEGIES)
-    _check_choice("precision", self.precision, PRECISIONS)
+    _check_declared(self)
     _check(bool(self.model_dir), "`model_dir` must not be empty.")
-    for name in ("train_batch_size", "eval_batch_size", "keep_checkpoint_max",
-                 "keep_hub_module_max", "steps_per_loop"):
-      _check(getattr(self, name) >= 1,
-             f"`{name}` must be positive. Received: "
-             f"{name}={getattr(self, name)}")
-    for name in ("train_epochs", "train_steps", "eval_steps",
-                 "checkpoint_epochs", "checkpoint_steps", "cpu_replicas"):
-      _check(getattr(self, name) >= 0,
-             f"`{name}` must be >= 0. Received: "
-             f"{name}={getattr(self, name)}")
     _check(self.train_steps > 0 or self.train_epochs > 0,
            "Set `train_steps` or `train_epochs` above 0.")
     if self.strategy == "tpu":
@@ -494,10 +459,9 @@ class ExperimentConfig:
     _check(not run.from_scratch or run.train_mode == "finetune",
            "--from_scratch trains the supervised baseline: use it with "
            f"train_mode=finetune. Received: train_mode={run.train_mode}")
-    if self.linear_eval.after_pretraining:
-      _check(run.train_mode == "pretrain",
-             "linear_eval_after_pretraining needs train_mode=pretrain. "
-             f"Received: train_mode={run.train_mode}")
+    # linear_eval_after_pretraining only means something after pretraining;
+    # other train modes ignore it, so a preset that sets it can still run a
+    # linear evaluation or a fine-tune without contradicting flags.
     if run.train_mode == "pretrain" and "eval" in run.mode:
       _check(run.lineareval_while_pretraining or
              self.linear_eval.after_pretraining,
@@ -540,6 +504,11 @@ class ExperimentConfig:
             train_epochs=linear.train_epochs,
             train_steps=linear.train_steps)).validate()
 
+
+  @classmethod
+  def sections(cls):
+    """(name, section type) of each section, in declaration order."""
+    return [(field.name, field.type) for field in dataclasses.fields(cls)]
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

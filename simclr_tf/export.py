@@ -57,10 +57,14 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf import augment
+from simclr_tf import authors_checkpoint
 from simclr_tf import checkpoints
+from simclr_tf import config_file
+from simclr_tf import run_dir
+from simclr_tf import write_errors
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
-from simclr_tf.models import resnet as resnet_lib
+from simclr_tf.models import resnet_encoder as resnet_lib
 from simclr_tf.models import simclr
 
 # Output keys of the export, as in the authors' hub modules.
@@ -388,18 +392,6 @@ def _pid_of(name):
     return None
 
 
-def _pid_alive(pid):
-  if pid is None:
-    return False
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def write_saved_model(module: SimCLRExport, export_dir: str, meta: dict, *,
                       overwrite: bool = False) -> str:
   """Saves `module` to `export_dir` through a temporary directory.
@@ -434,11 +426,22 @@ def write_saved_model(module: SimCLRExport, export_dir: str, meta: dict, *,
   temp = os.path.join(parent, f"{_TEMP_PREFIX}{name}-{os.getpid()}")
   if tf.io.gfile.exists(temp):
     tf.io.gfile.rmtree(temp)
-  tf.saved_model.save(module, temp, signatures=module.serving_signatures())
-  meta_path = os.path.join(temp, checkpoints.EXPORT_METADATA_FILE)
-  tf.io.gfile.makedirs(os.path.dirname(meta_path))
-  with tf.io.gfile.GFile(meta_path, "w") as handle:
-    handle.write(json.dumps(meta, indent=2, sort_keys=True))
+  try:
+    tf.saved_model.save(module, temp, signatures=module.serving_signatures())
+    meta_path = os.path.join(temp, checkpoints.EXPORT_METADATA_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(meta_path))
+    with tf.io.gfile.GFile(meta_path, "w") as handle:
+      handle.write(json.dumps(meta, indent=2, sort_keys=True))
+  except (tf.errors.OpError, OSError) as error:
+    # Nothing but the temporary directory was touched: remove it, and the
+    # previous export (if any) stays in place.
+    if tf.io.gfile.exists(temp):
+      tf.io.gfile.rmtree(temp)
+    raise write_errors.WriteFailedError(
+        f"could not write the export {export_dir} "
+        f"({write_errors.reason(error)}); nothing partial was left and "
+        "earlier exports are untouched. Free space (or fix the disk) and "
+        "rerun the same command.") from error
   old = None
   if tf.io.gfile.exists(export_dir):
     # Move the previous export aside rather than deleting it first: at every
@@ -488,7 +491,7 @@ def prune_exports(exports_dir: str, keep: int) -> None:
     tf.io.gfile.rmtree(os.path.join(exports_dir, name))
   for name in names:
     if (name.startswith((_TEMP_PREFIX, _OLD_PREFIX)) and
-        not _pid_alive(_pid_of(name))):
+        not run_dir.process_alive(_pid_of(name))):
       tf.io.gfile.rmtree(os.path.join(exports_dir, name))
 
 
@@ -536,14 +539,14 @@ def _config_of(prefix) -> ExperimentConfig:
   stored = checkpoints.stored_config(prefix)
   if stored is None:
     raise checkpoints.CheckpointError(
-        f"{prefix}: no {checkpoints.CONFIG_FILE} beside it, so its "
+        f"{prefix}: no {config_file.CONFIG_FILE} beside it, so its "
         "architecture is unknown. Export from the run's model_dir, where "
         "the program writes it.")
   try:
     return ExperimentConfig.from_dict(stored)
   except (ConfigError, TypeError) as error:
     raise checkpoints.CheckpointError(
-        f"{prefix}: its {checkpoints.CONFIG_FILE} is not a config of this "
+        f"{prefix}: its {config_file.CONFIG_FILE} is not a config of this "
         f"version ({str(error).splitlines()[0][:200]}).") from error
 
 
@@ -571,6 +574,9 @@ def module_from_checkpoint(path: str):
   Raises:
     checkpoints.CheckpointError: missing, unrecognised or mismatched.
   """
+  authors = authors_checkpoint.open_source(path)
+  if authors is not None:
+    return _module_from_authors(authors)
   prefix = checkpoints.resolve(path)
   config = _config_of(prefix)
   export_dir = checkpoints.export_dir_of(prefix)
@@ -594,6 +600,18 @@ def module_from_checkpoint(path: str):
         f"({str(error).splitlines()[0][:200]}).") from error
   module = _wrap(parts, config)
   return module, metadata(module, config, _step_of(prefix))
+
+
+def _module_from_authors(source):
+  """`module_from_checkpoint` for the authors' TF2 formats."""
+  config = authors_checkpoint.experiment_config(source)
+  parts = _build_parts(config, source.architecture.num_classes)
+  layers = {name: layer for name, layer in (
+      ("encoder", parts.encoder), ("projection_head", parts.projection_head),
+      ("supervised_head", parts.supervised_head)) if layer is not None}
+  authors_checkpoint.load_parts(source, layers)
+  module = _wrap(parts, config)
+  return module, metadata(module, config, source.global_step)
 
 
 def export_checkpoint(path: str, export_dir: str, *,

@@ -10,28 +10,90 @@
   scales the loss up before the gradient, unscales the gradients, and skips
   (does not apply, does not count) a step whose gradients are not finite,
   halving the scale.
+- "auto": "mixed_bfloat16" where the hardware computes bfloat16 natively,
+  else "float32" (`resolve`): TPUs; GPUs of compute capability 8.0 or more
+  (Ampere on), when every GPU has it; with no GPU, CPUs whose flags show
+  AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo). Elsewhere bfloat16 is
+  emulated and slower than float32.
 
 What stays float32 under every policy, and where that is done:
 
 - the contrastive logits, softmax and loss (`losses.contrastive_loss` casts
   the projections first) and the supervised loss (`losses.supervised_loss`);
-- BatchNorm statistics (Keras' BatchNormalization upcasts its inputs to
-  float32 for the moments, also when synchronised across replicas);
+- BatchNorm statistics (`models.batch_norm.BatchNormalization`: the fused
+  kernel accumulates and returns float32 statistics of bfloat16 or float16
+  inputs; the synchronised path upcasts its inputs to float32);
 - LARS norms and updates (`optimizers.LARS` computes in float32) and the L2
   weight-decay term (`optimizers.l2_weight_decay`).
 """
 
 import contextlib
+import functools
 
 import keras
 
 from simclr_tf.config import PRECISIONS
+
+AUTO = "auto"
+# CPU flags (Linux names) of native bfloat16 arithmetic.
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_CPUINFO = "/proc/cpuinfo"
 
 
 def _check(precision):
   if precision not in PRECISIONS:
     raise ValueError(f"`precision` must be one of {', '.join(PRECISIONS)}. "
                      f"Received: precision={precision!r}")
+
+
+def cpu_has_native_bfloat16(cpuinfo_path=_CPUINFO):
+  """Whether the host CPU's flags include a bfloat16 instruction set.
+
+  Args:
+    cpuinfo_path: the Linux CPU description; missing (other systems) means
+      no.
+
+  Returns:
+    True if a "flags" line names avx512_bf16 or amx_bf16.
+  """
+  try:
+    with open(cpuinfo_path) as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("flags"):
+          return any(flag in line.split() for flag in _CPU_BF16_FLAGS)
+  except OSError:
+    pass
+  return False
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bfloat16():
+  import tensorflow as tf  # Device queries are TensorFlow's.
+  strategy = tf.distribute.get_strategy()
+  if isinstance(strategy, (tf.distribute.TPUStrategy,
+                           tf.distribute.experimental.TPUStrategy)):
+    return True
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    capabilities = [tf.config.experimental.get_device_details(gpu).get(
+        "compute_capability", (0, 0)) for gpu in gpus]
+    return all(tuple(c) >= (8, 0) for c in capabilities)
+  return cpu_has_native_bfloat16()
+
+
+def resolve(precision: str) -> str:
+  """The precision to run: "auto" decided for this machine, others as is.
+
+  Args:
+    precision: one of `PRECISIONS`.
+
+  Returns:
+    "float32", "mixed_bfloat16" or "mixed_float16".
+  """
+  _check(precision)
+  if precision != AUTO:
+    return precision
+  return "mixed_bfloat16" if _native_bfloat16() else "float32"
 
 
 @contextlib.contextmanager
@@ -43,12 +105,12 @@ def policy_scope(precision: str):
   does not leak into later models in the same process.
 
   Args:
-    precision: one of `PRECISIONS`.
+    precision: one of `PRECISIONS` ("auto" is resolved first).
 
   Yields:
     The `keras.DTypePolicy` in force.
   """
-  _check(precision)
+  precision = resolve(precision)
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy(precision)
   try:
@@ -68,8 +130,7 @@ def wrap_optimizer(optimizer, precision: str):
     `keras.optimizers.LossScaleOptimizer(optimizer)` for "mixed_float16",
     else `optimizer` itself.
   """
-  _check(precision)
-  if precision != "mixed_float16":
+  if resolve(precision) != "mixed_float16":
     return optimizer
   return keras.optimizers.LossScaleOptimizer(optimizer)
 

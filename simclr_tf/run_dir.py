@@ -25,11 +25,14 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf.checkpoints import CONFIG_FILE
+from simclr_tf import config_file
+from simclr_tf import write_errors
+from simclr_tf.config_file import CONFIG_FILE
 from simclr_tf.config import ConfigError
 
 LOCK_FILE = "simclr.lock"
@@ -56,8 +59,16 @@ def atomic_write_text(path: str, text: str) -> None:
     text: its new content.
   """
   temporary = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(temporary, "w") as handle:
-    handle.write(text)
+  try:
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+      handle.write(text)
+  except (tf.errors.OpError, OSError) as error:
+    if tf.io.gfile.exists(temporary):
+      tf.io.gfile.remove(temporary)
+    raise write_errors.WriteFailedError(
+        f"could not write {path} ({write_errors.reason(error)}); the "
+        "previous file, if any, is untouched. Free space (or fix the disk) "
+        "and rerun the same command.") from error
   # A rename within a directory is atomic on local filesystems; object
   # stores copy then delete, which still never exposes a partial file.
   tf.io.gfile.rename(temporary, path, overwrite=True)
@@ -148,7 +159,8 @@ def check_free_space(directory: str, needed: int,
         "space or choose another --model_dir.")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+  """Whether process `pid` exists on this machine (of any user)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -169,10 +181,26 @@ class RunLock:
   lock exists, the pid and host decide: a lock from this host whose process
   is gone is taken over, one from another host is respected until deleted.
 
+  Taking the lock on an object store is not atomic. GCS could make it so
+  (a create-only upload, `ifGenerationMatch=0`), but `tf.io.gfile`, the only
+  storage API this project uses, offers no conditional write, and the
+  google-cloud-storage client is not a dependency. So the lock checks,
+  writes a lock file holding a random token, waits `REMOTE_SETTLE_SECONDS`
+  and reads the file back: if another run wrote it meanwhile, the token is
+  not ours and this run stops (the last writer keeps the lock). GCS reads
+  are strongly consistent, so this catches two runs started together as
+  long as each writes its lock within `REMOTE_SETTLE_SECONDS` of finding
+  none. It does not protect against a run that stalls longer than that
+  between its check and its write, nor against a lock file deleted by hand
+  while its run is alive.
+
   Args:
     directory: the run's model_dir (must exist).
     log: where takeover notices go.
   """
+
+  # Seconds between writing a lock on an object store and reading it back.
+  REMOTE_SETTLE_SECONDS = 2.0
 
   def __init__(self, directory: str, log: Callable[[str], None] = print):
     self.directory = directory
@@ -180,11 +208,12 @@ class RunLock:
     self.log = log
     self._fd = None
     self._held = False
+    self._token = uuid.uuid4().hex
 
-  @staticmethod
-  def _owner_text() -> str:
+  def _owner_text(self) -> str:
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "token": self._token})
 
   def _read_owner(self) -> Optional[dict]:
     try:
@@ -252,13 +281,19 @@ class RunLock:
       stale = (owner is not None and
                owner.get("host") == socket.gethostname() and
                isinstance(owner.get("pid"), int) and
-               not _process_alive(owner["pid"]))
+               not process_alive(owner["pid"]))
       if not stale:
         self._refuse(owner)
       self.log(f"Took over the stale lock {self.path} of process "
                f"{owner['pid']} on {owner['host']}, which is no longer "
                "running.")
     atomic_write_text(self.path, self._owner_text())
+    # Not atomic (see the class docstring): a run that found no lock at the
+    # same time may have written after us; the last writer keeps it.
+    time.sleep(self.REMOTE_SETTLE_SECONDS)
+    owner = self._read_owner()
+    if owner is None or owner.get("token") != self._token:
+      self._refuse(owner)
 
   def release(self) -> None:
     """Removes the lock file and releases the lock (safe to call twice)."""
@@ -333,7 +368,7 @@ class RunDirectory:
     stem = os.path.join(tempfile.gettempdir(), f"simclr_{label}_{digest}_")
     for leftover in glob.glob(stem + "*"):
       owner = leftover[len(stem):]
-      if owner.isdigit() and not _process_alive(int(owner)):
+      if owner.isdigit() and not process_alive(int(owner)):
         shutil.rmtree(leftover, ignore_errors=True)
     path = f"{stem}{os.getpid()}"
     os.makedirs(path, exist_ok=True)
@@ -392,10 +427,9 @@ class RunDirectory:
 # else (steps, eval settings, checkpoint cadence, learning rate, hardware)
 # may change on resume; those changes are logged.
 _FIXED_SETTINGS = {
-    "model": ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio",
-              "cifar_stem", "proj_head_mode", "proj_out_dim",
-              "num_proj_layers", "ft_proj_selector",
-              "supervised_head_feature_norm", "fine_tune_after_block"),
+    "model": config_file.ARCHITECTURE_SETTINGS + (
+        "ft_proj_selector", "supervised_head_feature_norm",
+        "fine_tune_after_block"),
     "run": ("train_mode", "lineareval_while_pretraining"),
     "data": ("dataset", "image_size", "train_split", "label_fraction",
              "labels_per_class", "label_seed", "synthetic_train_examples",
@@ -403,23 +437,6 @@ _FIXED_SETTINGS = {
     # The checkpoint holds this optimizer's slot variables.
     "optimizer": ("optimizer",),
 }
-
-
-def _comparable(config) -> dict:
-  """The config as plain JSON values, with the stem choice resolved."""
-  values = json.loads(config.to_json())
-  model = values["model"]
-  model["cifar_stem"] = config.model.use_cifar_stem(config.data.image_size)
-  return values
-
-
-def _stored_comparable(stored: dict) -> dict:
-  values = json.loads(json.dumps(stored))
-  model = values.get("model", {})
-  image_size = values.get("data", {}).get("image_size")
-  if model.get("cifar_stem", "missing") is None and image_size is not None:
-    model["cifar_stem"] = image_size <= 32
-  return values
 
 
 def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
@@ -433,7 +450,8 @@ def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
     (fixed, allowed): "section.name: stored X, now Y" strings for settings
     that cannot change on resume, and for those that may.
   """
-  old, new = _stored_comparable(stored), _comparable(config)
+  old = config_file.comparable_stored(stored)
+  new = config_file.comparable(config)
   fixed, allowed = [], []
   for section in sorted(new):
     for name in sorted(new[section]):
@@ -449,21 +467,8 @@ def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
   return fixed, allowed
 
 
-def read_stored_config(model_dir: str) -> Optional[dict]:
-  """The `config.json` in `model_dir` as a dict, or None if absent."""
-  path = os.path.join(model_dir, CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path) as handle:
-      return json.load(handle)
-  except (ValueError, tf.errors.OpError) as error:
-    raise ConfigError(f"{path} is unreadable ({error}); it describes the "
-                      "checkpoints in that model_dir. Restore it, or use "
-                      "another --model_dir.") from error
-
-
-def check_resume_config(config, log: Callable[[str], None]) -> bool:
+def check_resume_config(config, log: Callable[[str], None],
+                        has_checkpoint: Optional[bool] = None) -> bool:
   """Refuses to resume a run under a config its checkpoints do not fit.
 
   Only matters when `model_dir` already holds a checkpoint.
@@ -471,6 +476,9 @@ def check_resume_config(config, log: Callable[[str], None]) -> bool:
   Args:
     config: this stage's `ExperimentConfig`.
     log: where allowed changes are reported.
+    has_checkpoint: whether the run resumes from a checkpoint (e.g. from
+      `checkpoints.resumable_checkpoint`); None asks
+      `tf.train.latest_checkpoint`.
 
   Returns:
     True if `model_dir` holds checkpoints (this run resumes it).
@@ -479,9 +487,11 @@ def check_resume_config(config, log: Callable[[str], None]) -> bool:
     ConfigError: listing every setting that may not change.
   """
   model_dir = config.run.model_dir
-  if tf.train.latest_checkpoint(model_dir) is None:
+  if has_checkpoint is None:
+    has_checkpoint = tf.train.latest_checkpoint(model_dir) is not None
+  if not has_checkpoint:
     return False
-  stored = read_stored_config(model_dir)
+  stored = config_file.read(model_dir)
   if stored is None:
     log(f"NOTE: {model_dir} holds checkpoints but no {CONFIG_FILE}; the "
         "settings they were trained with cannot be checked.")
@@ -500,5 +510,4 @@ def check_resume_config(config, log: Callable[[str], None]) -> bool:
 
 def write_config(run_dir: RunDirectory, config) -> None:
   """Writes `config.json` (atomically) where this process writes."""
-  atomic_write_text(run_dir.path(CONFIG_FILE), config.to_json())
-
+  config_file.write(run_dir.write_dir, config)

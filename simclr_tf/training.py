@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import time
 from typing import Callable, Dict, List, Optional
 
 import keras
@@ -20,10 +21,11 @@ from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import distribute
 from simclr_tf import export as export_lib
-from simclr_tf import fault_injection
 from simclr_tf import faults
+from simclr_tf import knn
 from simclr_tf import optimizers
 from simclr_tf import precision
+from simclr_tf import preemption
 from simclr_tf import run_dir as run_dir_lib
 from simclr_tf import train_loop
 from simclr_tf.config import ConfigError
@@ -48,12 +50,15 @@ class StageResult:
     global_step: optimizer steps taken in total.
     eval_results: evaluation metrics, or None if not evaluated.
     random_init: the encoder was never trained or loaded (baseline).
+    probe: {features: linear-probe result} of SimCLR and the baselines
+      (`probe_baselines`), or None.
   """
   stage: str
   model_dir: str
   global_step: int
   eval_results: Optional[Dict[str, float]] = None
   random_init: bool = False
+  probe: Optional[Dict[str, dict]] = None
 
 
 def run_experiment(config: ExperimentConfig,
@@ -98,13 +103,30 @@ def run_experiment(config: ExperimentConfig,
       stage_config = config.for_linear_eval(model_dir=config.run.model_dir,
                                             checkpoint=config.run.checkpoint)
     results = [run_stage(stage_config, strategy, log, run_dir=run_dir)]
-    if config.linear_eval.after_pretraining and "train" in config.run.mode:
+    if (config.linear_eval.after_pretraining and "train" in config.run.mode
+        and config.run.train_mode == "pretrain"):
       linear_config = config.for_linear_eval(
           model_dir=os.path.join(config.run.model_dir, LINEAR_EVAL_DIR),
           checkpoint=config.run.model_dir)
       _check_batches_split(linear_config, strategy.num_replicas_in_sync)
       results.append(run_stage(linear_config, strategy, log,
                                run_dir=run_dir.child(LINEAR_EVAL_DIR)))
+    if (config.run.probe_baselines and config.run.train_mode == "pretrain"
+        and "train" in config.run.mode and run_dir.is_chief):
+      # Imported here: it needs scikit-learn, which nothing else does.
+      from simclr_tf import probe_baselines  # pylint: disable=g-import-not-at-top
+      start = time.time()
+      results[0].probe = probe_baselines.compare(
+          config, config.run.model_dir, log=log)
+      log(f"[probe] SimCLR and both baselines probed in "
+          f"{time.time() - start:.0f} s.")
+    if (config.run.write_plots and config.run.train_mode == "pretrain"
+        and "train" in config.run.mode and run_dir.is_chief):
+      # Imported here: it needs matplotlib, which nothing else does.
+      from simclr_tf import plots  # pylint: disable=g-import-not-at-top
+      start = time.time()
+      plots.write_for_run(config, log=log)
+      log(f"[plots] written in {time.time() - start:.0f} s.")
   return results
 
 
@@ -151,7 +173,12 @@ def run_stage(config: ExperimentConfig, strategy,
   if run_dir is None:
     run_dir = run_dir_lib.RunDirectory.for_strategy(run.model_dir, strategy)
   tf.io.gfile.makedirs(run_dir.write_dir)
-  resuming = run_dir_lib.check_resume_config(config, log)
+  # Every worker resumes from the chief's model_dir, from the newest intact
+  # checkpoint; only the chief sets damaged ones aside.
+  latest = checkpoints.resumable_checkpoint(run.model_dir, log=log,
+                                            repair=run_dir.is_chief)
+  resuming = run_dir_lib.check_resume_config(
+      config, log, has_checkpoint=latest is not None)
 
   steps_per_epoch = max(1, info.num_train_examples // run.train_batch_size)
   total_steps = optimizers.total_train_steps(
@@ -175,8 +202,6 @@ def run_stage(config: ExperimentConfig, strategy,
   manager = checkpoints.make_manager(
       model, run_dir.write_dir,
       run.keep_checkpoint_max if run_dir.is_chief else 1)
-  # Every worker restores from the chief's model_dir.
-  latest = tf.train.latest_checkpoint(run.model_dir)
   random_init = _initialise(model, latest, config, log)
 
   result = StageResult(run.train_mode, run.model_dir, _step(model),
@@ -194,7 +219,7 @@ def run_stage(config: ExperimentConfig, strategy,
           raise checkpoints.CheckpointError(
               f"Nothing to evaluate: {run.model_dir} holds no checkpoint "
               "and no --checkpoint was given.")
-        checkpoints.restore_for_eval(model, run.checkpoint)
+        checkpoints.restore_for_eval(model, run.checkpoint, log=log)
       result.eval_results = evaluate(
           model, config, strategy, writer, log,
           num_eval_examples=info.num_eval_examples,
@@ -243,8 +268,14 @@ def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
         scaling=config.optimizer.learning_rate_scaling)
     optimizer = precision.wrap_optimizer(
         optimizers.build_optimizer(config.optimizer, schedule), run.precision)
+    # With `augment.on_device` the pipeline yields uint8 images and the
+    # views are made in the step.
     model.compile(optimizer, steps_per_loop=run.steps_per_loop,
-                  jit_compile=run.jit_compile)
+                  jit_compile=run.jit_compile,
+                  train_augmentation=(on_device_augmentation(config)
+                                      if train_augment_config(config).on_device
+                                      else None),
+                  stop_at_step=total_steps)
     model.build_optimizer_slots()
   return model
 
@@ -267,8 +298,12 @@ def _initialise(model, latest, config, log):
   if run.mode == "eval" or run.train_mode == "pretrain":
     return run.train_mode == "pretrain" and run.mode == "eval"
   if run.checkpoint:
-    prefix = checkpoints.load_pretrained(model, run.checkpoint, config.model)
-    log(f"Loaded the pretrained encoder from {prefix}.")
+    loaded = []
+    prefix = checkpoints.load_pretrained(
+        model, run.checkpoint, config.model, log=loaded.append,
+        image_size=config.data.image_size)
+    log(loaded[0] if loaded else
+        f"Loaded the pretrained encoder from {prefix}.")
     return False
   if run.train_mode == "linear_eval":
     log("NOTE: linear_eval without --checkpoint: the encoder stays at its "
@@ -318,6 +353,27 @@ def on_device_augmentation(config):
       augment_config=train_augment_config(config), num_views=num_views)
 
 
+def training_input_fn(config: ExperimentConfig, *, start_step: int,
+                      num_classes: int):
+  """The stage's training `input_fn(input_context)`.
+
+  Args:
+    config: the stage's config.
+    start_step: the optimizer step training starts (or resumes) from.
+    num_classes: classes of the one-hot labels.
+
+  Returns:
+    A function from a `tf.distribute.InputContext` to the dataset of
+    (views, one-hot labels) batches of one replica.
+  """
+  del start_step, num_classes  # The data does not depend on them.
+  num_views = 2 if config.run.train_mode == "pretrain" else 1
+  return data_lib.build_input_fn(
+      config.data, train_augment_config(config), training=True,
+      num_views=num_views, global_batch_size=config.run.train_batch_size,
+      seed=config.run.seed, supervised=config.run.train_mode != "pretrain")
+
+
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
            steps_per_epoch, run_dir, num_classes):
   run = config.run
@@ -326,15 +382,9 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     log(f"[{run.train_mode}] already at step {start_step} of "
         f"{total_steps}: nothing to train.")
     return
-  num_views = 2 if run.train_mode == "pretrain" else 1
   augment_config = train_augment_config(config)
-  input_fn = data_lib.build_input_fn(
-      config.data, augment_config, training=True,
-      num_views=num_views, global_batch_size=run.train_batch_size,
-      seed=run.seed, supervised=run.train_mode != "pretrain")
-  if augment_config.on_device:
-    # The pipeline yields uint8 images; the views are made in the step.
-    model.train_augmentation = on_device_augmentation(config)
+  input_fn = training_input_fn(config, start_step=start_step,
+                               num_classes=num_classes)
   if (run.jit_compile and
       train_loop.xla_scope(strategy) == train_loop.XLA_AUGMENTATION):
     compiled = ("only the on-device augmentation" if augment_config.on_device
@@ -345,10 +395,6 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
   if run_dir.is_chief:
     _write_example_views(input_fn, writer, start_step,
                          model.train_augmentation)
-  input_fn = fault_injection.train_input_fn(
-      input_fn, start_step=start_step, image_size=config.data.image_size,
-      num_views=num_views, num_classes=num_classes,
-      global_batch_size=run.train_batch_size)
   contexts = []
 
   def recorded_input_fn(input_context):
@@ -363,20 +409,30 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
         f"{contexts[0].num_input_pipelines}.")
   checkpoint_every = run.checkpoint_steps or (run.checkpoint_epochs *
                                               steps_per_epoch)
+  stop_request = preemption.StopOnSignal(strategy)
   monitor = callbacks_lib.TrainingMonitor(
       stage=run.train_mode, total_steps=total_steps,
       global_batch_size=run.train_batch_size, checkpoint_manager=manager,
       checkpoint_every=max(checkpoint_every, 1), summary_writer=writer,
-      log=log)
+      log=log, stop_request=stop_request)
+  knn_monitor = knn.build_monitor(
+      config, strategy, steps_per_epoch=steps_per_epoch,
+      summary_writer=writer, log=log)
   log(f"[{run.train_mode}] training steps {start_step}..{total_steps} "
       f"({total_steps / steps_per_epoch:.1f} epochs of {steps_per_epoch} "
       f"steps, batch {run.train_batch_size}, "
       f"{strategy.num_replicas_in_sync} replica(s)).")
-  model.stop_at_step = total_steps
   try:
-    model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
-              shuffle=False,
-              callbacks=[monitor], verbose=0)
+    # SIGTERM and SIGINT are caught only while training: elsewhere there is
+    # nothing newer than the last checkpoint to save.
+    with stop_request:
+      model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
+                shuffle=False,
+                callbacks=[monitor] + ([knn_monitor] if knn_monitor else []),
+                verbose=0)
+  except preemption.StoppedBySignal as stop:
+    raise stop.with_checkpoint(os.path.join(
+        run.model_dir, f"{checkpoints.CHECKPOINT_NAME}-{stop.step}")) from None
   except faults.NonFiniteLossError as error:
     raise error.with_checkpoint(
         tf.train.latest_checkpoint(run.model_dir)) from None
@@ -387,7 +443,6 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     raise faults.WorkerLostError(
         getattr(error, "message", str(error)),
         tf.train.latest_checkpoint(run.model_dir)) from None
-  fault_injection.after_training(model, run_dir.task_name)
 
 
 def _write_example_views(input_fn, writer, step, augmentation=None):

@@ -1,6 +1,7 @@
 """The command line in tests: tiny flag sets, configs, the program itself."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -31,18 +32,25 @@ def tiny_flags(data_dir, model_dir, **overrides):
   return [f"--{name}={value}" for name, value in flags.items()]
 
 
-def run_program(args, env=None, timeout=300):
-  """Runs `python -m simclr_tf.run` with `args` from the repository root.
+PROGRAM = [sys.executable, "-m", "simclr_tf.run"]
+# The program with test faults installed (tests/fault_program.py).
+FAULTY_PROGRAM = [sys.executable,
+                  os.path.join(REPO, "tests", "fault_program.py")]
+
+
+def run_program(args, env=None, timeout=300, program=None):
+  """Runs the program with `args` from the repository root.
 
   Args:
     args: command-line arguments.
     env: extra environment variables.
     timeout: seconds before the run is stopped.
+    program: the command; `PROGRAM` (`python -m simclr_tf.run`) if None.
 
   Returns:
     The `subprocess.CompletedProcess`, with text stdout and stderr.
   """
-  return subprocess.run([sys.executable, "-m", "simclr_tf.run"] + list(args),
+  return subprocess.run((program or PROGRAM) + list(args),
                         capture_output=True, text=True, timeout=timeout,
                         cwd=REPO,
                         env=dict(os.environ, PYTHONPATH=REPO, **(env or {})))
@@ -64,3 +72,17 @@ def config_of(args):
     return run_lib.config_from_flags(flag_values).validate()
   finally:
     flag_values.unparse_flags()
+
+
+def latest_checkpoint_step(model_dir):
+  """The step of the checkpoint that `model_dir`'s `checkpoint` state file
+  names, or None. Read as text: the test process need not load TensorFlow's
+  checkpoint machinery, and a half-written state file never names a step."""
+  path = os.path.join(str(model_dir), "checkpoint")
+  try:
+    with open(path) as handle:
+      first = handle.readline()
+  except OSError:
+    return None
+  match = re.match(r'model_checkpoint_path: "(?:.*/)?ckpt-(\d+)"', first)
+  return int(match.group(1)) if match else None

@@ -67,16 +67,59 @@ def test_runs_as_a_script_and_reports_bad_flags_in_one_line(tmp_path):
   # As a script, from another directory: the flags parse (so the imports
   # work) and a bad value stops it with one line before TensorFlow starts.
   script = os.path.join(REPO, "tools", "benchmark.py")
+  # Looks like the authors' checkout; the tool's small default width is one
+  # their code cannot build.
+  fake_checkout = tmp_path / "simclr"
+  (fake_checkout / "tf2").mkdir(parents=True)
+  (fake_checkout / "tf2" / "run.py").write_text("")
   for flag, message in (
       ("--benchmark_measurements=speed", "unknown ['speed']"),
       ("--benchmark_steps=0", "--benchmark_steps must be"),
       ("--precision=float8", "precision"),
       ("--benchmark_variant=strategy=mirrored", "cannot change strategy"),
       ("--benchmark_variant=jit=true", "Received: 'jit=true'"),
-      ("--benchmark_variant=precision=float8", "float8")):
+      ("--benchmark_variant=precision=float8", "float8"),
+      (f"--peer_authors_dir={tmp_path / 'absent'}", "no tf2/run.py there"),
+      (f"--peer_authors_dir={tmp_path}", "checkout of google-research"),
+      (f"--peer_authors_dir={fake_checkout}", "width_multiplier=0.25")):
     result = _run([script, flag], cwd=str(tmp_path))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines()
               if line.startswith("benchmark: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+# A checkout of google-research/simclr to time as a peer; without one (CI)
+# the test is skipped. tf-keras must be installed.
+AUTHORS_DIR = os.environ.get("SIMCLR_AUTHORS_DIR", "")
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(AUTHORS_DIR, "tf2", "run.py")),
+    reason="set SIMCLR_AUTHORS_DIR to a checkout of google-research/simclr")
+def test_times_the_authors_peer_and_prints_the_ratios(tmp_path):
+  from PIL import Image
+  import numpy as np
+  rng = np.random.default_rng(0)
+  for index in range(32):
+    folder = tmp_path / "images" / "train" / f"class{index % 2}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / f"{index}.jpg")
+  result = _run(["-m", "tools.benchmark", f"--peer_authors_dir={AUTHORS_DIR}",
+                 "--dataset=image_folder", f"--data_dir={tmp_path / 'images'}",
+                 "--eval_split=train", "--benchmark_repeats=2",
+                 "--benchmark_measurements=train_step,fit_end_to_end"]
+                + TINY + ["--width_multiplier=1"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = {r["measurement"]: r for r in (
+      json.loads(line) for line in result.stdout.splitlines()
+      if line.startswith("{"))}
+  for ours, authors in (("train_step", "authors_train_step"),
+                        ("fit_end_to_end", "authors_end_to_end")):
+    assert len(records[authors]["runs"]) == 2
+    assert records[authors]["views_per_second"] > 0
+    assert records[f"{ours} / {authors}"]["ratio"] == pytest.approx(
+        records[ours]["views_per_second"]
+        / records[authors]["views_per_second"], rel=1e-3)

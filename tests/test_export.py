@@ -22,7 +22,8 @@ from simclr_tf import config as config_lib
 from simclr_tf import data as data_lib
 from simclr_tf import export
 from simclr_tf import training
-from simclr_tf.models import resnet
+from simclr_tf import write_errors
+from simclr_tf.models import resnet_encoder
 from simclr_tf.models import simclr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def tiny_config(data_dir, model_dir, **run_overrides):
   run.update(run_overrides)
   return config_lib.ExperimentConfig(
       data=config_lib.DataConfig(
-          image_size=SIZE, data_dir=str(data_dir),
+          dataset="synthetic_shapes", image_size=SIZE, data_dir=str(data_dir),
           synthetic_train_examples=128, synthetic_test_examples=48),
       augment=config_lib.AugmentConfig(use_blur=False,
                                        color_jitter_strength=0.5),
@@ -79,7 +80,7 @@ def all_outputs(model, batch, training):
   """
   encoder = model.encoder
   endpoints = keras.Model(encoder.input, {
-      name: encoder.get_layer(name).output for name in resnet.ENDPOINTS})
+      name: encoder.get_layer(name).output for name in resnet_encoder.ENDPOINTS})
 
   @tf.function
   def run(images):
@@ -294,7 +295,8 @@ def test_a_failed_export_leaves_the_previous_one_in_place(
     raise OSError("disk full")
 
   monkeypatch.setattr(tf.saved_model, "save", crash)
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(write_errors.WriteFailedError,
+                     match=r"could not write the export .* \(disk full\)"):
     export.write_saved_model(module, target, meta, overwrite=True)
   assert checkpoints.is_export(target)
   assert checkpoints.read_export_metadata(target)["global_step"] == 2
@@ -321,7 +323,8 @@ def test_finetuning_from_an_export_starts_from_its_weights(
     model = simclr.build_simclr_model(
         config.model, image_size=SIZE, num_classes=NUM_CLASSES,
         train_mode="finetune", with_supervised_head=True)
-    prefix = checkpoints.load_pretrained(model, path, config.model)
+    prefix = checkpoints.load_pretrained(model, path, config.model,
+                                         image_size=SIZE)
     return prefix, [w.numpy() for w in model.encoder.weights +
                     model.projection_head.weights]
 
@@ -376,7 +379,8 @@ def test_an_export_of_another_architecture_is_refused(pretrained_dir,
   with pytest.raises(checkpoints.CheckpointError,
                      match="width_multiplier: checkpoint 0.125, this run "
                      "0.25"):
-    checkpoints.load_pretrained(model, export_dir, model_config)
+    checkpoints.load_pretrained(model, export_dir, model_config,
+                                image_size=SIZE)
 
 
 def test_bad_paths_and_images_get_one_clear_line(exported, tmp_path):

@@ -1,7 +1,7 @@
 """Faults: a NaN loss, a kill in the middle of a checkpoint write.
 
 The faults are injected with the test-only `SIMCLR_TF_TEST_FAULTS` variable
-(see simclr_tf/fault_injection.py) into real command-line runs.
+(see tests/fault_injection.py) into real command-line runs.
 """
 
 import functools
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import fault_injection
+import fault_injection
 from simclr_tf import faults
 from simclr_tf import run as run_lib
 from simclr_tf import run_dir
@@ -29,7 +29,8 @@ tiny_flags = functools.partial(
 
 def run_cli(args, faults_spec):
   return command_line.run_program(
-      args, env={fault_injection.ENV_VAR: faults_spec})
+      args, env={fault_injection.ENV_VAR: faults_spec},
+      program=command_line.FAULTY_PROGRAM)
 
 
 @pytest.fixture(scope="module")

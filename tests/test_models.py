@@ -1,5 +1,7 @@
 """ResNet, heads and SimCLRModel: sizes, shapes, freezing, distribution."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import tensorflow as tf
 from simclr_tf import config as config_lib
 from simclr_tf import optimizers
 from simclr_tf.models import heads
-from simclr_tf.models import resnet as resnet_lib
+from simclr_tf.models import resnet_encoder as resnet_lib
 from simclr_tf.models import simclr
 
 
@@ -75,9 +77,32 @@ def test_last_batch_norm_of_each_block_starts_at_zero_gamma():
   assert len(last) == 16  # 3 + 4 + 6 + 3 blocks
   assert all(np.all(gammas[p] == 0) for p in last)
   assert all(np.all(gammas[p] == 1) for p in gammas if "/bn_1/" in p)
-  # With zero-gamma residual branches a block starts as relu(shortcut).
+  # With zero-gamma residual branches a block starts as relu(shortcut): the
+  # branch convolutions cannot change the output at initialisation, in
+  # either BatchNorm mode, while the shortcut's can.
   x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
-  assert np.all(np.isfinite(encoder(x)))
+
+  def outputs():
+    # Training mode updates the moving statistics: put them back after.
+    saved = [v.numpy() for v in encoder.non_trainable_weights]
+    result = [encoder(x, training=t).numpy() for t in (False, True)]
+    for variable, value in zip(encoder.non_trainable_weights, saved):
+      variable.assign(value)
+    return result
+
+  before = outputs()
+  rng = np.random.default_rng(1)
+
+  def perturb(pattern):
+    for v in encoder.weights:
+      if re.search(pattern, v.path):
+        v.assign(v.numpy() + rng.normal(size=v.shape).astype("float32"))
+
+  perturb(r"block_\d+/conv_\d/conv2d/kernel$")
+  for got, expected in zip(outputs(), before):
+    np.testing.assert_array_equal(got, expected)
+  perturb(r"block_0/shortcut_conv/conv2d/kernel$")
+  assert not np.allclose(outputs()[0], before[0])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -345,6 +370,23 @@ def test_model_config_round_trip():
     return path.removeprefix("simclr/")
   assert ([(strip(v.path), v.shape) for v in clone.weights] ==
           [(strip(v.path), v.shape) for v in model.weights])
+  # Every constructor argument comes back, and the clone computes the same
+  # function once given the same weights.
+  for name in ("train_mode", "temperature", "hidden_norm", "weight_decay",
+               "optimizer_name"):
+    assert getattr(clone, name) == getattr(model, name), name
+  assert clone.projection_head.get_config() == \
+      model.projection_head.get_config()
+  assert clone.supervised_head.get_config() == \
+      model.supervised_head.get_config()
+  for source, target in zip(model.weights, clone.weights):
+    target.assign(source)
+  images = np.random.default_rng(2).uniform(
+      size=(3, 16, 16, 6)).astype("float32")
+  got, expected = clone(images), model(images)
+  for key in expected:
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-5,
+                               atol=1e-6, err_msg=key)
 
 
 def test_checkpoint_restores_the_encoder_through_the_model_graph(tmp_path):

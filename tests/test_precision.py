@@ -128,3 +128,31 @@ def test_float16_skips_steps_with_non_finite_gradients():
   # measured); a missing unscale would be off by a factor of 128.
   assert len(errors) > len(before) // 2
   assert np.median(errors) < 0.1 and np.max(errors) < 0.3
+
+
+@pytest.mark.parametrize("flags_line, expected", [
+    ("flags\t\t: fpu avx512f avx512_bf16 fma", True),
+    ("flags\t\t: fpu amx_bf16 amx_tile", True),
+    ("flags\t\t: fpu avx512f avx512_vnni", False),
+])
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, flags_line,
+                                                    expected):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\n{flags_line}\n")
+  assert precision.cpu_has_native_bfloat16(str(cpuinfo)) is expected
+  assert precision.cpu_has_native_bfloat16(str(tmp_path / "none")) is False
+
+
+def test_auto_picks_bfloat16_exactly_where_the_cpu_has_it():
+  # No GPU in the test environment: the CPU flags decide.
+  assert not tf.config.list_physical_devices("GPU")
+  expected = ("mixed_bfloat16" if precision.cpu_has_native_bfloat16()
+              else "float32")
+  assert precision.resolve("auto") == expected
+  with precision.policy_scope("auto") as policy:
+    assert policy.name == expected
+  for name in ("float32", "mixed_bfloat16", "mixed_float16"):
+    assert precision.resolve(name) == name
+  # "auto" never means float16, so never loss scaling.
+  assert not isinstance(precision.wrap_optimizer(_lars(), "auto"),
+                        keras.optimizers.LossScaleOptimizer)

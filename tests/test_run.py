@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from absl import flags
 
 from simclr_tf import config as config_lib
 from simclr_tf import run as run_lib
@@ -87,16 +88,17 @@ def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
   process = subprocess.Popen([sys.executable, "-m", "simclr_tf.run"] + args,
                              cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
+  # Race-free: kill only once the `checkpoint` state file names a finished
+  # checkpoint (a ckpt-N.index alone may belong to a save in progress).
   deadline = time.time() + 240
-  while not (tmp_path / "ckpt-4.index").exists():
+  while command_line.latest_checkpoint_step(tmp_path) is None:
     assert process.poll() is None, "the run ended before its first checkpoint"
     assert time.time() < deadline, "no checkpoint within 4 minutes"
     time.sleep(0.2)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  saved = sorted(int(name[5:-6]) for name in os.listdir(tmp_path)
-                 if name.startswith("ckpt-") and name.endswith(".index"))
-  assert saved and saved[-1] < 120  # killed mid-run
+  saved = [command_line.latest_checkpoint_step(tmp_path)]
+  assert saved[-1] < 120  # killed mid-run
 
   result = run_cli(args)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -106,17 +108,84 @@ def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
   assert (tmp_path / "ckpt-120.index").exists()
 
 
-def test_no_arguments_means_the_demo_flagfile():
-  argv = run_lib._argv_with_default_flagfile(["run"])
-  assert argv == ["run", f"--flagfile={run_lib.DEMO_FLAGFILE}"]
-  assert run_lib.DEMO_FLAGFILE.exists()
-  assert run_lib._argv_with_default_flagfile(["run", "--seed=1"]) == [
-      "run", "--seed=1"]
+def test_no_settings_means_the_demo_preset():
+  demo = f"--flagfile={run_lib.preset_path('demo')}"
+  assert run_lib.argv_with_preset(["run"]) == ["run", demo]
+  # Run-location flags keep the demo: they say where, not what.
+  assert run_lib.argv_with_preset(["run", "--model_dir=x", "--data_dir=d"]) \
+      == ["run", demo, "--model_dir=x", "--data_dir=d"]
+  # Any other setting, or a flagfile, means the built-in defaults.
+  assert run_lib.argv_with_preset(["run", "--seed=1"]) == ["run", "--seed=1"]
+  assert run_lib.argv_with_preset(["run", "--nouse_blur"]) == [
+      "run", "--nouse_blur"]
+  assert run_lib.argv_with_preset(["run", "--flagfile=f.cfg"]) == [
+      "run", "--flagfile=f.cfg"]
+  assert run_lib.argv_with_preset(["run", "--preset=none"]) == [
+      "run", "--preset=none"]
+  assert run_lib.argv_with_preset(["run", "--preset=cifar10_pretrain",
+                                   "--seed=3"]) == [
+      "run", f"--flagfile={run_lib.preset_path('cifar10_pretrain')}",
+      "--preset=cifar10_pretrain", "--seed=3"]
+  with pytest.raises(config_lib.ConfigError, match="preset='nope'"):
+    run_lib.argv_with_preset(["run", "--preset=nope"])
+
+
+def test_model_dir_alone_runs_the_demo_there():
+  demo = command_line.config_of(run_lib.argv_with_preset(["run"])[1:])
+  moved = command_line.config_of(
+      run_lib.argv_with_preset(["run", "--model_dir=elsewhere"])[1:])
+  assert demo.data.dataset == "synthetic_shapes"
+  assert moved.replace(run=demo.run) == demo
+  assert moved.run.model_dir == "elsewhere"
+
+
+def test_flag_defaults_are_the_library_defaults():
+  assert command_line.config_of([]) == config_lib.ExperimentConfig()
+
+
+def test_every_setting_has_one_flag_with_its_help():
+  """Each declared setting becomes exactly one flag carrying its help and
+  default, and setting a flag changes exactly that field."""
+  from simclr_tf import settings
+  seen = set()
+  for section_name, section_type in config_lib.ExperimentConfig.sections():
+    for field in settings.fields(section_type):
+      name = settings.flag_name(section_type, field)
+      assert name not in seen
+      seen.add(name)
+      flag = run_lib.FLAGS[name]
+      assert flag.help.endswith(settings.help_of(field))
+      assert flag.default == field.default
+  assert seen == set(run_lib.SETTING_FLAGS)
+  config = command_line.config_of(["--linear_eval_train_split=train[:10%]",
+                                   "--augment_on_device",
+                                   "--crop_aspect_ratio_range=0.5,2"])
+  default = config_lib.ExperimentConfig()
+  assert config.linear_eval.train_split == "train[:10%]"
+  assert config.augment.on_device is True
+  assert config.augment.crop_aspect_ratio_range == (0.5, 2.0)
+  assert config.replace(
+      linear_eval=default.linear_eval,
+      augment=default.augment) == default
+
+
+def test_random_init_baseline_is_one_command_on_the_demo_preset():
+  """The README's baseline command: the demo preset sets
+  linear_eval_after_pretraining, which a linear_eval run ignores."""
+  config = command_line.config_of(run_lib.argv_with_preset(
+      ["run", "--preset=demo", "--train_mode=linear_eval",
+       "--model_dir=runs/demo_random_init"])[1:])
+  assert config.run.train_mode == "linear_eval"
+  assert config.run.checkpoint is None
+  assert config.data.dataset == "synthetic_shapes"
 
 
 def test_every_preset_flagfile_parses_into_a_valid_config():
-  flags_dir = os.path.join(REPO, "flags")
-  for name in sorted(os.listdir(flags_dir)):
+  flags_dir = str(run_lib.PRESETS_DIR)
+  names = sorted(os.listdir(flags_dir))
+  # The checkout's flags/ is the same folder, for --flagfile=flags/x.cfg.
+  assert sorted(os.listdir(os.path.join(REPO, "flags"))) == names
+  for name in names:
     args = [f"--flagfile={os.path.join(flags_dir, name)}"]
     if "finetune" in name or "linear_eval" in name:
       args.append("--checkpoint=runs/x")
@@ -139,8 +208,10 @@ def test_cifar_stem_flag_picks_the_stem(value, stem_at_32, stem_at_224):
 def test_crop_area_range_flag():
   config = command_line.config_of(["--crop_area_range=0.25,1"])
   assert config.augment.crop_area_range == (0.25, 1.0)
-  for value, message in (("0.25", "two numbers, LOW,HIGH"),
-                         ("a,1", "two numbers, LOW,HIGH"),
-                         ("0.5,0.2", "crop_area_range=(0.5, 0.2)")):
-    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+  for value, message in (("0.25", "takes 2 numbers separated by commas"),
+                         ("a,1", "takes 2 numbers separated by commas")):
+    with pytest.raises(flags.Error, match=re.escape(message)):
       command_line.config_of([f"--crop_area_range={value}"])
+  with pytest.raises(config_lib.ConfigError,
+                     match=re.escape("crop_area_range=(0.5, 0.2)")):
+    command_line.config_of(["--crop_area_range=0.5,0.2"])

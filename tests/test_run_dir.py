@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -25,7 +26,7 @@ def tiny_config(data_dir, model_dir, **run_overrides):
   run.update(run_overrides)
   return config_lib.ExperimentConfig(
       data=config_lib.DataConfig(
-          image_size=16, data_dir=data_dir, synthetic_train_examples=64,
+          dataset="synthetic_shapes", image_size=16, data_dir=data_dir, synthetic_train_examples=64,
           synthetic_test_examples=32),
       augment=config_lib.AugmentConfig(use_blur=False),
       model=config_lib.ModelConfig(resnet_depth=18, width_multiplier=0.125,
@@ -298,3 +299,25 @@ def test_resuming_under_other_settings_is_refused_listing_them(data_dir,
              for line in lines)
   stored = json.loads((tmp_path / "config.json").read_text())
   assert stored["run"]["keep_checkpoint_max"] == 2
+
+
+def test_two_runs_racing_for_an_object_store_lock_leave_one_holder(
+    monkeypatch):
+  # Both find no lock; the second writes its lock while the first waits to
+  # read its own back (what two hosts started together do on gs://).
+  directory = f"ram://race_{os.getpid()}"
+  tf.io.gfile.makedirs(directory)
+  first = run_dir.RunLock(directory, log=lambda line: None)
+  second = run_dir.RunLock(directory, log=lambda line: None)
+  real_sleep = time.sleep
+
+  def second_writes_meanwhile(seconds):
+    monkeypatch.setattr(run_dir.time, "sleep", real_sleep)
+    run_dir.atomic_write_text(second.path, second._owner_text())
+
+  monkeypatch.setattr(run_dir.RunLock, "REMOTE_SETTLE_SECONDS", 0.01)
+  monkeypatch.setattr(run_dir.time, "sleep", second_writes_meanwhile)
+  with pytest.raises(run_dir.RunDirError, match="is in use by process"):
+    first.acquire()
+  owner = json.loads(tf.io.gfile.GFile(first.path).read())
+  assert owner["token"] == second._token  # the last writer holds it

@@ -262,9 +262,8 @@ def _train(initial, steps_per_loop, jit_compile, strategy=None):
     for variable, value in zip(model.weights, initial):
       variable.assign(value)
     model.compile(optimizer, steps_per_loop=steps_per_loop,
-                  jit_compile=jit_compile)
+                  jit_compile=jit_compile, stop_at_step=4)
     model.build_optimizer_slots()
-  model.stop_at_step = 4
   model.fit(_batches(), epochs=1, verbose=0)
   assert int(model.optimizer.iterations.numpy()) == 4
   # Paths differ between builds (Keras numbers layer names); order does not.
@@ -314,9 +313,9 @@ def test_jit_compiles_what_the_strategy_allows(two_replica_strategy):
     for jit_compile in (False, True):
       with strategy.scope():
         model, optimizer = _tiny_model()
-        model.compile(optimizer, jit_compile=jit_compile)
+        model.compile(optimizer, jit_compile=jit_compile,
+                      train_augmentation=uncompilable)
         model.build_optimizer_slots()
-      model.train_augmentation = uncompilable
       if jit_compile:
         with pytest.raises(tf.errors.OpError):
           model.fit(dataset, steps_per_epoch=1, verbose=0)

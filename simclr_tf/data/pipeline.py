@@ -40,7 +40,6 @@ Augmentations draw from stateless seeds that fold the pipeline's
 own, and a seed and cluster shape reproduce them.
 """
 
-import functools
 import math
 from typing import Callable, Optional
 
@@ -158,10 +157,12 @@ def batch_augmenter(size: int, augment_config, num_views: int,
   Returns:
     A function `(images, seed=None)` giving the transform's output.
   """
-  return tf.function(
-      functools.partial(transform, size=size, augment_config=augment_config,
-                        num_views=num_views),
-      jit_compile=True)
+  def compiled(images, seed=None):
+    with augment.xla_random():
+      return transform(images, size=size, augment_config=augment_config,
+                       num_views=num_views, seed=seed)
+
+  return tf.function(compiled, jit_compile=True)
 
 
 def build_input_fn(data_config, augment_config, *, training: bool,

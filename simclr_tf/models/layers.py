@@ -4,6 +4,8 @@ import keras
 from keras import layers
 from keras import ops
 
+from simclr_tf.models import batch_norm as batch_norm_lib
+
 BATCH_NORM_EPSILON = 1e-5
 
 
@@ -45,10 +47,12 @@ class BatchNormRelu(layers.Layer):
     momentum: moving-average momentum (the authors' batch_norm_decay).
     synchronized: compute batch statistics over the global batch across
       replicas (sync BN).
+    fused: use TensorFlow's fused BatchNorm kernel where it applies (see
+      `batch_norm.BatchNormalization`); the result is the same.
   """
 
   def __init__(self, relu=True, init_zero=False, center=True, scale=True,
-               momentum=0.9, synchronized=False, **kwargs):
+               momentum=0.9, synchronized=False, fused=True, **kwargs):
     super().__init__(**kwargs)
     self.relu = relu
     self.init_zero = init_zero
@@ -56,10 +60,11 @@ class BatchNormRelu(layers.Layer):
     self.scale = scale
     self.momentum = momentum
     self.synchronized = synchronized
-    self.batch_norm = layers.BatchNormalization(
+    self.fused = fused
+    self.batch_norm = batch_norm_lib.BatchNormalization(
         momentum=momentum, epsilon=BATCH_NORM_EPSILON, center=center,
         scale=scale, gamma_initializer="zeros" if init_zero else "ones",
-        synchronized=synchronized, name="batch_normalization")
+        synchronized=synchronized, fused=fused, name="batch_normalization")
 
   def build(self, input_shape):
     self.batch_norm.build(input_shape)
@@ -75,7 +80,8 @@ class BatchNormRelu(layers.Layer):
     config = super().get_config()
     config.update(relu=self.relu, init_zero=self.init_zero,
                   center=self.center, scale=self.scale,
-                  momentum=self.momentum, synchronized=self.synchronized)
+                  momentum=self.momentum, synchronized=self.synchronized,
+                  fused=self.fused)
     return config
 
 

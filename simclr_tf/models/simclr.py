@@ -7,7 +7,7 @@ from simclr_tf import distribute
 from simclr_tf import losses
 from simclr_tf import optimizers
 from simclr_tf.models import heads as heads_lib
-from simclr_tf.models import resnet as resnet_lib
+from simclr_tf.models import resnet_encoder as resnet_lib
 
 TRAIN_MODES = ("pretrain", "finetune", "linear_eval")
 
@@ -51,8 +51,8 @@ class SimCLRModel(keras.Model):
   The loss for gradients is divided by the replica count once, here, because
   the optimizer sums gradients over replicas. Metrics report unscaled values.
 
-  Set `train_augmentation` to augment on the device: `fit` data are then
-  `(uint8 crops (B, H, W, 3 * views), labels)` and the function makes the
+  `compile(train_augmentation=...)` augments on the device: `fit` data are
+  then `(uint8 crops (B, H, W, 3 * views), labels)` and the function makes the
   views inside each train step (see `train_loop`).
 
   Args:
@@ -95,14 +95,10 @@ class SimCLRModel(keras.Model):
     self._top_1 = keras.metrics.CategoricalAccuracy(name=EVAL_TOP_1)
     self._top_5 = keras.metrics.TopKCategoricalAccuracy(5, name=EVAL_TOP_5)
     self._eval_loss = keras.metrics.Mean(name=SUPERVISED_LOSS)
-    # Optimizer step at which `fit` stops (None: run every step fit asks).
-    self.stop_at_step = None
-    self.xla_train_step = False
-    # None, or a function from a training batch's images to the model's
-    # input views, run on the device at the start of every train step (the
-    # on-device augmentation: uint8 images in, float views out). Set by the
-    # training program; not part of the saved config.
-    self.train_augmentation = None
+    # Set by `compile`; see there.
+    self._stop_at_step = None
+    self._xla_train_step = False
+    self._train_augmentation = None
 
   def build(self, input_shape):
     features_shape = self.encoder.output_shape
@@ -244,7 +240,7 @@ class SimCLRModel(keras.Model):
       tracker.reset_state()
 
   def compile(self, optimizer, *, steps_per_loop=1, jit_compile=False,
-              **kwargs):
+              train_augmentation=None, stop_at_step=None, **kwargs):
     """Configures training.
 
     Args:
@@ -252,19 +248,44 @@ class SimCLRModel(keras.Model):
       steps_per_loop: optimizer steps per host call of the train function.
       jit_compile: compile each replica's train step with XLA, as far as the
         strategy allows (`train_loop.xla_scope`).
+      train_augmentation: None, or a function from a training batch's images
+        to the model's input views, run on the device at the start of every
+        train step (the on-device augmentation: uint8 images in, float views
+        out). `fit` data are then `(uint8 images (B, H, W, 3), labels)`.
+      stop_at_step: the optimizer step at which `fit` stops, whatever it
+        asks for (so the last loop of a run ends exactly there); None runs
+        every step `fit` asks for.
       **kwargs: other `keras.Model.compile` arguments.
     """
+    if stop_at_step is not None and stop_at_step < 0:
+      raise ValueError("`stop_at_step` must be >= 0. Received: "
+                       f"stop_at_step={stop_at_step}")
     # Keras' own jit and multi-step train function fail under
     # MirroredStrategy; `make_train_function` below replaces them.
     super().compile(optimizer=optimizer, steps_per_execution=steps_per_loop,
                     jit_compile=False, **kwargs)
-    self.xla_train_step = jit_compile
+    self._xla_train_step = jit_compile
+    self._train_augmentation = train_augmentation
+    self._stop_at_step = stop_at_step
+
+  @property
+  def train_augmentation(self):
+    """The on-device augmentation given to `compile`, or None."""
+    return self._train_augmentation
+
+  @property
+  def stop_at_step(self):
+    """The step `fit` stops at, given to `compile`, or None."""
+    return self._stop_at_step
 
   def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-    # Keras builds the model from a batch it pulls and averages across
-    # replicas, which fails when replicas hold different batch sizes (a
-    # short eval split). Ours is built at construction; the optimizer must
-    # be built in the strategy scope by then too (`build_optimizer_slots`).
+    # A private override, for a Keras 3.15 bug: Keras builds the model from
+    # a batch it pulls and sums across replicas (AddN), which fails when
+    # replicas hold different batch sizes (a short eval split).
+    # tests/test_keras_workarounds.py reproduces the bug with plain Keras and
+    # fails once it is fixed. Ours is built at construction; the optimizer
+    # must be built in the strategy scope by then too
+    # (`build_optimizer_slots`).
     if self.built and (self.optimizer is None or self.optimizer.built):
       return
     super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
@@ -284,7 +305,7 @@ class SimCLRModel(keras.Model):
       return self.train_function
     from simclr_tf import train_loop  # TF-specific distribution plumbing.
     self.train_function = train_loop.make_train_function(
-        self, self.steps_per_execution, self.xla_train_step)
+        self, self.steps_per_execution, self._xla_train_step)
     return self.train_function
 
   def make_test_function(self, force=False):
@@ -397,7 +418,7 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
                                     model_config.fine_tune_after_block)
   projection_head = heads_lib.ProjectionHead(
       model_config.proj_head_mode, model_config.proj_out_dim,
-      model_config.num_proj_layers, model_config.ft_proj_selector,
+      model_config.num_proj_layers, model_config.proj_selector,
       momentum=model_config.batch_norm_decay,
       synchronized=model_config.global_bn, name="projection_head")
   supervised_head = None

@@ -9,8 +9,11 @@ its own task index), which is what `tf.distribute.MultiWorkerMirroredStrategy`
 reads. Worker 0 is the chief. Output lines are prefixed with the worker
 ("[worker 1] ..."). The launcher waits for every worker; if one fails, the
 others are stopped (they would otherwise wait for it forever in a collective
-op), and the launcher exits with the failed worker's status. Ctrl-C stops
-them all.
+op), and the launcher exits with the failed worker's status. A worker that
+stopped on SIGTERM or SIGINT after saving a checkpoint (status 75, see
+simclr_tf/run.py) is not a failure of the others: they stop at the same step
+by themselves, and get time to. Ctrl-C sends SIGTERM to every worker, which
+saves a checkpoint and stops them (they get 30 s to).
 
 This is for trying multi-worker runs on one machine, and for the tests. On a
 real cluster, start the same command on each machine with a TF_CONFIG that
@@ -31,7 +34,13 @@ import time
 USAGE_ERROR = 2
 TIMED_OUT = 124
 INTERRUPTED = 130
-# Seconds a worker gets to exit after SIGTERM before it is killed.
+# simclr_tf.run's status after a clean stop on a signal (STOPPED_BY_SIGNAL).
+STOPPED_BY_SIGNAL = 75
+# Seconds a worker gets to exit after SIGTERM before it is killed. After
+# Ctrl-C or the timeout: enough to finish its loop and write a checkpoint.
+# After a worker failed: short, as the others are stuck in collective ops
+# with it and cannot save.
+_SAVE_GRACE_SECONDS = 30.0
 _TERMINATE_GRACE_SECONDS = 5.0
 
 
@@ -115,12 +124,21 @@ class Worker:
     self._reader.join(timeout=5)
 
 
-def stop_all(workers):
+def _wait_for(workers, seconds):
+  deadline = time.time() + seconds
+  for worker in workers:
+    try:
+      worker.process.wait(timeout=max(deadline - time.time(), 0.1))
+    except subprocess.TimeoutExpired:
+      return
+
+
+def stop_all(workers, grace=_TERMINATE_GRACE_SECONDS):
   """SIGTERM every running worker, then SIGKILL the ones still running."""
   running = [w for w in workers if w.process.poll() is None]
   for worker in running:
     worker.signal(signal.SIGTERM)
-  deadline = time.time() + _TERMINATE_GRACE_SECONDS
+  deadline = time.time() + grace
   for worker in running:
     try:
       worker.process.wait(timeout=max(deadline - time.time(), 0.1))
@@ -163,6 +181,9 @@ def run_cluster(command, num_workers, timeout=None, log=print):
         how = f"was killed by signal {-code}" if code < 0 else \
             f"exited with status {code}"
         log(f"[launcher] worker {worker.index} {how}; stopping the others.")
+        if code == STOPPED_BY_SIGNAL:
+          # The others saved the same checkpoint and are exiting too.
+          _wait_for(workers, _SAVE_GRACE_SECONDS)
         break
       if all(code == 0 for code in codes):
         break
@@ -175,7 +196,9 @@ def run_cluster(command, num_workers, timeout=None, log=print):
     log("[launcher] interrupted; stopping the workers.")
     status = INTERRUPTED
   finally:
-    stop_all(workers)
+    stop_all(workers, _SAVE_GRACE_SECONDS
+             if status in (TIMED_OUT, INTERRUPTED) else
+             _TERMINATE_GRACE_SECONDS)
     for worker in workers:
       worker.finish_output()
   if status == 0:
@@ -215,5 +238,10 @@ def main(argv=None):
                      log=lambda line: print(line, flush=True))
 
 
-if __name__ == "__main__":
+def entry():
+  """Console-script entry point."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry()

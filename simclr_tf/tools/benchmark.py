@@ -32,6 +32,22 @@ alike; the medians are reported:
   augment_on_device  the batched augmentation alone, on the device.
   fit_end_to_end     `model.fit` on the real pipeline of this configuration.
 
+With --peer_authors_dir (a checkout of google-research/simclr) the authors'
+TF2 code is timed on the same configuration as a peer, in a child process
+(`tools/authors_peer.py`: tf-keras needs TF_USE_LEGACY_KERAS=1), alternating
+with ours run by run:
+
+  authors_train_step     their train loop (model, loss, metrics, LARS; their
+                         steps_per_loop) on one in-memory batch, beside
+                         train_step.
+  authors_end_to_end     their train loop on their own input pipeline over
+                         the same image folder (--dataset=image_folder
+                         only), beside fit_end_to_end.
+
+and the ratios ours / authors are printed. Their code has no mixed
+precision and runs float32 whatever --precision says; it uses their default
+MirroredStrategy (one CPU device).
+
 Then the ratios fit_in_memory / handwritten_loop and input / train_step,
 peak host memory (RSS) and peak device memory ("n/a" without GPUs), and a
 table. With --benchmark_variant a second configuration (some flags changed)
@@ -55,10 +71,6 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):
-  # Run as a script: make `simclr_tf` importable from the repo root.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
@@ -67,6 +79,7 @@ from absl import logging as absl_logging  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import run as run_lib  # noqa: E402  (defines the flags)
+from simclr_tf.tools import _cli  # noqa: E402
 
 MEASUREMENTS = ("train_step", "handwritten_loop", "fit_in_memory",
                 "input_tf_data", "input_on_device", "augment_on_device",
@@ -89,6 +102,10 @@ _VARIANT = flags.DEFINE_list(
     "flags changed (e.g. jit_compile=true,steps_per_loop=10), in the same "
     "process, alternating with the base configuration run by run: before "
     "and after from the same run. The strategy cannot change.")
+_PEER = flags.DEFINE_string(
+    "peer_authors_dir", None, "A checkout of google-research/simclr: also "
+    "time the authors' TF2 train step on this configuration, alternating "
+    "with ours, and print the ratios. Needs tf-keras.")
 # Flags a variant cannot change: one process holds one strategy.
 _FIXED_IN_VARIANT = ("strategy", "cpu_replicas", "tpu")
 
@@ -97,14 +114,14 @@ _DEFAULTS = dict(resnet_depth=18, width_multiplier=0.25, image_size=32,
                  train_batch_size=64, dataset="synthetic_shapes",
                  synthetic_train_examples=2048, synthetic_test_examples=64,
                  color_jitter_strength=0.5, use_blur=False, proj_out_dim=64)
-USAGE_ERROR = 2
+USAGE_ERROR = _cli.USAGE_ERROR
+TOOL = "benchmark"
 
 FLAGS = flags.FLAGS
 
 
 def _fail(message):
-  print(f"benchmark: error: {message}", file=sys.stderr, flush=True)
-  return USAGE_ERROR
+  return _cli.fail(message, tool=TOOL)
 
 
 def _emit(record):
@@ -167,10 +184,8 @@ class Benchmark:
     self.input_batches = input_batches
     self.model = training.build_model(config, self.strategy, self.info,
                                       total_steps=10 ** 9)
-    self.augmentation = None
-    if config.augment.on_device:
-      self.augmentation = training.on_device_augmentation(config)
-      self.model.train_augmentation = self.augmentation
+    # `build_model` compiles the on-device augmentation into the model.
+    self.augmentation = self.model.train_augmentation
     self.summary_dir = tempfile.mkdtemp(prefix="simclr_benchmark_")
     self._in_memory = self._in_memory_dataset()
 
@@ -381,9 +396,103 @@ def _loop_timer():
   return LoopTimer()
 
 
+class PeerError(Exception):
+  """The authors' peer could not be started or timed."""
+
+
+def _authors_flags(config):
+  """Our configuration in the authors' flags (tf2/run.py)."""
+  data, model, augment = config.data, config.model, config.augment
+  optimizer, loss, run = config.optimizer, config.loss, config.run
+  return dict(
+      train_mode="pretrain", resnet_depth=model.resnet_depth,
+      width_multiplier=int(model.width_multiplier), sk_ratio=model.sk_ratio,
+      se_ratio=model.se_ratio, image_size=data.image_size,
+      global_bn=model.global_bn, batch_norm_decay=model.batch_norm_decay,
+      proj_head_mode=model.proj_head_mode, proj_out_dim=model.proj_out_dim,
+      num_proj_layers=model.num_proj_layers,
+      ft_proj_selector=model.ft_proj_selector,
+      lineareval_while_pretraining=run.lineareval_while_pretraining,
+      train_batch_size=run.train_batch_size, train_split=data.train_split,
+      cache_dataset=bool(data.cache_dataset),
+      color_jitter_strength=augment.color_jitter_strength,
+      use_blur=augment.use_blur, temperature=loss.temperature,
+      hidden_norm=loss.hidden_norm, optimizer=optimizer.optimizer,
+      learning_rate=optimizer.learning_rate,
+      learning_rate_scaling=optimizer.learning_rate_scaling,
+      warmup_epochs=optimizer.warmup_epochs,
+      weight_decay=optimizer.weight_decay, momentum=optimizer.momentum)
+
+
+def check_peer_dir(path):
+  """A clear message if `path` is no checkout of the authors' code, else None."""
+  if not os.path.isfile(os.path.join(path, "tf2", "run.py")):
+    return (f"--peer_authors_dir={path}: no tf2/run.py there. Pass a "
+            "checkout of google-research/simclr (git clone "
+            "https://github.com/google-research/simclr).")
+  return None
+
+
+class AuthorsPeer:
+  """The authors' train loop in a child process, timed on request.
+
+  Args:
+    authors_dir: a checkout of google-research/simclr.
+    config: our `ExperimentConfig`; the peer runs its equivalent.
+    steps: optimizer steps per timed run (rounded to whole loops).
+    num_classes: classes of the dataset (their supervised head).
+    num_examples: train examples (their learning-rate schedule).
+    image_folder: train from this folder through their pipeline; None
+      feeds one batch from memory.
+  """
+
+  def __init__(self, authors_dir, config, *, steps, num_classes,
+               num_examples, image_folder=None):
+    import subprocess
+    steps_per_loop = config.run.steps_per_loop
+    spec = dict(authors_dir=os.path.abspath(authors_dir),
+                flags=_authors_flags(config), num_classes=num_classes,
+                num_examples=num_examples,
+                steps_per_loop=steps_per_loop,
+                loops=max(1, -(-steps // steps_per_loop)),
+                image_folder=image_folder)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          "authors_peer.py")
+    self._process = subprocess.Popen(
+        [sys.executable, script, json.dumps(spec)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    self._read()  # Built and traced.
+
+  def _read(self):
+    line = self._process.stdout.readline()
+    if not line:
+      raise PeerError("the authors' peer exited without a word; run "
+                      "tools/authors_peer.py by hand to see why.")
+    record = json.loads(line)
+    if "error" in record:
+      raise PeerError(f"the authors' peer failed: {record['error']}")
+    return record
+
+  def timed(self):
+    self._process.stdin.write("time\n")
+    self._process.stdin.flush()
+    record = self._read()
+    return record["views_per_second"], record["views_per_cpu_second"]
+
+  def close(self):
+    if self._process.poll() is None:
+      self._process.stdin.close()
+      try:
+        self._process.wait(timeout=30)
+      except Exception:  # pylint: disable=broad-except
+        self._process.kill()
+
+
 def _config_record(bench):
   import keras
   import tensorflow as tf
+  from simclr_tf import precision as precision_lib
   cfg = bench.config
   return {
       "measurement": "config",
@@ -394,6 +503,7 @@ def _config_record(bench):
       "global_batch": bench.batch,
       "views_per_step": bench.batch * bench.num_views,
       "precision": cfg.run.precision,
+      "precision_resolved": precision_lib.resolve(cfg.run.precision),
       "jit_compile": cfg.run.jit_compile,
       "steps_per_loop": cfg.run.steps_per_loop,
       "augment_on_device": cfg.augment.on_device,
@@ -453,6 +563,19 @@ def main(argv):
     variant = _variant_config(_VARIANT.value)
   except config_lib.ConfigError as error:
     return _fail(str(error))
+  if _PEER.value is not None:
+    message = check_peer_dir(_PEER.value)
+    if message is None and config.run.train_mode != "pretrain":
+      message = ("--peer_authors_dir times the authors' pretraining step "
+                 "only. Received: train_mode="
+                 f"{config.run.train_mode}")
+    width = config.model.width_multiplier
+    if message is None and width != int(width):
+      message = ("--peer_authors_dir: the authors' code takes whole "
+                 "width multipliers; pass --width_multiplier=1 or more. "
+                 f"Received: width_multiplier={width}")
+    if message:
+      return _fail(message)
   # Library notices (tfds generating synthetic_shapes, its "custom data
   # configuration" warnings) would drown the JSON lines.
   absl_logging.set_verbosity(absl_logging.ERROR)
@@ -476,10 +599,14 @@ def main(argv):
   except (config_lib.ConfigError, data_lib.DataError,
           distribute.StrategyError) as error:
     return _fail(str(error))
+  peers = _peer_factories(benches[""], _MEASURE.value)
   try:
     for label, bench in benches.items():
       _emit({**_config_record(bench), "variant": label})
-    rows = _measure(benches, _MEASURE.value)
+    try:
+      rows = _measure(benches, _MEASURE.value, peers)
+    except PeerError as error:
+      return _fail(str(error))
     ratios = _ratios(benches, rows)
     memory = benches[""].memory()
     _emit({"measurement": "memory", "peak_host_bytes": memory[0],
@@ -489,6 +616,37 @@ def main(argv):
       bench.close()
   print(_format_table(rows, ratios, memory), flush=True)
   return 0
+
+
+def _peer_factories(bench, selected):
+  """The authors' measurements to add, each with the one of ours it joins.
+
+  Returns:
+    A dict from measurement name to (our measurement, function starting an
+    `AuthorsPeer`).
+  """
+  if _PEER.value is None:
+    return {}
+  config = bench.config
+  factories = {}
+  if "train_step" in selected:
+    factories["authors_train_step"] = ("train_step", lambda: AuthorsPeer(
+        _PEER.value, config, steps=bench.steps,
+        num_classes=bench.info.num_classes,
+        num_examples=bench.info.num_train_examples))
+  if "fit_end_to_end" in selected:
+    if config.data.dataset == "image_folder":
+      folder = config.data.data_dir
+      factories["authors_end_to_end"] = ("fit_end_to_end", lambda: AuthorsPeer(
+          _PEER.value, config, steps=bench.steps,
+          num_classes=bench.info.num_classes,
+          num_examples=bench.info.num_train_examples, image_folder=folder))
+    else:
+      _emit({"measurement": "authors_end_to_end", "skipped":
+             "needs --dataset=image_folder: the authors' pipeline reads "
+             "tfds builders, and an image folder is the input both can "
+             "read"})
+  return factories
 
 
 def _variant_config(overrides):
@@ -543,6 +701,10 @@ def _ratios(benches, rows):
   for label in list(benches)[1:]:
     for name in MEASUREMENTS:
       add(f"{name}: variant / base", _row(name, label), name)
+  for ours, authors in (("train_step", "authors_train_step"),
+                        ("fit_end_to_end", "authors_end_to_end")):
+    for label in benches:
+      add(f"{_row(ours, label)} / {authors}", _row(ours, label), authors)
   return ratios
 
 
@@ -554,20 +716,36 @@ def _row(name, label):
   return name + _suffix(label)
 
 
-def _measure(benches, selected):
+def _measure(benches, selected, peers=None):
   """Times each group's measurements alternately; emits one line each.
 
   Within a group every measurement of every configuration is timed once per
   round, so load from other processes spreads over all of them alike.
+
+  Args:
+    benches: `Benchmark`s by variant label.
+    selected: measurement names.
+    peers: from `_peer_factories`: the authors' measurements, each timed in
+      the group of the one of ours it names.
   """
   rows = {}
+  peers = peers or {}
   for group in _groups(selected):
     timers = {_row(name, label): getattr(bench, f"make_{name}")()
               for name in group for label, bench in benches.items()}
-    runs = {name: [] for name in timers}
-    for _ in range(_REPEATS.value):
-      for name, timed in timers.items():
-        runs[name].append(timed())
+    started = []
+    try:
+      for name, (ours, start) in peers.items():
+        if ours in group:
+          started.append(start())
+          timers[name] = started[-1].timed
+      runs = {name: [] for name in timers}
+      for _ in range(_REPEATS.value):
+        for name, timed in timers.items():
+          runs[name].append(timed())
+    finally:
+      for peer in started:
+        peer.close()
     for name in timers:
       wall, cpu = zip(*runs[name])
       rows[name] = {"views_per_second": _median(wall),
@@ -584,13 +762,13 @@ def _measure(benches, selected):
 def _parse_flags(argv):
   for name, value in _DEFAULTS.items():
     FLAGS.set_default(name, value)
-  # absl's own parser prints two lines and exits 1; bad flags are usage
-  # errors: one line, exit 2.
-  try:
-    return FLAGS(argv)
-  except flags.Error as error:
-    sys.exit(_fail(f"{error} (see --helpfull)"))
+  return _cli.parse_flags(argv, tool=TOOL)
+
+
+def entry():
+  """Console-script entry point."""
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  entry()

@@ -12,13 +12,9 @@ should stay near 1 (listing 20,000 names costs milliseconds).
 
 import json
 import os
-import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
@@ -76,5 +72,10 @@ def main(argv):
       results[sizes[-1]] / results[sizes[0]], 2)}))
 
 
-if __name__ == "__main__":
+def entry():
+  """Console-script entry point."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  entry()

@@ -16,15 +16,11 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):
-  # Run as a script: make `simclr_tf` and `tools` importable from the root.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from tools import _cli  # noqa: E402
+from simclr_tf.tools import _cli  # noqa: E402
 
 TOOL = "export_saved_model"
 
@@ -68,5 +64,10 @@ def _user_errors():
           OSError)
 
 
-if __name__ == "__main__":
+def entry():
+  """Console-script entry point."""
   _cli.run(TOOL, main, _user_errors)
+
+
+if __name__ == "__main__":
+  entry()

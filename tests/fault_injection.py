@@ -1,15 +1,18 @@
-"""TEST-ONLY fault injection and probes. Never active in a normal run.
+"""TEST-ONLY fault injection and probes, applied by patching the library.
 
 Tests use these to show that faults are handled: a NaN at a chosen step, a
 kill in the middle of a checkpoint write, and, to compare multi-worker and
 single-process runs, inputs that do not depend on how the data is sharded
-and a dump of each worker's final weights.
+and a dump of each worker's final weights. The library carries no hook for
+them: `install` replaces `training.training_input_fn`, `training._train` and
+`checkpoints._save_files` with wrappers that add the faults in force.
 
 They are switched on either in process, with `injected(...)`, or for a
-command-line run by the `SIMCLR_TF_TEST_FAULTS` environment variable, which
-only `simclr_tf/run.py` reads (it prints a warning when it does), e.g.
+command-line run by running `tests/fault_program.py` (the program with the
+faults of the `SIMCLR_TF_TEST_FAULTS` environment variable installed) in
+place of `python -m simclr_tf.run`, e.g.
 
-    SIMCLR_TF_TEST_FAULTS="nan_at_step=3" python -m simclr_tf.run ...
+    SIMCLR_TF_TEST_FAULTS="nan_at_step=3" python tests/fault_program.py ...
 
 Settings (comma-separated name=value):
   nan_at_step=S: every image of step S is NaN, so its loss is NaN.
@@ -30,6 +33,9 @@ from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from simclr_tf import checkpoints
+from simclr_tf import training
 
 ENV_VAR = "SIMCLR_TF_TEST_FAULTS"
 
@@ -77,10 +83,49 @@ def current() -> Faults:
   return _current
 
 
+_ORIGINALS = {
+    (training, "training_input_fn"): training.training_input_fn,
+    (training, "_train"): training._train,  # pylint: disable=protected-access
+    (checkpoints, "_save_files"): checkpoints._save_files,  # pylint: disable=protected-access
+}
+
+
+def _faulty_training_input_fn(config, *, start_step, num_classes):
+  input_fn = _ORIGINALS[(training, "training_input_fn")](
+      config, start_step=start_step, num_classes=num_classes)
+  return train_input_fn(
+      input_fn, start_step=start_step, image_size=config.data.image_size,
+      num_views=2 if config.run.train_mode == "pretrain" else 1,
+      num_classes=num_classes, global_batch_size=config.run.train_batch_size)
+
+
+def _faulty_train(model, *args, run_dir, **kwargs):
+  result = _ORIGINALS[(training, "_train")](model, *args, run_dir=run_dir,
+                                            **kwargs)
+  after_training(model, run_dir.task_name)
+  return result
+
+
+def _faulty_save(manager, step):
+  return manager.save(checkpoint_number=step,
+                      options=checkpoint_options(step))
+
+
+_PATCHES = {
+    (training, "training_input_fn"): _faulty_training_input_fn,
+    (training, "_train"): _faulty_train,
+    (checkpoints, "_save_files"): _faulty_save,
+}
+
+
 def activate(faults: Faults) -> None:
-  """Puts `faults` in force for the rest of the process."""
+  """Puts `faults` in force for the rest of the process; the library's
+  functions are patched while any fault is active, and restored after."""
   global _current
   _current = faults
+  table = _PATCHES if faults.active else _ORIGINALS
+  for (module, name), function in table.items():
+    setattr(module, name, function)
 
 
 @contextlib.contextmanager

@@ -12,10 +12,6 @@ Each row is one image: the original (resized to --image_size), then
 import os
 import sys
 
-if __package__ in (None, ""):
-  # Run as a script: make `simclr_tf` importable from the repo root.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
@@ -141,5 +137,10 @@ def run(argv):
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def entry():
+  """Console-script entry point."""
   app.run(run)
+
+
+if __name__ == "__main__":
+  entry()

@@ -16,20 +16,14 @@ size, one pass in order. The `.npz` holds:
       --output=val.npz
 """
 
-import math
 import os
 import sys
-import time
 
-if __package__ in (None, ""):
-  # Run as a script: make `simclr_tf` and `tools` importable from the root.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from tools import _cli  # noqa: E402
+from simclr_tf.tools import _cli  # noqa: E402
 
 TOOL = "embed"
 
@@ -88,34 +82,16 @@ def embed(model, data_config, augment_config, *, output_key, batch_size,
   Returns:
     (embeddings float32 (N, ...), labels int64 (N,), -1 where unlabeled).
   """
-  import numpy as np
+  from simclr_tf import features as features_lib
 
-  from simclr_tf import data as data_lib
-
-  info = data_lib.get_dataset_info(data_config)
-  num_examples = info.num_eval_examples
-  num_batches = math.ceil(num_examples / batch_size)
-  dataset = data_lib.build_input_fn(
-      data_config, augment_config, training=False, num_views=1,
-      global_batch_size=batch_size)(None)
-  embeddings, labels = [], []
-  start = time.time()
-  done = 0
-  for index, (images, one_hot) in enumerate(dataset, start=1):
-    embeddings.append(model(images)[output_key].numpy())
-    one_hot = one_hot.numpy()
-    labels.append(np.where(one_hot.sum(axis=-1) > 0,
-                           one_hot.argmax(axis=-1), data_lib.NO_LABEL))
-    done += len(one_hot)
-    if index % log_every == 0 or index == num_batches:
-      elapsed = max(time.time() - start, 1e-9)
-      log(f"{TOOL}: batch {index}/{num_batches}, {done}/{num_examples} "
-          f"images, {done / elapsed:.0f} img/s")
-  if not embeddings:
-    raise ValueError(f"Split {data_config.eval_split!r} of "
-                     f"{data_config.dataset} is empty.")
-  return (np.concatenate(embeddings).astype(np.float32),
-          np.concatenate(labels).astype(np.int64))
+  input_fn, num_examples = features_lib.split_input_fn(
+      data_config, augment_config, split=data_config.eval_split,
+      batch_size=batch_size)
+  extractor = features_lib.FeatureExtractor(
+      lambda images: model(images)[output_key])
+  return extractor(input_fn, num_examples=num_examples,
+                   batch_size=batch_size, log=log, log_every=log_every,
+                   name=TOOL)
 
 
 def main(argv) -> int:
@@ -174,5 +150,10 @@ def _user_errors():
           data_lib.DataError, ValueError, OSError, tf.errors.OpError)
 
 
-if __name__ == "__main__":
+def entry():
+  """Console-script entry point."""
   _cli.run(TOOL, main, _user_errors)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,167 @@
+"""BatchNormalization on TensorFlow's fused kernel where it applies.
+
+Keras 3's TensorFlow backend computes BatchNorm as `tf.nn.moments` followed
+by `tf.nn.batch_normalization`: a dozen element-wise ops forward and more
+backward, each a full pass over the activations, in float32 even under a
+bfloat16 policy (the layer upcasts its input). TensorFlow's
+`FusedBatchNormV3` computes statistics, normalisation and their gradient in
+one kernel each way, reads and writes the compute dtype (bfloat16 too, with
+float32 statistics and accumulation) and is what tf-keras uses.
+
+`BatchNormalization` here is Keras' layer with the same variables, names,
+arguments and semantics, whose `call` runs:
+
+- the fused kernel when the batch statistics are this replica's own: in
+  inference, and in training unless `synchronized` with more than one
+  replica in sync. Inputs of rank 2 are viewed as (N, 1, 1, C) and rank 4
+  must be channels-last. The kernel returns the variance with Bessel's
+  correction; the moving variance gets the biased one, as Keras' layer and
+  the authors' code keep it.
+- otherwise statistics over the global batch in two passes, each one
+  all-reduce of per-channel sums (Keras' own sync path makes three
+  all-reduces, counts with a `ones_like` of the whole input and takes the
+  variance as E[x^2] - E[x]^2, which cancels badly in float32), then
+  `tf.nn.batch_normalization`, as Keras does. Unsynchronised, or on one
+  replica, `tf.nn.moments`.
+
+Statistics are float32 under every dtype policy. Masks and batch
+renormalisation, which the fused kernel cannot do, fall back to Keras' own
+`call`.
+"""
+
+import keras
+import tensorflow as tf
+
+# What `call` ran in the last trace, for tests that must know which path a
+# configuration takes.
+FUSED = "fused"
+UNFUSED = "unfused"
+KERAS = "keras"
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class BatchNormalization(keras.layers.BatchNormalization):
+  """`keras.layers.BatchNormalization` using the fused kernel when it can.
+
+  Args:
+    fused: use TensorFlow's fused kernel where it applies (see the module
+      docstring). False always takes the unfused statistics path, as a
+      reference and for comparisons.
+    **kwargs: `keras.layers.BatchNormalization` arguments.
+  """
+
+  def __init__(self, fused=True, **kwargs):
+    super().__init__(**kwargs)
+    if not isinstance(fused, bool):
+      raise ValueError(f"`fused` must be a bool. Received: fused={fused!r}")
+    self.fused = fused
+    self.last_path = None
+
+  def _fusable_rank(self, inputs):
+    rank = len(inputs.shape)
+    channels_last = self.axis in (-1, rank - 1)
+    return channels_last and rank in (2, 4)
+
+  def call(self, inputs, training=None, mask=None):
+    if (mask is not None or self.renorm or keras.backend.backend() !=
+        "tensorflow" or not self._fusable_rank(inputs)):
+      self.last_path = KERAS
+      return super().call(inputs, training=training, mask=mask)
+    training = bool(training) and self.trainable
+    replicas = tf.distribute.get_replica_context()
+    # None in a cross-replica context: the strategy's whole batch is here.
+    replicas = 1 if replicas is None else replicas.num_replicas_in_sync
+    local_statistics = not self.synchronized or replicas == 1
+    if self.fused and (not training or local_statistics):
+      self.last_path = FUSED
+      return self._fused_call(inputs, training)
+    self.last_path = UNFUSED
+    return self._statistics_call(inputs, training)
+
+  def _scale_and_offset(self, channels):
+    gamma = self.gamma if self.scale else tf.ones((channels,), tf.float32)
+    beta = self.beta if self.center else tf.zeros((channels,), tf.float32)
+    return tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+
+  def _update_moving(self, mean, variance):
+    mean = tf.stop_gradient(mean)
+    variance = tf.stop_gradient(variance)
+    self.moving_mean.assign(self.moving_mean * self.momentum
+                            + mean * (1.0 - self.momentum))
+    self.moving_variance.assign(self.moving_variance * self.momentum
+                                + variance * (1.0 - self.momentum))
+
+  def _fused_call(self, inputs, training):
+    x = tf.convert_to_tensor(inputs)
+    rank_2 = len(x.shape) == 2
+    if rank_2:
+      x = x[:, None, None, :]
+    # The kernel takes float32, float16 or bfloat16 (the policy's compute
+    # dtype) and keeps float32 statistics.
+    if x.dtype not in (tf.float16, tf.bfloat16):
+      x = tf.cast(x, tf.float32)
+    gamma, beta = self._scale_and_offset(x.shape[-1])
+    if training:
+      empty = tf.constant([], tf.float32)
+      y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+          x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
+          epsilon=self.epsilon, exponential_avg_factor=1.0,
+          data_format="NHWC", is_training=True)
+      count = tf.cast(tf.size(x, out_type=tf.int64) // x.shape[-1],
+                      tf.float32)
+      variance = unbiased_variance * ((count - 1.0) / tf.maximum(count, 1.0))
+      self._update_moving(mean, variance)
+    else:
+      y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+          x=x, scale=gamma, offset=beta,
+          mean=tf.convert_to_tensor(self.moving_mean),
+          variance=tf.convert_to_tensor(self.moving_variance),
+          epsilon=self.epsilon, exponential_avg_factor=1.0,
+          data_format="NHWC", is_training=False)
+    if rank_2:
+      y = y[:, 0, 0, :]
+    return tf.cast(y, self.compute_dtype)
+
+  def _statistics_call(self, inputs, training):
+    x = tf.cast(inputs, tf.float32)
+    gamma, beta = self._scale_and_offset(x.shape[-1])
+    if training:
+      mean, variance = self._global_moments(x)
+      self._update_moving(mean, variance)
+    else:
+      mean = tf.convert_to_tensor(self.moving_mean)
+      variance = tf.convert_to_tensor(self.moving_variance)
+    y = tf.nn.batch_normalization(x, mean, variance, offset=beta,
+                                  scale=gamma,
+                                  variance_epsilon=self.epsilon)
+    return tf.cast(y, self.compute_dtype)
+
+  def _global_moments(self, x):
+    """Per-channel mean and biased variance over the global batch.
+
+    Two passes, each one all-reduce of per-channel sums: the mean first,
+    then the mean squared deviation from it. The one-pass E[x^2] - E[x]^2
+    loses the variance to cancellation in float32 when the mean is large
+    against the spread (a mean of 40 and a spread of 0.5 lose 2%).
+    """
+    axes = list(range(len(x.shape) - 1))
+    channels = x.shape[-1]
+    count = tf.cast(tf.size(x, out_type=tf.int64) // channels, tf.float32)
+    context = tf.distribute.get_replica_context()
+    if (not self.synchronized or context is None
+        or context.num_replicas_in_sync == 1):
+      return tf.nn.moments(x, axes)
+
+    def global_sum(tensor):
+      return context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+
+    sums = global_sum(tf.concat([tf.reduce_sum(x, axes), count[None]], 0))
+    total_count = sums[-1]
+    mean = tf.math.divide_no_nan(sums[:channels], total_count)
+    squared = global_sum(tf.reduce_sum(tf.square(x - mean), axes))
+    return mean, tf.math.divide_no_nan(squared, total_count)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(fused=self.fused)
+    return config

@@ -1,0 +1,87 @@
+r"""Converts an authors' TF2 SavedModel or training checkpoint to ours.
+
+The architecture is read from the authors' variables (see
+`simclr_tf/authors_checkpoint.py`). `--to=export` writes one of our
+SavedModels (every loader of the README's "Use your pretrained encoder");
+`--to=checkpoint` writes a model_dir holding `ckpt-<step>` and `config.json`,
+which `--checkpoint` of `simclr_tf.run` takes with any of our flags and
+Python loads with `simclr_tf.export.load`.
+
+  python tools/convert_authors_checkpoint.py \
+      --checkpoint=r50_1x_sk0/saved_model --to=checkpoint --output=r50_1x
+  python -m tools.convert_authors_checkpoint \
+      --checkpoint=authors_run/ckpt-20 --to=export --output=exports/r18
+"""
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from simclr_tf.tools import _cli  # noqa: E402
+
+TOOL = "convert_authors_checkpoint"
+EXPORT = "export"
+CHECKPOINT = "checkpoint"
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "The authors' SavedModel directory (or one holding "
+    "saved_model/), checkpoint prefix (ckpt-N) or model_dir.")
+_TO = flags.DEFINE_enum("to", CHECKPOINT, [CHECKPOINT, EXPORT],
+                        "Write a model_dir with a checkpoint of ours, or "
+                        "one of our SavedModel exports.")
+_OUTPUT = flags.DEFINE_string("output", None, "Directory to write.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Replace what is at --output.")
+flags.mark_flags_as_required(["checkpoint", "output"])
+
+
+class ConvertError(ValueError):
+  """Bad input for the conversion, with a one-line message."""
+
+
+def main(argv) -> int:
+  del argv  # Checked by _cli.
+  # Imported here so flag errors are reported before TensorFlow starts.
+  from simclr_tf import authors_checkpoint
+  from simclr_tf import checkpoints
+  from simclr_tf import export
+
+  start = time.time()
+  path, output = _CHECKPOINT.value, _OUTPUT.value
+  source = authors_checkpoint.open_source(path)
+  if source is None:
+    raise ConvertError(
+        f"--checkpoint {path}: not a SavedModel or training checkpoint of "
+        "the authors' tf2/ code (nothing to convert).")
+  print(f"{source.name()}: {source.architecture.describe()}.", flush=True)
+  if _TO.value == EXPORT:
+    export.export_checkpoint(path, output, overwrite=_OVERWRITE.value)
+    written = f"the export {os.path.abspath(output)}"
+  else:
+    prefix = authors_checkpoint.convert_to_checkpoint(
+        source, output, overwrite=_OVERWRITE.value)
+    written = f"{prefix} and its {checkpoints.CONFIG_FILE}"
+  print(f"Wrote {written} ({time.time() - start:.0f}s).", flush=True)
+  return 0
+
+
+def _user_errors():
+  import tensorflow as tf
+
+  from simclr_tf import checkpoints
+  from simclr_tf import export
+  from simclr_tf.config import ConfigError
+  return (ConvertError, checkpoints.CheckpointError, export.ExportError,
+          ConfigError, OSError, tf.errors.OpError)
+
+
+def entry():
+  """Console-script entry point."""
+  _cli.run(TOOL, main, _user_errors)
+
+
+if __name__ == "__main__":
+  entry()

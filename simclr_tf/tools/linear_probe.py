@@ -1,0 +1,219 @@
+r"""The paper's linear probe (appendix B.8) of a model, or of a baseline.
+
+Extracts frozen features of the train and test splits (the evaluation
+transform, as `tools/embed.py` does, through `simclr_tf.features`), fits an
+l2-regularised multinomial logistic regression with L-BFGS
+(`simclr_tf.linear_probe`), with the l2 strength chosen from 45 log-spaced
+values in [1e-6, 1e5] on a held-out 20% of the train split, refits on the
+whole train split and reports test top-1 / top-5, the chosen strength and C
+(C = 1 / (strength * n), see `simclr_tf.linear_probe`), and writes a JSON
+result.
+
+  python tools/linear_probe.py --checkpoint=runs/demo \
+      --dataset=synthetic_shapes --output=runs/demo/probe.json
+  python tools/linear_probe.py --checkpoint=runs/demo --baseline=raw_pixels \
+      --output=runs/demo/probe_raw_pixels.json
+  python tools/linear_probe.py --checkpoint=runs/demo --baseline=random_init \
+      --output=runs/demo/probe_random_init.json
+
+--baseline=random_init builds the --checkpoint's architecture afresh
+(--seed) and, by default, sets its BatchNorm statistics from
+--bn_examples training images (--random_init_bn=train_images);
+--random_init_bn=initial keeps the initial mean 0 / variance 1.
+--baseline=raw_pixels needs --checkpoint or --image_size only for the size.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from simclr_tf.tools import _cli  # noqa: E402
+
+TOOL = "linear_probe"
+_NONE = "none"
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "The model: an export directory, a checkpoint prefix "
+    "or a run's model_dir. For --baseline=random_init, the architecture.")
+_BASELINE = flags.DEFINE_enum(
+    "baseline", _NONE, [_NONE, "raw_pixels", "random_init"],
+    "Probe a baseline instead of the model: raw_pixels or random_init.")
+_RANDOM_INIT_BN = flags.DEFINE_enum(
+    "random_init_bn", "train_images", ["train_images", "initial"],
+    "random_init: BatchNorm statistics from training images, or the "
+    "initial mean 0 / variance 1.")
+_BN_EXAMPLES = flags.DEFINE_integer(
+    "bn_examples", 2560, "random_init: training images the BatchNorm "
+    "statistics are averaged over.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random init and of "
+                             "the held-out split.")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON result file to write.")
+_OUTPUT_KEY = flags.DEFINE_string(
+    "output_key", "final_avg_pool", "The model output probed.")
+_DATASET = flags.DEFINE_string(
+    "dataset", "synthetic_shapes", "A prepared tfds dataset name, "
+    "synthetic_shapes (built in) or image_folder.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir, or the "
+                                "image folder root.")
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split the probe "
+                                   "is fitted (and its strength chosen) on.")
+_TEST_SPLIT = flags.DEFINE_string("test_split", "test", "Split scored.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 0, "Side images are transformed to; 0 uses the model's "
+    "training size.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
+_MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
+    "max_train_examples", 0, "Use only the first this many train examples; "
+    "0 uses all.")
+_NUM_STRENGTHS = flags.DEFINE_integer(
+    "num_strengths", 45, "Grid size: log-spaced l2 strengths between "
+    "--min_strength and --max_strength (the paper: 45).")
+_MIN_STRENGTH = flags.DEFINE_float("min_strength", 1e-6, "Smallest l2 "
+                                   "strength of the grid.")
+_MAX_STRENGTH = flags.DEFINE_float("max_strength", 1e5, "Largest l2 "
+                                   "strength of the grid.")
+_HOLDOUT_FRACTION = flags.DEFINE_float(
+    "holdout_fraction", 0.2, "Share of the train split held out to choose "
+    "the strength.")
+_MAX_ITER = flags.DEFINE_integer("max_iter", 1000, "L-BFGS iterations per "
+                                 "fit.")
+_SYNTHETIC_TRAIN_EXAMPLES = flags.DEFINE_integer(
+    "synthetic_train_examples", 10000, "synthetic_shapes: train examples "
+    "(as generated for the run).")
+_SYNTHETIC_TEST_EXAMPLES = flags.DEFINE_integer(
+    "synthetic_test_examples", 2000, "synthetic_shapes: test examples.")
+_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0,
+                                       "synthetic_shapes: seed.")
+flags.mark_flags_as_required(["output"])
+
+
+def _check_flags() -> None:
+  if not _OUTPUT.value.endswith(".json"):
+    raise ValueError(f"--output must be a .json file. Received: "
+                     f"--output={_OUTPUT.value}")
+  if _BASELINE.value != "raw_pixels" and not _CHECKPOINT.value:
+    raise ValueError("--checkpoint is required (the model, or for "
+                     "--baseline=random_init its architecture).")
+  if _BASELINE.value == "raw_pixels" and not (_CHECKPOINT.value or
+                                              _IMAGE_SIZE.value):
+    raise ValueError("--baseline=raw_pixels needs --image_size (or "
+                     "--checkpoint, for its image size).")
+  for flag, low in ((_BATCH_SIZE, 1), (_NUM_STRENGTHS, 1), (_BN_EXAMPLES, 1),
+                    (_MAX_ITER, 1), (_MAX_TRAIN_EXAMPLES, 0),
+                    (_IMAGE_SIZE, 0)):
+    if flag.value < low:
+      raise ValueError(f"--{flag.name} must be at least {low}. Received: "
+                       f"--{flag.name}={flag.value}")
+  if not 0 < _MIN_STRENGTH.value <= _MAX_STRENGTH.value:
+    raise ValueError("--min_strength and --max_strength must be positive, "
+                     f"min <= max. Received: --min_strength="
+                     f"{_MIN_STRENGTH.value}, --max_strength="
+                     f"{_MAX_STRENGTH.value}")
+
+
+def main(argv) -> int:
+  del argv  # Checked by _cli.
+  _check_flags()
+  import numpy as np
+  import tensorflow_datasets as tfds
+
+  from simclr_tf import baselines
+  from simclr_tf import export
+  from simclr_tf import features as features_lib
+  from simclr_tf import linear_probe
+  from simclr_tf import run_dir
+  from simclr_tf.config import AugmentConfig
+  from simclr_tf.config import DataConfig
+  from simclr_tf.config import ExperimentConfig
+
+  tfds.disable_progress_bar()
+  say = lambda line: print(line, flush=True)  # noqa: E731
+  model = run_config = None
+  if _CHECKPOINT.value:
+    model = export.load(_CHECKPOINT.value)
+    run_config = ExperimentConfig.from_dict(model.metadata["config"])
+  image_size = _IMAGE_SIZE.value or model.image_size
+  augment_config = run_config.augment if run_config else AugmentConfig()
+  data_config = DataConfig(
+      dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+      train_split=_TRAIN_SPLIT.value, eval_split=_TEST_SPLIT.value,
+      image_size=image_size,
+      synthetic_train_examples=_SYNTHETIC_TRAIN_EXAMPLES.value,
+      synthetic_test_examples=_SYNTHETIC_TEST_EXAMPLES.value,
+      synthetic_seed=_SYNTHETIC_SEED.value)
+  if _BASELINE.value == "raw_pixels":
+    forward, what = baselines.raw_pixels, "raw pixels"
+  elif _BASELINE.value == "random_init":
+    bn_batches = baselines.train_image_batches(
+        data_config, augment_config, split=_TRAIN_SPLIT.value,
+        batch_size=_BATCH_SIZE.value, num_examples=_BN_EXAMPLES.value)
+    forward = baselines.random_init_forward(
+        run_config.model, image_size, seed=_SEED.value,
+        bn_mode=_RANDOM_INIT_BN.value, bn_batches=bn_batches, log=say)
+    what = (f"random-init encoder (BatchNorm statistics: "
+            f"{_RANDOM_INIT_BN.value})")
+  else:
+    if _OUTPUT_KEY.value not in model.output_keys:
+      raise ValueError(f"--output_key {_OUTPUT_KEY.value!r} is not an "
+                       f"output of {_CHECKPOINT.value}; it has: "
+                       f"{', '.join(model.output_keys)}.")
+    forward = lambda images: model(images)[_OUTPUT_KEY.value]  # noqa: E731
+    what = f"{_CHECKPOINT.value} ({_OUTPUT_KEY.value})"
+  splits = features_lib.split_features(
+      forward, data_config, augment_config,
+      splits=(_TRAIN_SPLIT.value, _TEST_SPLIT.value),
+      batch_size=_BATCH_SIZE.value, log=say, log_every=20)
+  train_x, train_y = splits[_TRAIN_SPLIT.value]
+  if _MAX_TRAIN_EXAMPLES.value:
+    train_x = train_x[:_MAX_TRAIN_EXAMPLES.value]
+    train_y = train_y[:_MAX_TRAIN_EXAMPLES.value]
+  test_x, test_y = splits[_TEST_SPLIT.value]
+  strengths = [float(s) for s in np.logspace(
+      np.log10(_MIN_STRENGTH.value), np.log10(_MAX_STRENGTH.value),
+      _NUM_STRENGTHS.value)]
+  result = linear_probe.run_probe(
+      train_x, train_y, test_x, test_y, strengths=strengths,
+      holdout_fraction=_HOLDOUT_FRACTION.value, seed=_SEED.value,
+      max_iter=_MAX_ITER.value, log=say)
+  result.update(
+      features=what, baseline=_BASELINE.value,
+      checkpoint=_CHECKPOINT.value and os.path.abspath(_CHECKPOINT.value),
+      dataset=_DATASET.value, train_split=_TRAIN_SPLIT.value,
+      test_split=_TEST_SPLIT.value, image_size=image_size,
+      random_init_bn=(_RANDOM_INIT_BN.value
+                      if _BASELINE.value == "random_init" else None),
+      command=" ".join(sys.argv))
+  output = os.path.abspath(_OUTPUT.value)
+  os.makedirs(os.path.dirname(output), exist_ok=True)
+  run_dir.atomic_write_text(output, json.dumps(result, indent=2,
+                                               sort_keys=True))
+  say(f"{TOOL}: {what}: test top-1 {100 * result['top_1']:.2f}%  top-5 "
+      f"{100 * result['top_5']:.2f}% on {result['num_test']} examples; l2 "
+      f"strength {result['strength']:.3g} (C {result['C']:.3g}) chosen on "
+      f"{result['num_holdout']} held-out train examples "
+      f"({result['seconds']:.0f} s fitting). Wrote {output}.")
+  return 0
+
+
+def _user_errors():
+  import tensorflow as tf
+
+  from simclr_tf import checkpoints
+  from simclr_tf import data as data_lib
+  from simclr_tf import export
+  from simclr_tf.config import ConfigError
+  return (checkpoints.CheckpointError, export.ExportError, ConfigError,
+          data_lib.DataError, ValueError, OSError, tf.errors.OpError)
+
+
+def entry():
+  """Console-script entry point."""
+  _cli.run(TOOL, main, _user_errors)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,231 @@
+"""Our BatchNormalization against a numpy reference, in every mode.
+
+Modes: the fused kernel or the statistics path, synchronised or not, on one
+replica or the 2-replica strategy, training and inference, rank 2 (heads)
+and rank 4 (the encoder). The reference is the textbook definition in
+float64: biased batch variance, y = gamma (x - mean) / sqrt(var + eps) +
+beta, and moving = decay * moving + (1 - decay) * batch statistic.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import precision
+from simclr_tf.models import batch_norm
+from simclr_tf.models import layers as layers_lib
+
+EPSILON = 1e-5
+DECAY = 0.9
+CHANNELS = 3
+
+
+def _data(rank, rows=8, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (rows, CHANNELS) if rank == 2 else (rows, 3, 2, CHANNELS)
+  # A large mean and spread, different per channel: a variance computed
+  # carelessly (or with Bessel's correction) shows.
+  return (rng.normal(size=shape) * [3.0, 0.5, 8.0]
+          + [2.0, -40.0, 5.0]).astype("float32")
+
+
+def _reference(x, gamma, beta, mean=None, variance=None):
+  x = x.astype(np.float64)
+  axes = tuple(range(x.ndim - 1))
+  if mean is None:
+    mean, variance = x.mean(axes), x.var(axes)
+  y = gamma * (x - mean) / np.sqrt(variance + EPSILON) + beta
+  return y, mean, variance
+
+
+def _layer(fused, synchronized, rank):
+  layer = batch_norm.BatchNormalization(
+      fused=fused, synchronized=synchronized, momentum=DECAY,
+      epsilon=EPSILON)
+  layer.build((None,) * (rank - 1) + (CHANNELS,))
+  # Moving statistics and affine parameters away from their initial values,
+  # so that each one enters the checks.
+  layer.gamma.assign([1.5, -0.5, 2.0])
+  layer.beta.assign([0.25, 1.0, -3.0])
+  layer.moving_mean.assign([1.0, -2.0, 3.0])
+  layer.moving_variance.assign([2.0, 0.5, 4.0])
+  return layer
+
+
+GAMMA = np.array([1.5, -0.5, 2.0])
+BETA = np.array([0.25, 1.0, -3.0])
+MOVING_MEAN = np.array([1.0, -2.0, 3.0])
+MOVING_VARIANCE = np.array([2.0, 0.5, 4.0])
+
+
+def _expected_path(fused, synchronized, replicas, training):
+  if fused and (not training or not synchronized or replicas == 1):
+    return batch_norm.FUSED
+  return batch_norm.UNFUSED
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+@pytest.mark.parametrize("synchronized", [False, True])
+@pytest.mark.parametrize("fused", [True, False])
+def test_one_replica_training_matches_numpy(fused, synchronized, rank):
+  x = _data(rank)
+  layer = _layer(fused, synchronized, rank)
+  y = tf.function(lambda v: layer(v, training=True))(x)
+  assert layer.last_path == _expected_path(fused, synchronized, 1, True)
+  expected, mean, variance = _reference(x, GAMMA, BETA)
+  np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(layer.moving_mean.numpy(),
+                             DECAY * MOVING_MEAN + (1 - DECAY) * mean,
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(layer.moving_variance.numpy(),
+                             DECAY * MOVING_VARIANCE + (1 - DECAY) * variance,
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+@pytest.mark.parametrize("fused", [True, False])
+def test_inference_uses_the_moving_statistics_and_leaves_them(fused, rank):
+  x = _data(rank)
+  layer = _layer(fused, True, rank)
+  y = layer(x, training=False)
+  assert layer.last_path == _expected_path(fused, True, 1, False)
+  expected, _, _ = _reference(x, GAMMA, BETA, MOVING_MEAN, MOVING_VARIANCE)
+  np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(layer.moving_mean.numpy(), MOVING_MEAN)
+  np.testing.assert_allclose(layer.moving_variance.numpy(), MOVING_VARIANCE)
+
+
+def test_a_frozen_layer_normalises_with_the_moving_statistics():
+  x = _data(4)
+  layer = _layer(True, False, 4)
+  layer.trainable = False
+  y = layer(x, training=True)
+  expected, _, _ = _reference(x, GAMMA, BETA, MOVING_MEAN, MOVING_VARIANCE)
+  np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(layer.moving_mean.numpy(), MOVING_MEAN)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_gradients_match_the_analytic_ones(fused):
+  # d/dx of sum(w * y) for y = BN(x): the textbook backward pass through
+  # the batch statistics.
+  x = _data(4)
+  weights = np.random.default_rng(1).normal(size=x.shape).astype("float32")
+  layer = _layer(fused, False, 4)
+  inputs = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(inputs)
+    loss = tf.reduce_sum(layer(inputs, training=True) * weights)
+  dx, dgamma, dbeta = tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+  x64, w = x.astype(np.float64), weights.astype(np.float64)
+  axes = (0, 1, 2)
+  mean, variance = x64.mean(axes), x64.var(axes)
+  x_hat = (x64 - mean) / np.sqrt(variance + EPSILON)
+  dy = w * GAMMA
+  expected_dx = (dy - dy.mean(axes) - x_hat * (dy * x_hat).mean(axes)) / (
+      np.sqrt(variance + EPSILON))
+  np.testing.assert_allclose(dx.numpy(), expected_dx, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dgamma.numpy(), (w * x_hat).sum(axes),
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dbeta.numpy(), w.sum(axes), rtol=1e-5,
+                             atol=1e-5)
+
+
+def _run_on_two_replicas(strategy, layer_fn, x, training):
+  with strategy.scope():
+    layer = layer_fn()
+
+  @tf.function
+  def step(inputs):
+    return layer(inputs, training=training)
+
+  dataset = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(x))
+  outputs = strategy.run(step, args=(next(iter(dataset)),))
+  halves = [o.numpy() for o in strategy.experimental_local_results(outputs)]
+  return layer, halves
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+@pytest.mark.parametrize("fused", [True, False])
+def test_synchronized_on_two_replicas_uses_global_statistics(
+    two_replica_strategy, fused, rank):
+  x = _data(rank)
+  layer, halves = _run_on_two_replicas(
+      two_replica_strategy, lambda: _layer(fused, True, rank), x, True)
+  assert layer.last_path == batch_norm.UNFUSED
+  # Each replica held 4 rows but normalised with the statistics of all 8.
+  expected, mean, variance = _reference(x, GAMMA, BETA)
+  np.testing.assert_allclose(np.concatenate(halves), expected, rtol=1e-5,
+                             atol=5e-5)
+  np.testing.assert_allclose(layer.moving_mean.numpy(),
+                             DECAY * MOVING_MEAN + (1 - DECAY) * mean,
+                             rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(layer.moving_variance.numpy(),
+                             DECAY * MOVING_VARIANCE + (1 - DECAY) * variance,
+                             rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_unsynchronized_on_two_replicas_uses_each_replicas_statistics(
+    two_replica_strategy, fused):
+  x = _data(4)
+  layer, halves = _run_on_two_replicas(
+      two_replica_strategy, lambda: _layer(fused, False, 4), x, True)
+  assert layer.last_path == _expected_path(fused, False, 2, True)
+  for half, rows in zip(halves, (x[:4], x[4:])):
+    expected, _, _ = _reference(rows, GAMMA, BETA)
+    np.testing.assert_allclose(half, expected, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_inference_on_two_replicas(two_replica_strategy, fused):
+  x = _data(4)
+  layer, halves = _run_on_two_replicas(
+      two_replica_strategy, lambda: _layer(fused, True, 4), x, False)
+  assert layer.last_path == _expected_path(fused, True, 2, False)
+  expected, _, _ = _reference(x, GAMMA, BETA, MOVING_MEAN, MOVING_VARIANCE)
+  np.testing.assert_allclose(np.concatenate(halves), expected, rtol=1e-5,
+                             atol=2e-5)
+  np.testing.assert_allclose(layer.moving_mean.numpy(), MOVING_MEAN)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bfloat16_keeps_float32_statistics(fused):
+  x = _data(4)
+  with precision.policy_scope("mixed_bfloat16"):
+    layer = _layer(fused, True, 4)
+  inputs = tf.cast(x, tf.bfloat16)
+  y = layer(inputs, training=True)
+  assert y.dtype == tf.bfloat16
+  # The statistics of the bfloat16 inputs, accumulated in float32 (or
+  # better): bfloat16 sums would be off by far more than this tolerance.
+  rounded = tf.cast(inputs, tf.float32).numpy()
+  expected, mean, variance = _reference(rounded, GAMMA, BETA)
+  np.testing.assert_allclose(layer.moving_mean.numpy(),
+                             DECAY * MOVING_MEAN + (1 - DECAY) * mean,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(layer.moving_variance.numpy(),
+                             DECAY * MOVING_VARIANCE + (1 - DECAY) * variance,
+                             rtol=1e-5, atol=1e-5)
+  # The output is rounded to bfloat16 (8 bits of mantissa) once.
+  np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), expected,
+                             rtol=1e-2, atol=2e-2)
+
+
+def test_batch_norm_relu_round_trips_fused_and_keeps_variable_names():
+  layer = layers_lib.BatchNormRelu(fused=False, name="bn")
+  layer.build((None, 4, 4, CHANNELS))
+  restored = layers_lib.BatchNormRelu.from_config(layer.get_config())
+  assert restored.fused is False
+  assert restored.batch_norm.fused is False
+  # The optimizer excludes BatchNorm from weight decay by this path.
+  assert sorted(v.path for v in layer.weights) == [
+      "bn/batch_normalization/beta", "bn/batch_normalization/gamma",
+      "bn/batch_normalization/moving_mean",
+      "bn/batch_normalization/moving_variance"]
+
+
+def test_fused_must_be_a_bool():
+  with pytest.raises(ValueError, match="Received: fused='yes'"):
+    batch_norm.BatchNormalization(fused="yes")

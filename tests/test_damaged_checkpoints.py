@@ -1,0 +1,161 @@
+"""Damaged checkpoints: found before restoring, named, never deleted.
+
+The damage is done here, to real checkpoints of a tiny run: a truncated
+data file (a partial copy, a full disk during another tool's write) and one
+flipped bit (bit rot), which TensorFlow's per-tensor CRC32C catches.
+"""
+
+import functools
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+
+from simclr_tf import checkpoints
+from simclr_tf import run as run_lib
+from simclr_tf import training
+
+import command_line
+from command_line import config_of
+
+tiny_flags = functools.partial(
+    command_line.tiny_flags, mode="train", train_steps=4, checkpoint_steps=2,
+    steps_per_loop=1)
+
+
+def truncate(path):
+  with open(path, "r+b") as handle:
+    handle.truncate(os.path.getsize(path) // 2)
+
+
+def flip_a_bit(path):
+  with open(path, "r+b") as handle:
+    data = bytearray(handle.read())
+    data[len(data) // 3] ^= 0x10
+    handle.seek(0)
+    handle.write(data)
+
+
+def data_file(prefix):
+  files = tf.io.gfile.glob(prefix + ".data-*")
+  assert len(files) == 1, files
+  return files[0]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_dir, tmp_path_factory):
+  """A run directory holding ckpt-2 and ckpt-4 (copy it before damaging)."""
+  model_dir = str(tmp_path_factory.mktemp("run"))
+  training.run_experiment(config_of(tiny_flags(data_dir, model_dir)),
+                          log=lambda line: None)
+  assert checkpoints.listed_checkpoints(model_dir) == [
+      f"{model_dir}/ckpt-4", f"{model_dir}/ckpt-2"]
+  return model_dir
+
+
+def copy_of(trained_run, tmp_path):
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(trained_run, model_dir)
+  # The state file names the checkpoints by absolute path.
+  state = os.path.join(model_dir, "checkpoint")
+  with open(state) as handle:
+    text = handle.read()
+  with open(state, "w") as handle:
+    handle.write(text.replace(trained_run, model_dir))
+  return model_dir
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (truncate, "Read less bytes than requested"),
+    (flip_a_bit, "Checksum does not match")])
+def test_verify_names_the_damaged_file(trained_run, tmp_path, damage,
+                                       reason):
+  model_dir = copy_of(trained_run, tmp_path)
+  prefix = f"{model_dir}/ckpt-4"
+  checkpoints.verify(prefix)  # intact before
+  damage(data_file(prefix))
+  with pytest.raises(checkpoints.DamagedCheckpointError) as error:
+    checkpoints.verify(prefix)
+  assert error.value.path == data_file(prefix)
+  assert reason in error.value.reason
+  assert "\n" not in str(error.value)
+  # A damaged index is named as such.
+  flip_a_bit(f"{model_dir}/ckpt-2.index")
+  with pytest.raises(checkpoints.DamagedCheckpointError) as error:
+    checkpoints.verify(f"{model_dir}/ckpt-2")
+  assert error.value.path == f"{model_dir}/ckpt-2.index"
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_bit])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(
+    data_dir, trained_run, tmp_path, damage):
+  model_dir = copy_of(trained_run, tmp_path)
+  damaged = data_file(f"{model_dir}/ckpt-4")
+  damage(damaged)
+  with open(damaged, "rb") as handle:
+    damaged_bytes = handle.read()
+  lines = []
+  config = config_of(tiny_flags(data_dir, model_dir))
+  results = training.run_experiment(config, log=lines.append)
+  warnings = [line for line in lines if line.startswith("WARNING:")]
+  assert warnings[0].startswith(
+      f"WARNING: checkpoint {model_dir}/ckpt-4: {damaged} is damaged (")
+  kept = f"{model_dir}/ckpt-4.{checkpoints.DAMAGED_TAG}"
+  assert warnings[1] == (
+      f"WARNING: resuming from the newest intact checkpoint "
+      f"{model_dir}/ckpt-2; the steps after it are trained again; the "
+      f"damaged checkpoint is kept as {kept}.")
+  assert f"Resumed from {model_dir}/ckpt-2 at step 2." in lines
+  assert results[0].global_step == 4
+  # The damaged files are kept, byte for byte, beside the run's new
+  # ckpt-4 (written when training reached step 4 again), which is intact.
+  with open(damaged.replace("ckpt-4.", "ckpt-4.damaged."), "rb") as handle:
+    assert handle.read() == damaged_bytes
+  assert os.path.exists(kept + ".index")
+  checkpoints.verify(f"{model_dir}/ckpt-4")
+  assert checkpoints.listed_checkpoints(model_dir) == [
+      f"{model_dir}/ckpt-4", f"{model_dir}/ckpt-2"]
+
+
+def test_no_intact_checkpoint_is_refused_and_nothing_is_touched(
+    data_dir, trained_run, tmp_path):
+  model_dir = copy_of(trained_run, tmp_path)
+  for step in (2, 4):
+    truncate(data_file(f"{model_dir}/ckpt-{step}"))
+  before = sorted(os.listdir(model_dir))
+  config = config_of(tiny_flags(data_dir, model_dir))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=f"{model_dir} holds no intact checkpoint"):
+    training.run_experiment(config, log=lambda line: None)
+  assert sorted(os.listdir(model_dir)) == before
+
+
+def test_a_damaged_checkpoint_flag_is_one_error_line(data_dir, trained_run,
+                                                     tmp_path):
+  model_dir = copy_of(trained_run, tmp_path)
+  prefix = f"{model_dir}/ckpt-4"
+  flip_a_bit(data_file(prefix))
+  with open(data_file(prefix), "rb") as handle:
+    damaged_bytes = handle.read()
+  result = command_line.run_program(tiny_flags(
+      data_dir, str(tmp_path / "linear"), train_mode="linear_eval",
+      checkpoint=prefix))
+  assert result.returncode == run_lib.USAGE_ERROR, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, \
+      result.stderr[-3000:]
+  assert errors[0].startswith(
+      f"error: --checkpoint {prefix}: {data_file(prefix)} is damaged "
+      "(TensorBundle at ")
+  assert "Checksum does not match" in errors[0]
+  assert errors[0].endswith("Give an intact checkpoint, e.g. an earlier "
+                            "ckpt-N of the same run, or its export.")
+  with open(data_file(prefix), "rb") as handle:
+    assert handle.read() == damaged_bytes  # left as it was
