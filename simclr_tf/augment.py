@@ -39,15 +39,24 @@ Where this differs from the authors' TF code, on purpose:
   where `1 - 0.8 s` would turn negative.
 """
 
+import contextlib
 import math
 from typing import Optional, Union
 
 import tensorflow as tf
 
-# Tries of the crop sampler before it falls back to the whole image. With the
-# default ranges a try fails with probability ~0.1, so 10 tries almost never
-# fall back.
+# Crop samplers (`AugmentConfig.crop_sampler`).
+AUTHORS_SAMPLER = "authors"
+AREA_UNIFORM_SAMPLER = "area_uniform"
+CROP_SAMPLERS = (AUTHORS_SAMPLER, AREA_UNIFORM_SAMPLER)
+# Tries of the area-uniform sampler before it falls back to the whole image.
+# With the default ranges a try fails with probability ~0.1, so 10 tries
+# almost never fall back.
 _CROP_ATTEMPTS = 10
+# The authors' `sample_distorted_bounding_box` arguments: `max_attempts` and
+# `min_object_covered` (of the whole image, the only box they pass).
+_AUTHORS_CROP_ATTEMPTS = 100
+_MIN_OBJECT_COVERED = 0.1
 # At or below this side the evaluation transform only resizes (the authors'
 # `test_crop=False` for CIFAR-sized images).
 EVAL_CENTER_CROP_MIN_SIZE = 33
@@ -89,6 +98,24 @@ def _as_seed_pair(seed) -> tf.Tensor:
   return tf.cast(seed, tf.int64)
 
 
+# The stateless algorithm `_Random` traces with. TensorFlow's default on CPU
+# (Philox) compiles to slow code under XLA: 100k draws take ~31 ms against
+# ~0.3 ms with ThreeFry (measured on this project's 2-core CPU), which made
+# the seeded batched pipeline 3x slower. ThreeFry has kernels only under
+# XLA, so it is used only where the caller compiles (`xla_random`).
+_stateless_algorithm = ["auto_select"]
+
+
+@contextlib.contextmanager
+def xla_random():
+  """Within this block, traced stateless draws use ThreeFry (XLA only)."""
+  _stateless_algorithm.append("threefry")
+  try:
+    yield
+  finally:
+    _stateless_algorithm.pop()
+
+
 class _Random:
   """Uniform draws, stateful or (with a seed) stateless and repeatable.
 
@@ -104,9 +131,10 @@ class _Random:
     self._count += 1
     if self._seed is None:
       return tf.random.uniform(shape, minval, maxval, dtype=tf.float32)
-    seed = tf.random.experimental.stateless_fold_in(self._seed, self._count)
+    seed = self._seed + tf.constant([0, 1], tf.int64) * self._count
     return tf.random.stateless_uniform(shape, seed, minval, maxval,
-                                       dtype=tf.float32)
+                                       dtype=tf.float32,
+                                       alg=_stateless_algorithm[-1])
 
   def bernoulli(self, shape, probability: float) -> tf.Tensor:
     return self.uniform(shape) < probability
@@ -115,13 +143,8 @@ class _Random:
 def sample_crop_boxes(num: Union[int, tf.Tensor], height, width,
                       area_range=(0.08, 1.0),
                       aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
-                      seed: SeedType = None):
-  """Samples random-resized-crop boxes the way the paper describes them.
-
-  Each box has area `a * height * width` with `a ~ U(area_range)` and
-  width / height `r` with `log r ~ U(log aspect_ratio_range)`. Up to 10 tries
-  are drawn at once; the first that fits the image wins, and if none fits the
-  box is the whole image (as the authors' fallback).
+                      seed: SeedType = None, sampler: str = AUTHORS_SAMPLER):
+  """Samples random-resized-crop boxes, one per image.
 
   Args:
     num: number of boxes (images).
@@ -130,17 +153,98 @@ def sample_crop_boxes(num: Union[int, tf.Tensor], height, width,
     area_range: (low, high) crop area as a fraction of the image area.
     aspect_ratio_range: (low, high) crop width / height.
     seed: optional int or shape-[2] seed for stateless sampling.
+    sampler: AUTHORS_SAMPLER (`tf.image.sample_distorted_bounding_box` as
+      the authors call it, vectorised) or AREA_UNIFORM_SAMPLER (the paper's
+      wording: area uniform, aspect ratio log-uniform).
 
   Returns:
     (offset_y, offset_x, crop_height, crop_width), each an int32 tensor of
     shape (num,).
   """
   return _sample_crop_boxes(num, height, width, area_range,
-                            aspect_ratio_range, _Random(seed))
+                            aspect_ratio_range, _Random(seed), sampler)
 
 
 def _sample_crop_boxes(num, height, width, area_range, aspect_ratio_range,
-                       rng: _Random):
+                       rng: _Random, sampler=AUTHORS_SAMPLER):
+  if sampler == AUTHORS_SAMPLER:
+    return _sample_distorted_boxes(num, height, width, area_range,
+                                   aspect_ratio_range, rng)
+  if sampler != AREA_UNIFORM_SAMPLER:
+    raise ValueError(f"`sampler` must be one of {CROP_SAMPLERS}. Received: "
+                     f"sampler={sampler!r}")
+  return _sample_area_uniform_boxes(num, height, width, area_range,
+                                    aspect_ratio_range, rng)
+
+
+def _sample_distorted_boxes(num, height, width, area_range,
+                            aspect_ratio_range, rng: _Random):
+  """`sample_distorted_bounding_box`'s algorithm, all attempts at once.
+
+  As TensorFlow's kernel with the whole image as the only box: per attempt
+  an aspect ratio r ~ U(aspect_ratio_range); the height is a uniform integer
+  between the heights that the smallest and largest area give at r (capped
+  so the width and height fit), the width round(h * r), nudged up at most
+  twice if rounding left the area too small; the attempt is kept if the area
+  is in range and covers `_MIN_OBJECT_COVERED` of the image. The first kept
+  attempt wins; with none the box is the whole image. The offsets are
+  uniform in [0, H - h) and [0, W - w), as the kernel draws them.
+  """
+  height_f = tf.cast(height, tf.float32)
+  width_f = tf.cast(width, tf.float32)
+  image_area = height_f * width_f
+  min_area = area_range[0] * image_area
+  max_area = area_range[1] * image_area
+  shape = tf.stack([num, _AUTHORS_CROP_ATTEMPTS])
+  ratio = rng.uniform(shape, aspect_ratio_range[0], aspect_ratio_range[1])
+  low_h = tf.round(tf.sqrt(min_area / ratio))
+  high_h = tf.round(tf.sqrt(max_area / ratio))
+  # The tallest box whose rounded width still fits.
+  fit_h = tf.floor((width_f + 0.5 - 1e-7) / ratio)
+  fit_h = tf.where(tf.round(fit_h * ratio) > width_f, fit_h - 1.0, fit_h)
+  high_h = tf.where(tf.round(high_h * ratio) > width_f, fit_h, high_h)
+  high_h = tf.minimum(high_h, height_f)
+  low_h = tf.minimum(low_h, high_h)
+  crop_h = low_h + tf.floor(rng.uniform(shape) * (high_h - low_h + 1.0))
+  crop_h = tf.minimum(crop_h, high_h)
+  crop_w = tf.round(crop_h * ratio)
+  for _ in range(2):
+    small = crop_w * crop_h < min_area
+    crop_h = tf.where(small, crop_h + 1.0, crop_h)
+    crop_w = tf.where(small, tf.round(crop_h * ratio), crop_w)
+  area = crop_w * crop_h
+  fits = ((area >= min_area) & (area <= max_area) & (crop_w <= width_f) &
+          (crop_h <= height_f) & (crop_w > 0) & (crop_h > 0) &
+          (area >= _MIN_OBJECT_COVERED * image_area))
+  return _first_fitting_box(fits, crop_h, crop_w, height_f, width_f, num, rng,
+                            _AUTHORS_CROP_ATTEMPTS, offsets_reach_edge=False)
+
+
+def _first_fitting_box(fits, crop_h, crop_w, height_f, width_f, num, rng,
+                       attempts, offsets_reach_edge):
+  # First fitting attempt; attempts that do not fit sort after those that do.
+  first = tf.argmin(tf.where(fits, tf.range(attempts)[None, :], attempts),
+                    axis=1, output_type=tf.int32)
+  found = tf.reduce_any(fits, axis=1)
+  crop_w = tf.where(found, tf.gather(crop_w, first, batch_dims=1), width_f)
+  crop_h = tf.where(found, tf.gather(crop_h, first, batch_dims=1), height_f)
+  # The kernel draws offsets in [0, H - h) (0 when h = H): a box shorter
+  # than the image never touches its bottom edge. The paper-style sampler
+  # lets it reach every position.
+  extra = 1.0 if offsets_reach_edge else 0.0
+  span_y = tf.maximum(height_f - crop_h + extra, 1.0)
+  span_x = tf.maximum(width_f - crop_w + extra, 1.0)
+  offset_y = tf.floor(rng.uniform([num]) * span_y)
+  offset_x = tf.floor(rng.uniform([num]) * span_x)
+  offset_y = tf.clip_by_value(offset_y, 0.0, height_f - crop_h)
+  offset_x = tf.clip_by_value(offset_x, 0.0, width_f - crop_w)
+  return tuple(tf.cast(v, tf.int32)
+               for v in (offset_y, offset_x, crop_h, crop_w))
+
+
+def _sample_area_uniform_boxes(num, height, width, area_range,
+                               aspect_ratio_range, rng: _Random):
+  """Area ~ U(area_range), log aspect ~ U(log range), 10 tries."""
   height_f = tf.cast(height, tf.float32)
   width_f = tf.cast(width, tf.float32)
   shape = tf.stack([num, _CROP_ATTEMPTS])
@@ -152,19 +256,8 @@ def _sample_crop_boxes(num, height, width, area_range, aspect_ratio_range,
   crop_h = tf.round(tf.sqrt(area / ratio))
   fits = ((crop_w >= 1) & (crop_w <= width_f) &
           (crop_h >= 1) & (crop_h <= height_f))
-  # First fitting attempt; attempts that do not fit sort after those that do.
-  first = tf.argmin(tf.where(fits, tf.range(_CROP_ATTEMPTS)[None, :],
-                             _CROP_ATTEMPTS), axis=1, output_type=tf.int32)
-  found = tf.reduce_any(fits, axis=1)
-  crop_w = tf.where(found, tf.gather(crop_w, first, batch_dims=1), width_f)
-  crop_h = tf.where(found, tf.gather(crop_h, first, batch_dims=1), height_f)
-  # Offsets are uniform over the positions where the box fits.
-  offset_y = tf.floor(rng.uniform([num]) * (height_f - crop_h + 1))
-  offset_x = tf.floor(rng.uniform([num]) * (width_f - crop_w + 1))
-  offset_y = tf.minimum(offset_y, height_f - crop_h)
-  offset_x = tf.minimum(offset_x, width_f - crop_w)
-  return tuple(tf.cast(v, tf.int32)
-               for v in (offset_y, offset_x, crop_h, crop_w))
+  return _first_fitting_box(fits, crop_h, crop_w, height_f, width_f, num, rng,
+                            _CROP_ATTEMPTS, offsets_reach_edge=True)
 
 
 def _cubic_weights(distance: tf.Tensor) -> tf.Tensor:
@@ -352,12 +445,15 @@ def _distort_batch(images: tf.Tensor, size: int, augment_config,
   cfg = augment_config
   num = tf.shape(images)[0]
   mask = lambda p: rng.bernoulli([num], p)[:, None, None, None]  # noqa: E731
-  jitter = mask(cfg.color_jitter_probability)
-  images = tf.where(
-      jitter, _color_jitter_batch(images, cfg.color_jitter_strength, rng),
-      images)
-  gray = mask(cfg.grayscale_probability)
-  images = tf.where(gray, to_grayscale(images), images)
+  # Strength 0 means no colour distortion at all, grayscale included, as the
+  # authors' `if color_jitter_strength > 0`.
+  if cfg.color_jitter_strength > 0:
+    jitter = mask(cfg.color_jitter_probability)
+    images = tf.where(
+        jitter, _color_jitter_batch(images, cfg.color_jitter_strength, rng),
+        images)
+    gray = mask(cfg.grayscale_probability)
+    images = tf.where(gray, to_grayscale(images), images)
   radius = blur_kernel_radius(size, cfg.blur_kernel_fraction)
   if cfg.use_blur and radius > 0:
     blur = mask(cfg.blur_probability)
@@ -392,7 +488,8 @@ def augment_batch(images: tf.Tensor, size: int, augment_config,
   shape = tf.shape(images)
   num = shape[0]
   boxes = _sample_crop_boxes(num, shape[1], shape[2], cfg.crop_area_range,
-                             cfg.crop_aspect_ratio_range, rng)
+                             cfg.crop_aspect_ratio_range, rng,
+                             cfg.crop_sampler)
   flip = rng.bernoulli([num], cfg.flip_probability)
   images = crop_and_resize_batch(images, boxes, size, flip=flip)
   images = tf.clip_by_value(images, 0.0, 1.0)
@@ -422,18 +519,139 @@ def augment_batch_views(images: tf.Tensor, size: int, augment_config,
                      f"{num_views}")
   views = []
   for k in range(num_views):
-    view_seed = None
-    if seed is not None:
-      view_seed = tf.random.experimental.stateless_fold_in(
-          _as_seed_pair(seed), 1000 + k)
-    views.append(augment_batch(images, size, augment_config, seed=view_seed))
+    views.append(augment_batch(images, size, augment_config,
+                               seed=_view_seed(seed, 1000 + k)))
   return tf.concat(views, axis=-1)
+
+
+def crop_views_batch(images: tf.Tensor, size: int, augment_config,
+                     num_views: int = 2, seed: SeedType = None) -> tf.Tensor:
+  """Random crops of same-size full-resolution images, resized, per view.
+
+  The host half of the on-device augmentation: the crops come from the
+  full-resolution batch; flip and colour are left to `distort_batch_views`.
+
+  Args:
+    images: uint8 or float (B, H, W, 3).
+    size: output side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    num_views: crops per image.
+    seed: optional seed; view k uses the seed folded with k.
+
+  Returns:
+    uint8 (B, size, size, 3 * num_views).
+  """
+  _check_size(size)
+  cfg = augment_config
+  images = to_float_image(images)
+  shape = tf.shape(images)
+  views = []
+  for k in range(num_views):
+    rng = _Random(_view_seed(seed, k))
+    boxes = _sample_crop_boxes(shape[0], shape[1], shape[2],
+                               cfg.crop_area_range,
+                               cfg.crop_aspect_ratio_range, rng,
+                               cfg.crop_sampler)
+    views.append(crop_and_resize_batch(images, boxes, size))
+  return to_uint8(tf.concat(views, axis=-1))
+
+
+def crop_views(image: tf.Tensor, size: int, augment_config,
+               num_views: int = 1, seed: SeedType = None) -> tf.Tensor:
+  """Random crops of one decoded image of any size, resized, per view.
+
+  Args:
+    image: uint8 or float (H, W, 3), at full resolution.
+    size: output side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    num_views: crops.
+    seed: optional seed; view k uses the seed folded with k.
+
+  Returns:
+    float32 (size, size, 3 * num_views) in [0, 1].
+  """
+  _check_size(size)
+  cfg = augment_config
+  image = to_float_image(image)
+  return tf.concat(
+      [_random_crop(image, size, cfg.crop_area_range,
+                    cfg.crop_aspect_ratio_range,
+                    _Random(_view_seed(seed, k)), cfg.crop_sampler)
+       for k in range(num_views)], axis=-1)
+
+
+def crop_box(height, width, augment_config, view: int = 0,
+             seed: SeedType = None):
+  """The box `crop_views` takes for `view` of an image of this size.
+
+  Lets a decoder read only that window (`tf.image.decode_and_crop_jpeg`).
+
+  Args:
+    height: image height (int or scalar tensor).
+    width: image width.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    view: view index.
+    seed: the seed given to `crop_views`.
+
+  Returns:
+    (offset_y, offset_x, crop_height, crop_width) int32 scalars.
+  """
+  cfg = augment_config
+  box = _sample_crop_boxes(1, height, width, cfg.crop_area_range,
+                           cfg.crop_aspect_ratio_range,
+                           _Random(_view_seed(seed, view)), cfg.crop_sampler)
+  return tuple(v[0] for v in box)
+
+
+def distort_batch_views(views: tf.Tensor, size: int, augment_config,
+                        num_views: int, seed: SeedType = None) -> tf.Tensor:
+  """Flip, colour jitter, grayscale and blur of already-cropped views.
+
+  The second half of the train transform, for crops made elsewhere (by the
+  host, from the full-resolution image): vectorised like `augment_batch`,
+  so it runs on an accelerator or under XLA.
+
+  Args:
+    views: uint8 or float (B, size, size, 3 * num_views) crops.
+    size: their side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    num_views: views on the channel axis.
+    seed: optional seed; view k uses the seed folded with k.
+
+  Returns:
+    float32 (B, size, size, 3 * num_views) in [0, 1].
+  """
+  cfg = augment_config
+  views = to_float_image(views)
+  out = []
+  for k in range(num_views):
+    rng = _Random(_view_seed(seed, 2000 + k))
+    images = views[..., 3 * k:3 * k + 3]
+    flip = rng.bernoulli(tf.shape(images)[:1], cfg.flip_probability)
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]),
+                      images)
+    out.append(_distort_batch(images, size, cfg, rng))
+  return tf.ensure_shape(tf.concat(out, axis=-1),
+                         [None, size, size, 3 * num_views])
+
+
+def to_uint8(images: tf.Tensor) -> tf.Tensor:
+  """Float images in [0, 1] (clipped) rounded to uint8."""
+  return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0),
+                 tf.uint8)
+
+
+def _view_seed(seed: SeedType, view: int):
+  if seed is None:
+    return None
+  return tf.random.experimental.stateless_fold_in(_as_seed_pair(seed), view)
 
 
 def random_crop_with_resize(image: tf.Tensor, size: int,
                             area_range=(0.08, 1.0),
                             aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
-                            seed: SeedType = None) -> tf.Tensor:
+                            seed: SeedType = None,
+                            sampler: str = AUTHORS_SAMPLER) -> tf.Tensor:
   """Random-resized crop of one image (any size) to (size, size).
 
   Args:
@@ -442,21 +660,36 @@ def random_crop_with_resize(image: tf.Tensor, size: int,
     area_range: crop area as a fraction of the image area.
     aspect_ratio_range: crop width / height.
     seed: optional stateless seed.
+    sampler: one of CROP_SAMPLERS.
 
   Returns:
     float32 (size, size, 3) in [0, 1].
   """
   _check_size(size)
   return _random_crop(to_float_image(image), size, area_range,
-                      aspect_ratio_range, _Random(seed))
+                      aspect_ratio_range, _Random(seed), sampler)
 
 
-def _random_crop(image, size, area_range, aspect_ratio_range, rng):
+def _random_crop(image, size, area_range, aspect_ratio_range, rng,
+                 sampler=AUTHORS_SAMPLER):
   shape = tf.shape(image)
   oy, ox, h, w = _sample_crop_boxes(1, shape[0], shape[1], area_range,
-                                    aspect_ratio_range, rng)
+                                    aspect_ratio_range, rng, sampler)
   crop = tf.image.crop_to_bounding_box(image, oy[0], ox[0], h[0], w[0])
-  crop = tf.image.resize(crop, [size, size], method="bicubic")
+  return resize_crop(crop, size)
+
+
+def resize_crop(crop: tf.Tensor, size: int) -> tf.Tensor:
+  """A crop's bicubic resize to (size, size), as the authors, clipped.
+
+  Args:
+    crop: uint8 or float (h, w, 3).
+    size: output side.
+
+  Returns:
+    float32 (size, size, 3) in [0, 1].
+  """
+  crop = tf.image.resize(to_float_image(crop), [size, size], method="bicubic")
   return tf.clip_by_value(crop, 0.0, 1.0)
 
 
@@ -480,7 +713,7 @@ def preprocess_for_train(image: tf.Tensor, size: int, augment_config,
   cfg = augment_config
   rng = _Random(seed)
   image = _random_crop(to_float_image(image), size, cfg.crop_area_range,
-                       cfg.crop_aspect_ratio_range, rng)
+                       cfg.crop_aspect_ratio_range, rng, cfg.crop_sampler)
   flip = rng.bernoulli([], cfg.flip_probability)
   image = tf.where(flip, tf.reverse(image, axis=[1]), image)
   image = _distort_batch(image[None], size, cfg, rng)[0]

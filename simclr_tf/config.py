@@ -30,6 +30,7 @@ LR_SCALINGS = ("linear", "sqrt")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+CROP_SAMPLERS = ("authors", "area_uniform")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -63,8 +64,9 @@ class DataConfig:
       "datasets small enough to fit comfortably.")
   shuffle_files: bool = setting(True, "Shuffle the file order of tfds "
                                 "datasets.")
-  shuffle_buffer: int = setting(10000, "Examples in the training shuffle "
-                                "buffer.", at_least=1)
+  shuffle_buffer: Optional[int] = setting(
+      None, "Examples in the training shuffle buffer; unset: the authors' "
+      "10x the per-replica batch (50x at 32 px and below).", at_least=1)
   label_fraction: Optional[float] = setting(
       None, "Keep this fraction of each class's training labels "
       "(semi-supervised fine-tuning); unset keeps all.", above=0.0,
@@ -81,6 +83,10 @@ class DataConfig:
       at_least=1)
   synthetic_seed: int = setting(0, "Seed synthetic_shapes is generated "
                                 "from.")
+  max_image_pixels: int = setting(
+      89478485, "Image files with more pixels than this (read from the "
+      "header, before decoding) are skipped and counted; the default is "
+      "Pillow's decompression-bomb threshold.", at_least=1)
 
   def validate(self) -> None:
     _check_declared(self)
@@ -133,8 +139,13 @@ class AugmentConfig:
   on_device: bool = setting(
       False, "Augment inside the train step on the accelerator (batched "
       "ops) instead of in the tf.data pipeline, which then only decodes, "
-      "caches and batches uint8 images of image_size.",
-      flag="augment_on_device")
+      "takes the random crops from the full-resolution images and batches "
+      "them as uint8 views of image_size.", flag="augment_on_device")
+  crop_sampler: str = setting(
+      "authors", "Random crop distribution: authors = "
+      "tf.image.sample_distorted_bounding_box as the authors' code calls "
+      "it; area_uniform = the paper's wording (area uniform, log-uniform "
+      "aspect ratio).", choices=CROP_SAMPLERS)
 
   def validate(self) -> None:
     _check_declared(self)
@@ -435,7 +446,8 @@ class ExperimentConfig:
              "Freezing layers while pretraining is not supported: set "
              "fine_tune_after_block=-1. Received: fine_tune_after_block="
              f"{model.fine_tune_after_block}")
-      _check(model.proj_head_mode != "none" or model.ft_proj_selector == 0,
+      _check(model.proj_head_mode != "none" or
+             model.ft_proj_selector in (0, -1),
              "proj_head_mode=none has no projection layers to select.")
     if run.train_mode == "finetune" and "train" in run.mode:
       _check(bool(run.checkpoint) or run.from_scratch,

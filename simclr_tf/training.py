@@ -162,7 +162,8 @@ def run_stage(config: ExperimentConfig, strategy,
     The `StageResult`.
   """
   run = config.run
-  info = data_lib.get_dataset_info(config.data)
+  info = data_lib.get_dataset_info(config.data,
+                                   supervised=run.train_mode != "pretrain")
   if run.train_mode != "pretrain" or run.lineareval_while_pretraining:
     if info.num_classes < 1:
       raise ConfigError(
@@ -227,6 +228,9 @@ def run_stage(config: ExperimentConfig, strategy,
     # Also on errors (a NaN, a lost worker): the summaries that led up to
     # it are what the user will look at.
     writer.close()
+    skipped = data_lib.take_skipped_files_report()
+    if skipped:
+      log(f"[{run.train_mode}] {skipped}")
   # Every worker exports, as TensorFlow asks of savers under a multi-worker
   # strategy; only the chief's lands in model_dir.
   export_lib.export_to_model_dir(model, config, global_step=_step(model),
@@ -330,21 +334,22 @@ def train_augment_config(config):
 def on_device_augmentation(config):
   """What the train step runs on each batch with `augment.on_device`.
 
-  The batched transform of `simclr_tf.augment`, with the same settings as
-  the tf.data path of this train mode: the full SimCLR augmentation when
-  pretraining (two views), crops and flips only when fine-tuning or
-  training a linear head (one view).
+  The host pipeline takes the crops from the full-resolution images; this
+  is the rest of the batched transform of `simclr_tf.augment`, with the
+  same settings as the tf.data path of this train mode: flip, colour
+  distortion and blur when pretraining (two views), flips only when
+  fine-tuning or training a linear head (one view).
 
   Args:
     config: the stage's `ExperimentConfig`.
 
   Returns:
-    A function from uint8 (B, size, size, 3) images to float32
+    A function from uint8 (B, size, size, 3 * views) crops to float32
     (B, size, size, 3 * views) views in [0, 1].
   """
   num_views = 2 if config.run.train_mode == "pretrain" else 1
   return functools.partial(
-      augment.augment_batch_views, size=config.data.image_size,
+      augment.distort_batch_views, size=config.data.image_size,
       augment_config=train_augment_config(config), num_views=num_views)
 
 
@@ -366,7 +371,7 @@ def training_input_fn(config: ExperimentConfig, *, start_step: int,
   return data_lib.build_input_fn(
       config.data, train_augment_config(config), training=True,
       num_views=num_views, global_batch_size=config.run.train_batch_size,
-      seed=config.run.seed)
+      seed=config.run.seed, supervised=config.run.train_mode != "pretrain")
 
 
 def _train(model, manager, config, strategy, writer, log, *, total_steps,

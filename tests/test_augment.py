@@ -94,10 +94,11 @@ def test_batched_crop_resize_matches_tf_image_resize():
     np.testing.assert_allclose(out[i], expected, atol=2e-3)
 
 
-def test_crop_boxes_follow_the_paper_ranges():
+def test_area_uniform_crop_boxes_follow_the_paper_ranges():
   side = 64
   oy, ox, h, w = (b.numpy() for b in augment.sample_crop_boxes(
-      SAMPLES, side, side, (0.08, 1.0), (3 / 4, 4 / 3), seed=0))
+      SAMPLES, side, side, (0.08, 1.0), (3 / 4, 4 / 3), seed=0,
+      sampler=augment.AREA_UNIFORM_SAMPLER))
   area = h * w / side ** 2
   assert (oy >= 0).all() and (ox >= 0).all()
   assert (oy + h <= side).all() and (ox + w <= side).all()

@@ -152,13 +152,13 @@ def test_cache_keeps_decoded_images(indexed_folder, cache):
         next(iterator)
 
 
-def test_on_device_gives_resized_uint8(indexed_folder):
+def test_on_device_gives_uint8_crops_per_view(indexed_folder):
   config = _config(indexed_folder)
   aug = AugmentConfig(on_device=True)
   ds = build_input_fn(config, aug, training=True, num_views=2,
                       global_batch_size=8)(None)
   images, labels = next(iter(ds))
-  assert images.dtype == tf.uint8 and images.shape == (8, SIZE, SIZE, 3)
+  assert images.dtype == tf.uint8 and images.shape == (8, SIZE, SIZE, 6)
   index = np.round(images.numpy()[..., 0].mean(axis=(1, 2)) / 10).astype(int)
   assert (images.numpy()[..., 0] == (10 * index)[:, None, None]).all()
   np.testing.assert_array_equal(labels, tf.one_hot(index % NUM_CLASSES,

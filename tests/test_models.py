@@ -432,3 +432,15 @@ def test_supervised_head_feature_norm_is_scale_invariant_and_linear():
   np.testing.assert_allclose(
       mid, 0.5 * (normed(a, training=False) + normed(b, training=False)),
       rtol=1e-5, atol=1e-6)
+
+
+def test_ft_proj_selector_minus_one_is_the_last_layer():
+  # The authors' flag: "-1 means the final layer", i.e. hiddens_list[-1],
+  # the projection output itself.
+  head = heads.ProjectionHead(proj_head_mode="nonlinear", proj_out_dim=8,
+                              num_proj_layers=3, ft_proj_selector=-1)
+  x = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
+  projection, selected = head(x, training=False)
+  np.testing.assert_array_equal(selected, projection)
+  assert head.get_config()["ft_proj_selector"] == -1
+  assert head.compute_output_shape((4, 16))[1] == (4, 8)

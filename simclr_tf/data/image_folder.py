@@ -4,26 +4,28 @@
     root/<split>/<image>            unlabeled split (labels are NO_LABEL)
 
 Files ending in .jpg, .jpeg, .png, .bmp or .gif (any case) are images; other
-files are ignored. The first scan of a split decodes every image once, in
-parallel, so that corrupt files are found before training: they are skipped,
-counted and reported in one warning. Scans are remembered for the process.
+files are ignored. Opening a split only lists its files (remembered for the
+process), so a folder of any size opens in seconds; a few files are checked
+so that a folder of nothing but bad files fails at once. Files that turn out
+unreadable are skipped when the pipeline reads them, counted and reported
+once per stage (`simclr_tf.data.skipped_files`).
 """
 
-import logging
 import os
 from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.data import encoded_image
 from simclr_tf.data import source as source_lib
 from simclr_tf.data.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Bad files named in the warning; the rest are only counted.
-_MAX_LISTED_BAD_FILES = 5
-# Scans by (root, split, file list): a split is decoded once per process.
-_SCAN_CACHE: Dict[tuple, "_SplitScan"] = {}
+# Files checked when a split is opened, spread over the list.
+_SAMPLE_CHECKED = 16
+# Files whose sizes estimate the split's bytes (for the auto cache).
+_SAMPLE_SIZED = 256
 
 
 def _layout_help(root: str) -> str:
@@ -51,35 +53,33 @@ def _list_dir(path: str) -> Tuple[List[str], List[str]]:
 
 
 class _SplitScan:
-  """The readable images of one split, with labels and shapes."""
+  """The image files of one split, with labels."""
 
-  def __init__(self, paths: np.ndarray, labels: np.ndarray, labeled: bool,
-               shapes: np.ndarray, bad_paths: List[str]):
+  def __init__(self, paths: np.ndarray, labels: np.ndarray, labeled: bool):
     self.paths = paths
     self.labels = labels
     self.labeled = labeled
-    self.shapes = shapes
-    self.bad_paths = bad_paths
 
 
-def _find_readable(paths: List[str]) -> Tuple[np.ndarray, np.ndarray]:
-  """Indices and (H, W) of the files that decode, in order."""
-  path_tensor = tf.constant(paths)
+def _check_sample(split_dir: str, paths: List[str]) -> None:
+  """Raises DataError when none of a few files spread over `paths` is usable.
 
-  def load(index):
-    image = source_lib.decode_image(tf.io.read_file(path_tensor[index]))
-    return index, tf.shape(image)[:2]
-
-  ds = tf.data.Dataset.range(len(paths)).map(
-      load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  ds = ds.ignore_errors().batch(1024)
-  indices, shapes = [np.zeros([0], np.int64)], [np.zeros([0, 2], np.int32)]
-  for index, shape in ds.as_numpy_iterator():
-    indices.append(index)
-    shapes.append(shape)
-  indices, shapes = np.concatenate(indices), np.concatenate(shapes)
-  order = np.argsort(indices)
-  return indices[order], shapes[order]
+  Reads at most `_SAMPLE_CHECKED` files' bytes and decodes none, so opening a
+  split costs the same whatever its size.
+  """
+  step = max(1, len(paths) // _SAMPLE_CHECKED)
+  sample = paths[::step][:_SAMPLE_CHECKED]
+  for path in sample:
+    try:
+      encoded = tf.io.read_file(path)
+      # Only the header: a decompression bomb stays undecoded.
+      if int(encoded_image.inspect(encoded, 2 ** 62)[2]) == encoded_image.OK:
+        return
+    except tf.errors.OpError:
+      continue
+  raise DataError(f"None of {len(sample)} image files checked in {split_dir} "
+                  f"is a readable image, e.g. {sample[0]}. Check the folder "
+                  f"holds JPEG, PNG, GIF or BMP files.")
 
 
 class ImageFolderSource(source_lib.Source):
@@ -109,6 +109,7 @@ class ImageFolderSource(source_lib.Source):
       names.update(_list_dir(os.path.join(self._root, split))[0])
     self._class_names = sorted(names)
     self._scans: Dict[str, _SplitScan] = {}
+    self._sizes: Dict[str, float] = {}
 
   @property
   def class_names(self) -> List[str]:
@@ -121,13 +122,13 @@ class ImageFolderSource(source_lib.Source):
 
   @property
   def image_shape(self):
-    shapes = [s.shapes for s in self._scans.values() if len(s.shapes)]
-    if not shapes:
-      return None
-    shapes = np.concatenate(shapes)
-    if (shapes == shapes[0]).all():
-      return (int(shapes[0][0]), int(shapes[0][1]), 3)
+    # Unknown without decoding every file: folders take the variable-size
+    # path (per-image crops from the full-resolution image).
     return None
+
+  @property
+  def encoded(self) -> bool:
+    return True
 
   def _scan(self, split: str) -> _SplitScan:
     if split in self._scans:
@@ -157,40 +158,27 @@ class ImageFolderSource(source_lib.Source):
     if not paths:
       raise DataError(f"No images in image folder split {split_dir}. "
                       f"{_layout_help(self._root)}")
-    key = (self._root, split, tuple(paths))
-    if key not in _SCAN_CACHE:
-      _SCAN_CACHE[key] = self._check_files(split_dir, paths, labels, labeled)
-    self._scans[split] = _SCAN_CACHE[key]
+    _check_sample(split_dir, paths)
+    self._scans[split] = _SplitScan(np.array(paths, dtype=object),
+                                    np.array(labels, np.int64), labeled)
     return self._scans[split]
-
-  def _check_files(self, split_dir, paths, labels, labeled) -> _SplitScan:
-    good, shapes = _find_readable(paths)
-    bad = sorted(set(range(len(paths))) - set(good.tolist()))
-    bad_paths = [paths[i] for i in bad]
-    if not len(good):
-      raise DataError(f"None of the {len(paths)} image files in {split_dir} "
-                      f"could be read, e.g. {bad_paths[0]}.")
-    if bad_paths:
-      listed = ", ".join(bad_paths[:_MAX_LISTED_BAD_FILES])
-      more = len(bad_paths) - _MAX_LISTED_BAD_FILES
-      logging.warning(
-          "Skipping %d unreadable image file(s) of %d in %s: %s%s",
-          len(bad_paths), len(paths), split_dir, listed,
-          f" and {more} more" if more > 0 else "")
-    return _SplitScan(np.array(paths, dtype=object)[good],
-                      np.array(labels, np.int64)[good], labeled, shapes,
-                      bad_paths)
 
   def num_examples(self, split: str) -> int:
     return len(self._scan(split).paths)
 
   def paths(self, split: str) -> List[str]:
-    """The readable image files of `split`, in key (label-subset) order."""
+    """The image files of `split`, in key (label-subset) order."""
     return self._scan(split).paths.tolist()
 
-  def num_skipped(self, split: str) -> int:
-    """Unreadable files skipped in `split`."""
-    return len(self._scan(split).bad_paths)
+  def encoded_bytes(self, split: str) -> float:
+    """Estimated bytes of `split`'s files, from a sample of their sizes."""
+    if split not in self._sizes:
+      paths = self._scan(split).paths
+      step = max(1, len(paths) // _SAMPLE_SIZED)
+      sample = paths[::step][:_SAMPLE_SIZED]
+      mean = np.mean([os.path.getsize(p) for p in sample])
+      self._sizes[split] = float(mean * len(paths))
+    return self._sizes[split]
 
   def has_labels(self, split: str) -> bool:
     return self._scan(split).labeled
@@ -200,9 +188,13 @@ class ImageFolderSource(source_lib.Source):
     return np.arange(len(scan.paths), dtype=np.int64), scan.labels.copy()
 
   def read(self, split, *, input_context, shuffle_files, seed,
-           keep_keys=None):
+           keep_keys=None, labeled_keys=None):
     scan = self._scan(split)
     paths, labels = scan.paths, scan.labels
+    if labeled_keys is not None:
+      kept = np.zeros(len(labels), bool)
+      kept[labeled_keys] = True
+      labels = np.where(kept, labels, source_lib.NO_LABEL)
     if keep_keys is not None:
       paths, labels = paths[keep_keys], labels[keep_keys]
     ds = tf.data.Dataset.from_tensor_slices(
@@ -214,10 +206,17 @@ class ImageFolderSource(source_lib.Source):
       ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
     return ds.map(lambda path, label: {source_lib.IMAGE_KEY: path,
+                                       source_lib.NAME_KEY: path,
                                        source_lib.LABEL_KEY: label})
 
+  def load(self, example):
+    example = dict(example)
+    example[source_lib.IMAGE_KEY] = tf.io.read_file(
+        example[source_lib.IMAGE_KEY])
+    return example
+
   def decode(self, example):
-    image = source_lib.decode_image(
-        tf.io.read_file(example[source_lib.IMAGE_KEY]))
-    return {source_lib.IMAGE_KEY: image,
-            source_lib.LABEL_KEY: example[source_lib.LABEL_KEY]}
+    example = self.load(example)
+    example[source_lib.IMAGE_KEY] = encoded_image.decode_rgb(
+        example[source_lib.IMAGE_KEY])
+    return example

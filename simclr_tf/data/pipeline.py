@@ -1,42 +1,64 @@
 """The `tf.data` input pipeline: one dataset per input pipeline (replica).
 
-    source shard (encoded) -> label-subset filter
-      -> decode [-> resize to a fixed side] -> cache      (when cached)
-      -> shuffle -> repeat                                 (training)
-      -> augment views | evaluation transform -> batch -> prefetch
+Every random crop is taken from the full-resolution decoded image, and the
+evaluation view is the authors' (an aspect-preserving centre crop, then a
+bicubic resize) whatever the cache, host count or `augment.on_device`.
+Nothing is resized before a crop. Two paths, by the source:
+
+Same-size images (tfds datasets with a fixed shape, e.g. CIFAR-10 and the
+built-in `synthetic_shapes`):
+
+    source shard -> label subset -> [decode -> cache, if it fits]
+      -> shuffle -> repeat -> [decode] -> batch -> crops and distortion of
+      whole batches (XLA) | evaluation transform per image
+
+Images of any size (image folders, ImageNet):
+
+    source shard -> label subset -> read bytes -> header check (unusable
+      files skipped and counted) -> [cache encoded bytes, if they fit]
+      -> shuffle encoded -> repeat -> decode the crop windows at full
+      resolution (for one view JPEGs decode only the window) -> resize
+      -> batch -> flip and colour distortion of whole batches (XLA)
+      | decode -> evaluation transform per image
+
+With `augment_config.on_device` the training pipeline stops after the crops:
+the device does flip, colour, grayscale and blur
+(`augment.distort_batch_views`).
 
 Elements are `(images, labels)`:
 
 - images: float32 (per_replica_batch, size, size, 3 * num_views) in [0, 1],
   views on the channel axis as in the authors' code (view 1 is channels 0:3,
   view 2 channels 3:6). Evaluation views are the same deterministic transform
-  repeated. With `augment_config.on_device` and `training`, images are instead
-  uint8 (per_replica_batch, size, size, 3), resized to `size` but not
-  augmented: the model runs `simclr_tf.augment.augment_batch_views` in its
-  train step, and `num_views` does not shape the data.
+  repeated. With `augment_config.on_device` and `training`, images are the
+  views' crops as uint8 of the same shape, not yet flipped or distorted.
 - labels: float32 one-hot (per_replica_batch, num_classes); an example
   without a label has an all-zero row.
 
-Caching happens after decoding and any resize, before random augmentation, so
-nothing that could be kept is decoded or resized twice.
+Augmentations draw from stateless seeds that fold the pipeline's
+`input_pipeline_id` into `seed`: every worker and input pipeline draws its
+own, and a seed and cluster shape reproduce them.
 """
 
-import functools
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from simclr_tf import augment
+from simclr_tf.data import encoded_image
 from simclr_tf.data import registry
+from simclr_tf.data import skipped_files
 from simclr_tf.data import source as source_lib
 from simclr_tf.data.errors import DataError
 from simclr_tf.data.source import DatasetInfo
 
 # `cache_dataset=None` caches a pipeline's shard when it needs at most this
-# much memory.
+# much memory (decoded same-size images, or encoded bytes).
 AUTO_CACHE_MAX_BYTES = 2 * 1024 ** 3
 _AUTOTUNE = tf.data.AUTOTUNE
+_PROBLEM = "_problem"
 
 
 def _validate(data_config, augment_config=None) -> None:
@@ -48,18 +70,20 @@ def _validate(data_config, augment_config=None) -> None:
     raise DataError(str(e)) from e
 
 
-def get_dataset_info(data_config) -> DatasetInfo:
+def get_dataset_info(data_config, supervised: bool = True) -> DatasetInfo:
   """Prepares and checks the source, and describes it.
 
-  Generates `synthetic_shapes` on first use, scans image folders (skipping
-  unreadable files), and checks tfds datasets are prepared in `data_dir`.
+  Generates `synthetic_shapes` on first use, lists image folders (decoding
+  nothing), and checks tfds datasets are prepared in `data_dir`.
 
   Args:
     data_config: a `simclr_tf.config.DataConfig`.
+    supervised: whether the stage trains on labeled examples only
+      (fine-tuning, linear evaluation); pretraining reads every image.
 
   Returns:
-    A `DatasetInfo`. `num_train_examples` counts the label subset when
-    `label_fraction` or `labels_per_class` is set.
+    A `DatasetInfo`. When `supervised`, `num_train_examples` counts the
+    label subset if `label_fraction` or `labels_per_class` is set.
 
   Raises:
     DataError: with a one-line message for the user.
@@ -69,7 +93,7 @@ def get_dataset_info(data_config) -> DatasetInfo:
   source = registry.get_source(cfg)
   num_train = source.num_examples(cfg.train_split)
   num_eval = source.num_examples(cfg.eval_split)
-  keep = registry.get_label_subset_keys(cfg)
+  keep = registry.get_label_subset_keys(cfg) if supervised else None
   if keep is not None:
     num_train = len(keep)
   return DatasetInfo(
@@ -78,49 +102,72 @@ def get_dataset_info(data_config) -> DatasetInfo:
       train_has_labels=source.has_labels(cfg.train_split))
 
 
-def _cache_side(image_size: int, eval_crop_fraction: float) -> int:
-  """Side that variable-size images are squashed to before caching.
+def shuffle_buffer_size(data_config, per_replica_batch: int) -> int:
+  """The training shuffle buffer: the setting, or the authors' default.
 
-  Large enough that the evaluation centre crop needs no upsampling (the
-  classic "resize 256, crop 224").
+  Args:
+    data_config: a `simclr_tf.config.DataConfig`.
+    per_replica_batch: images per replica per step.
+
+  Returns:
+    `shuffle_buffer` if set, else 10x the per-replica batch (50x at 32 px and
+    below), as the authors' `build_input_fn`.
   """
-  if image_size < augment.EVAL_CENTER_CROP_MIN_SIZE:
-    return image_size
-  return int(math.ceil(image_size / eval_crop_fraction))
+  if data_config.shuffle_buffer is not None:
+    return data_config.shuffle_buffer
+  factor = 50 if data_config.image_size <= 32 else 10
+  return factor * per_replica_batch
 
 
-def _resize_uint8(image: tf.Tensor, side: int) -> tf.Tensor:
-  image = tf.image.resize(image, [side, side], method="bicubic",
-                          antialias=True)
-  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+def pipeline_seed(seed: Optional[int], input_pipeline_id: int
+                  ) -> Optional[int]:
+  """The seed of one input pipeline's draws: `seed` with the id folded in.
+
+  Args:
+    seed: the run's seed, or None for nondeterministic draws.
+    input_pipeline_id: this pipeline's index.
+
+  Returns:
+    An int in [0, 2**31), or None.
+  """
+  if seed is None:
+    return None
+  state = np.random.SeedSequence([seed, input_pipeline_id]).generate_state(
+      1, np.uint32)
+  return int(state[0] >> 1)
 
 
-def batch_augmenter(size: int, augment_config, num_views: int):
-  """The host pipeline's batched SimCLR transform, compiled with XLA.
+def batch_augmenter(size: int, augment_config, num_views: int,
+                    transform=augment.augment_batch_views):
+  """A batched host transform of `augment`, compiled with XLA.
 
   The colour jitter applies its four ops in a per-image order as four dense
   passes over the batch; XLA fuses their many small elementwise ops, which
   makes the whole transform about 3x faster on CPU (measured at 32 px,
-  batch 256, in `Dataset.map`). Random draws stay independent per call.
+  batch 256, in `Dataset.map`).
 
   Args:
     size: output side.
     augment_config: a `simclr_tf.config.AugmentConfig`.
     num_views: views per image.
+    transform: `augment.augment_batch_views` (crops and distortion),
+      `augment.crop_views_batch` (crops only) or
+      `augment.distort_batch_views` (of crops made already).
 
   Returns:
-    A function from uint8 (B, H, W, 3) images to float32
-    (B, size, size, 3 * num_views) views.
+    A function `(images, seed=None)` giving the transform's output.
   """
-  return tf.function(
-      functools.partial(augment.augment_batch_views, size=size,
-                        augment_config=augment_config, num_views=num_views),
-      jit_compile=True)
+  def compiled(images, seed=None):
+    with augment.xla_random():
+      return transform(images, size=size, augment_config=augment_config,
+                       num_views=num_views, seed=seed)
+
+  return tf.function(compiled, jit_compile=True)
 
 
 def build_input_fn(data_config, augment_config, *, training: bool,
                    num_views: int, global_batch_size: int,
-                   seed: Optional[int] = None
+                   seed: Optional[int] = None, supervised: bool = True
                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
   """Builds the `input_fn` for `strategy.distribute_datasets_from_function`.
 
@@ -130,14 +177,17 @@ def build_input_fn(data_config, augment_config, *, training: bool,
   Args:
     data_config: a `simclr_tf.config.DataConfig`.
     augment_config: a `simclr_tf.config.AugmentConfig`.
-    training: True: the train split, label-subset filtered, shuffled,
-      repeated forever, augmented, `drop_remainder=True`, non-deterministic
-      order. False: the eval split, one pass in order, evaluation transform,
-      last partial batch kept, so every example counts once.
+    training: True: the train split, shuffled, repeated forever, augmented,
+      `drop_remainder=True`, non-deterministic order. False: the eval split,
+      one pass in order, evaluation transform, last partial batch kept, so
+      every example counts once.
     num_views: augmented views per image on the channel axis (2 to pretrain,
       1 to fine-tune or evaluate).
     global_batch_size: images per step over all replicas.
-    seed: seed of the file and example shuffles (None: random).
+    seed: seed of the shuffles and augmentations (None: random).
+    supervised: with a label subset, True (fine-tuning, linear evaluation)
+      reads only the subset's examples; False (pretraining) reads every
+      example, and only the subset's keep their labels.
 
   Returns:
     `input_fn(input_context)` returning this pipeline's dataset of
@@ -159,24 +209,21 @@ def build_input_fn(data_config, augment_config, *, training: bool,
   source = registry.get_source(cfg)
   split = cfg.train_split if training else cfg.eval_split
   num_examples = source.num_examples(split)
-  keep = registry.get_label_subset_keys(cfg) if training else None
+  subset = registry.get_label_subset_keys(cfg) if training else None
+  keep = subset if supervised else None
+  labeled = None if supervised else subset
   if keep is not None:
     num_examples = len(keep)
   num_classes = source.num_classes
   size = cfg.image_size
   on_device = training and aug.on_device
-
-  # Decide the fixed image shape after decoding, if any.
   fixed = source.image_shape
-  resize_side = None
-  if on_device and fixed != (size, size, 3):
-    resize_side = size
-  elif fixed is None:
-    resize_side = _cache_side(size, aug.eval_crop_fraction)
-  if resize_side is not None:
-    cached_shape = (resize_side, resize_side, 3)
+  if fixed is not None:
+    stored_bytes = num_examples * math.prod(fixed)
   else:
-    cached_shape = fixed
+    stored_bytes = source.encoded_bytes(split)
+    if stored_bytes is not None and keep is not None:
+      stored_bytes *= len(keep) / max(source.num_examples(split), 1)
 
   def input_fn(input_context: Optional[tf.distribute.InputContext] = None):
     context = input_context or tf.distribute.InputContext()
@@ -187,64 +234,155 @@ def build_input_fn(data_config, augment_config, *, training: bool,
           f"{replicas} replicas; use a multiple of {replicas}.")
     batch = context.get_per_replica_batch_size(global_batch_size)
     pipelines = max(context.num_input_pipelines, 1)
-    per_pipeline = num_examples / pipelines
+    own_seed = pipeline_seed(seed, context.input_pipeline_id)
     cache = cfg.cache_dataset
     if cache is None:
-      cache = (per_pipeline * math.prod(cached_shape) <= AUTO_CACHE_MAX_BYTES)
-    # Without a cache, variable-size images go to the per-example transforms
-    # at full resolution (as the authors crop ImageNet); a cache or the
-    # on-device path needs one fixed size.
-    side = resize_side if (cache or on_device) else None
-    image_shape = cached_shape if (side or fixed) else None
-
-    def decode(example):
-      example = source.decode(example)
-      image = example[source_lib.IMAGE_KEY]
-      if side is not None:
-        image = _resize_uint8(image, side)
-      return image, example[source_lib.LABEL_KEY]
-
+      cache = (stored_bytes is not None and
+               stored_bytes / pipelines <= AUTO_CACHE_MAX_BYTES)
     ds = source.read(split, input_context=context,
                      shuffle_files=training and cfg.shuffle_files, seed=seed,
-                     keep_keys=keep)
-    if cache:
-      ds = ds.map(decode, num_parallel_calls=_AUTOTUNE).cache()
-    if training:
-      ds = ds.shuffle(cfg.shuffle_buffer, seed=seed,
-                      reshuffle_each_iteration=True).repeat()
-    if not cache:
-      ds = ds.map(decode, num_parallel_calls=_AUTOTUNE)
-
-    one_hot = lambda label: tf.one_hot(label, num_classes)  # noqa: E731
-    if not training:
-      def eval_map(image, label):
-        view = augment.preprocess_for_eval(image, size, aug)
-        return tf.concat([view] * num_views, axis=-1), one_hot(label)
-      ds = ds.map(eval_map, num_parallel_calls=_AUTOTUNE)
-      ds = ds.batch(batch, drop_remainder=False)
-    elif on_device:
-      ds = ds.batch(batch, drop_remainder=True).map(
-          lambda images, labels: (tf.ensure_shape(images, [batch, size, size,
-                                                           3]),
-                                  one_hot(labels)),
-          num_parallel_calls=_AUTOTUNE)
-    elif image_shape is not None:
-      # Same-size images: augment whole batches with vectorised ops (1.6x
-      # the per-example rate at 32 px on CPU, no slower at 96 or 224 px).
-      augment_views = batch_augmenter(size, aug, num_views)
-      ds = ds.batch(batch, drop_remainder=True).map(
-          lambda images, labels: (augment_views(images), one_hot(labels)),
-          num_parallel_calls=_AUTOTUNE)
+                     keep_keys=keep, labeled_keys=labeled)
+    if fixed is not None:
+      if cache:
+        ds = ds.map(source.decode, num_parallel_calls=_AUTOTUNE).cache()
     else:
-      def train_map(image, label):
-        views = [augment.preprocess_for_train(image, size, aug)
-                 for _ in range(num_views)]
-        return tf.concat(views, axis=-1), one_hot(label)
-      ds = ds.map(train_map, num_parallel_calls=_AUTOTUNE)
-      ds = ds.batch(batch, drop_remainder=True)
+      ds = _usable_encoded(ds, source, cfg.max_image_pixels)
+      if cache:
+        ds = ds.cache()
+    if training:
+      ds = ds.shuffle(shuffle_buffer_size(cfg, batch), seed=own_seed,
+                      reshuffle_each_iteration=True).repeat()
+    if fixed is not None and not cache:
+      ds = ds.map(source.decode, num_parallel_calls=_AUTOTUNE)
+
+    if not training:
+      ds = _evaluation_views(ds, source, fixed, size, aug, num_views)
+      ds = ds.batch(batch, drop_remainder=False)
+    elif fixed is not None:
+      ds = _same_size_training_views(ds, size, aug, num_views, batch,
+                                     own_seed, on_device)
+    else:
+      ds = _any_size_training_views(ds, source, size, aug, num_views, batch,
+                                    own_seed, on_device)
+    ds = ds.map(lambda images, labels: (images,
+                                        tf.one_hot(labels, num_classes)))
     ds = ds.prefetch(_AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = not training
     return ds.with_options(options)
 
   return input_fn
+
+
+def _usable_encoded(ds, source, max_pixels):
+  """Loaded examples, with the unusable files recorded and dropped.
+
+  Only headers are read here (nothing is decoded), so this is cheap enough
+  to run before a cache. A file that passes the header check but still
+  fails to decode later is dropped there by `ignore_errors`, with
+  TensorFlow's warning, uncounted.
+  """
+  ds = ds.map(source.load, num_parallel_calls=_AUTOTUNE)
+  if source.encoded:
+    def inspect(example):
+      problem = encoded_image.inspect(example[source_lib.IMAGE_KEY],
+                                      max_pixels)[2]
+      return dict(example, **{_PROBLEM: problem})
+    ds = ds.map(inspect, num_parallel_calls=_AUTOTUNE)
+    ds = ds.filter(lambda ex: skipped_files.keep_or_record(
+        ex[source_lib.NAME_KEY], ex[_PROBLEM]))
+    ds = ds.map(lambda ex: {k: v for k, v in ex.items() if k != _PROBLEM})
+  # A file that cannot be read at all (removed, no permission) still stops
+  # the run: that is the storage failing, not a bad image.
+  return ds
+
+
+def _decode_loaded(source, example) -> tf.Tensor:
+  if source.encoded:
+    return encoded_image.decode_rgb(example[source_lib.IMAGE_KEY])
+  return source.decode(example)[source_lib.IMAGE_KEY]
+
+
+def _evaluation_views(ds, source, fixed, size, aug, num_views):
+  """The authors' evaluation view of each full-resolution image."""
+  def view(example):
+    if fixed is not None:
+      image = example[source_lib.IMAGE_KEY]
+    else:
+      image = _decode_loaded(source, example)
+    image = augment.preprocess_for_eval(image, size, aug)
+    return (tf.concat([image] * num_views, axis=-1),
+            example[source_lib.LABEL_KEY])
+  if fixed is None:
+    return _map_skipping_failures(ds, view)
+  return ds.map(view, num_parallel_calls=_AUTOTUNE)
+
+
+def _map_skipping_failures(ds, fn):
+  """`ds.map(fn)` in parallel, dropping the elements whose `fn` fails.
+
+  Each element gets its own one-element dataset, so `ignore_errors` sees
+  only that element's decoding: an error upstream (a file that vanished)
+  still stops the pipeline instead of being retried forever after
+  `repeat`.
+  """
+  def one(*element):
+    return tf.data.Dataset.from_tensors(element).map(fn).ignore_errors(
+        log_warning=True)
+  return ds.interleave(one, cycle_length=_AUTOTUNE, block_length=1,
+                       num_parallel_calls=_AUTOTUNE, deterministic=False)
+
+
+def _with_seeds(ds, seed):
+  return tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed)))
+
+
+def _same_size_training_views(ds, size, aug, num_views, batch, own_seed,
+                              on_device):
+  """Batches of full-resolution images, cropped (and distorted) at once."""
+  ds = ds.map(lambda ex: (ex[source_lib.IMAGE_KEY], ex[source_lib.LABEL_KEY]))
+  ds = ds.batch(batch, drop_remainder=True)
+  transform = (augment.crop_views_batch if on_device
+               else augment.augment_batch_views)
+  views = batch_augmenter(size, aug, num_views, transform)
+  return _with_seeds(ds, own_seed).map(
+      lambda element, seed: (views(element[0], seed=seed), element[1]),
+      num_parallel_calls=_AUTOTUNE)
+
+
+def _any_size_training_views(ds, source, size, aug, num_views, batch,
+                             own_seed, on_device):
+  """Per-image crops from the full-resolution image, then batched rest."""
+
+  def crops(example, seed):
+    if source.encoded and num_views == 1:
+      encoded = example[source_lib.IMAGE_KEY]
+
+      def window():
+        shape = tf.image.extract_jpeg_shape(encoded, output_type=tf.int32)
+        box = augment.crop_box(shape[0], shape[1], aug, view=0, seed=seed)
+        return augment.resize_crop(
+            encoded_image.decode_rgb_window(encoded, box), size)
+
+      def whole():
+        return augment.crop_views(encoded_image.decode_rgb(encoded), size,
+                                  aug, num_views=1, seed=seed)
+      # A JPEG decodes only the window: the box `crop_views` would take.
+      views = tf.cond(tf.io.is_jpeg(encoded), window, whole)
+    else:
+      views = augment.crop_views(_decode_loaded(source, example), size, aug,
+                                 num_views=num_views, seed=seed)
+    views = tf.ensure_shape(views, [size, size, 3 * num_views])
+    if on_device:
+      views = augment.to_uint8(views)
+    return views, example[source_lib.LABEL_KEY]
+
+  crop_seed = None if own_seed is None else own_seed + 1
+  ds = _map_skipping_failures(_with_seeds(ds, crop_seed), crops)
+  ds = ds.batch(batch, drop_remainder=True)
+  if on_device:
+    return ds
+  distort = batch_augmenter(size, aug, num_views, augment.distort_batch_views)
+  return _with_seeds(ds, own_seed).map(
+      lambda element, seed: (distort(element[0], seed=seed), element[1]),
+      num_parallel_calls=_AUTOTUNE)

@@ -7,9 +7,13 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.data import encoded_image
+
 # Keys of the examples a source's dataset yields.
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
+# A name for messages about the example (a file path, a tfds id).
+NAME_KEY = "name"
 # Label of an example without one; becomes an all-zero one-hot row.
 NO_LABEL = -1
 
@@ -69,7 +73,8 @@ class Source(abc.ABC):
   @abc.abstractmethod
   def read(self, split: str, *, input_context: Optional[
       tf.distribute.InputContext], shuffle_files: bool, seed: Optional[int],
-           keep_keys: Optional[np.ndarray] = None) -> tf.data.Dataset:
+           keep_keys: Optional[np.ndarray] = None,
+           labeled_keys: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """This pipeline's shard of `split`, images still encoded.
 
     Encoded examples are small, so pipelines that do not cache can shuffle
@@ -80,12 +85,32 @@ class Source(abc.ABC):
       input_context: shard for this input pipeline; None reads everything.
       shuffle_files: shuffle the file order (training).
       seed: file-shuffle seed.
-      keep_keys: keep only examples with these keys (label subsets).
+      keep_keys: keep only examples with these keys (label subsets, for
+        supervised stages).
+      labeled_keys: keep every example but only these keys' labels; the
+        others get NO_LABEL (label subsets while pretraining).
 
     Returns:
-      A dataset of dicts: IMAGE_KEY whatever `decode` takes, LABEL_KEY an
-      int64 scalar (NO_LABEL when unlabeled).
+      A dataset of dicts: IMAGE_KEY whatever `load` takes, LABEL_KEY an
+      int64 scalar (NO_LABEL when unlabeled), NAME_KEY a string.
     """
+
+  @property
+  def encoded(self) -> bool:
+    """Whether `load` gives encoded image bytes (else decoded arrays)."""
+    return False
+
+  def encoded_bytes(self, split: str) -> Optional[float]:
+    """About how many bytes `split`'s loaded examples hold, if known."""
+    del split
+    return None
+
+  def load(self, example: dict) -> dict:
+    """The example of `read` with IMAGE_KEY as the bytes or array to decode.
+
+    Cheap (reads a file at most), so the pipeline can cache its result.
+    """
+    return example
 
   @abc.abstractmethod
   def decode(self, example: dict) -> dict:
@@ -101,6 +126,4 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   Returns:
     uint8 (H, W, 3) tensor.
   """
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
+  return encoded_image.decode_rgb(encoded)

@@ -172,8 +172,15 @@ class TfdsSource(source_lib.Source):
       labels.append(l)
     return np.concatenate(keys), np.concatenate(labels).astype(np.int64)
 
+  @property
+  def encoded(self) -> bool:
+    return self._encoded
+
+  def encoded_bytes(self, split: str):
+    return float(self._split_info(split).num_bytes)
+
   def read(self, split, *, input_context, shuffle_files, seed,
-           keep_keys=None):
+           keep_keys=None, labeled_keys=None):
     split_info = self._split_info(split)
     pipelines = input_context.num_input_pipelines if input_context else 1
     # tfds shards by files when each pipeline can have at least one; else
@@ -183,7 +190,7 @@ class TfdsSource(source_lib.Source):
     by_hash = pipelines > 1 and not by_files
     ds = self._as_dataset(split, shuffle_files=shuffle_files, seed=seed,
                           input_context=input_context if by_files else None,
-                          with_ids=by_hash or keep_keys is not None)
+                          with_ids=True)
     if by_hash:
       pipeline_id = input_context.input_pipeline_id
       ds = ds.filter(lambda ex: tf.equal(
@@ -195,11 +202,24 @@ class TfdsSource(source_lib.Source):
               tf.constant(keep_keys, tf.string),
               tf.ones([len(keep_keys)], tf.int32)), default_value=0)
       ds = ds.filter(lambda ex: table.lookup(ex[_TFDS_ID]) > 0)
+    labeled = None
+    if labeled_keys is not None:
+      labeled = tf.lookup.StaticHashTable(
+          tf.lookup.KeyValueTensorInitializer(
+              tf.constant(labeled_keys, tf.string),
+              tf.ones([len(labeled_keys)], tf.int32)), default_value=0)
 
     image_key, label_key = self._image_key, self._label_key
-    return ds.map(lambda ex: {
-        source_lib.IMAGE_KEY: ex[image_key],
-        source_lib.LABEL_KEY: tf.cast(ex[label_key], tf.int64)})
+
+    def to_example(ex):
+      label = tf.cast(ex[label_key], tf.int64)
+      if labeled is not None:
+        label = tf.where(labeled.lookup(ex[_TFDS_ID]) > 0, label,
+                         tf.constant(source_lib.NO_LABEL, tf.int64))
+      return {source_lib.IMAGE_KEY: ex[image_key],
+              source_lib.LABEL_KEY: label,
+              source_lib.NAME_KEY: ex[_TFDS_ID]}
+    return ds.map(to_example)
 
   def decode(self, example):
     image = example[source_lib.IMAGE_KEY]

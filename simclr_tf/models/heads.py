@@ -93,7 +93,8 @@ class ProjectionHead(layers.Layer):
     proj_head_mode: "none", "linear" or "nonlinear".
     proj_out_dim: output size of the last layer.
     num_proj_layers: layers in "nonlinear" mode.
-    ft_proj_selector: which layer feeds fine-tuning, in [0, layers].
+    ft_proj_selector: which layer feeds fine-tuning, in [0, layers]; -1 is
+      the last layer.
     momentum: BatchNorm momentum.
     synchronized: sync BatchNorm across replicas.
   """
@@ -130,9 +131,13 @@ class ProjectionHead(layers.Layer):
       ] + [LinearLayer(proj_out_dim, use_bias=False,
                        name=f"nl_{num_proj_layers - 1}", **bn_args)]
     track_layer_list(self, "layer", self.linear_layers)
-    if not 0 <= ft_proj_selector <= len(self.linear_layers):
+    # -1 is the last layer, as the authors' flag.
+    self._selected = (len(self.linear_layers) if ft_proj_selector == -1
+                      else ft_proj_selector)
+    if not 0 <= self._selected <= len(self.linear_layers):
       raise ValueError(
-          f"`ft_proj_selector` must be in [0, {len(self.linear_layers)}] for "
+          f"`ft_proj_selector` must be -1 (the last layer) or in "
+          f"[0, {len(self.linear_layers)}] for "
           f"proj_head_mode={proj_head_mode!r}. Received: "
           f"ft_proj_selector={ft_proj_selector}")
 
@@ -149,26 +154,26 @@ class ProjectionHead(layers.Layer):
       if self.proj_head_mode == "nonlinear" and j != last:
         hidden = ops.relu(hidden)
       hiddens.append(hidden)
-    return hiddens[-1], hiddens[self.ft_proj_selector]
+    return hiddens[-1], hiddens[self._selected]
 
   def compute_output_shape(self, input_shape):
     output_shape = input_shape
     for layer in self.linear_layers:
       output_shape = layer.compute_output_shape(output_shape)
     selected = input_shape
-    for layer in self.linear_layers[:self.ft_proj_selector]:
+    for layer in self.linear_layers[:self._selected]:
       selected = layer.compute_output_shape(selected)
     return output_shape, selected
 
   def freeze_through_selector(self):
     """Freezes the layers that feed the supervised head (linear eval)."""
-    for layer in self.linear_layers[:self.ft_proj_selector]:
+    for layer in self.linear_layers[:self._selected]:
       layer.trainable = False
 
   def freeze_after_selector(self):
     """Freezes layers the supervised head does not use: they get no
     gradient when only the supervised loss trains."""
-    for layer in self.linear_layers[self.ft_proj_selector:]:
+    for layer in self.linear_layers[self._selected:]:
       layer.trainable = False
 
   def get_config(self):

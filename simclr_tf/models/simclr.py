@@ -52,7 +52,7 @@ class SimCLRModel(keras.Model):
   the optimizer sums gradients over replicas. Metrics report unscaled values.
 
   `compile(train_augmentation=...)` augments on the device: `fit` data are
-  then `(uint8 images (B, H, W, 3), labels)` and the function makes the
+  then `(uint8 crops (B, H, W, 3 * views), labels)` and the function makes the
   views inside each train step (see `train_loop`).
 
   Args:
