@@ -92,7 +92,9 @@ def test_verify_names_the_damaged_file(trained_run, tmp_path, damage,
   assert error.value.path == f"{model_dir}/ckpt-2.index"
 
 
-@pytest.mark.parametrize("damage", [truncate, flip_a_bit])
+# A flipped bit is found by the same `verify` (test above); one kind of damage
+# is enough to show the fallback, and each costs a resumed run.
+@pytest.mark.parametrize("damage", [truncate])
 def test_resume_falls_back_to_the_newest_intact_checkpoint(
     data_dir, trained_run, tmp_path, damage):
   model_dir = copy_of(trained_run, tmp_path)

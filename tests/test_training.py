@@ -273,14 +273,14 @@ def test_on_device_augmentation_trains_and_shows_its_views(data_dir,
   config = tiny_config(data_dir, tmp_path, mode="train")
   config = dataclasses.replace(config, augment=dataclasses.replace(
       config.augment, on_device=True))
-  # The pipeline hands the step uint8 images of the final size; the views
-  # are made on the device.
+  # The pipeline hands the step uint8 crops of the final size, one per view
+  # on the channel axis; flips and colours are made on the device.
   from simclr_tf import data as data_lib
   input_fn = data_lib.build_input_fn(
       config.data, training.train_augment_config(config), training=True,
       num_views=2, global_batch_size=32, seed=0)
   images, _ = next(iter(input_fn(tf.distribute.InputContext())))
-  assert images.dtype == tf.uint8 and images.shape[1:] == (16, 16, 3)
+  assert images.dtype == tf.uint8 and images.shape[1:] == (16, 16, 6)
   results, _ = run(config)
   assert results[0].global_step == 4
   # The views in TensorBoard come from the on-device transform: two views
