@@ -65,6 +65,24 @@ def reject_positional(argv: Sequence[str], tool: Optional[str] = None
   return None
 
 
+def model_tool_errors() -> Tuple[Type[BaseException], ...]:
+  """The errors meant for the user of a tool that reads a model and data:
+  a bad checkpoint or export, config, dataset, run directory or file.
+  Imports TensorFlow, so call it only once something was raised."""
+  import tensorflow as tf
+
+  from simclr_tf import checkpoints
+  from simclr_tf import data as data_lib
+  from simclr_tf import export
+  from simclr_tf import run_dir
+  from simclr_tf import write_errors
+  from simclr_tf.config import ConfigError
+  return (checkpoints.CheckpointError, export.ExportError, ConfigError,
+          data_lib.DataError, run_dir.RunDirError,
+          write_errors.WriteFailedError, ValueError, OSError,
+          tf.errors.OpError)
+
+
 def run(tool: str, main: Callable[[Sequence[str]], int],
         user_errors: Callable[[], Tuple[Type[BaseException], ...]]) -> None:
   """Runs `main` as an absl app; user errors become one-line exits.

@@ -69,13 +69,7 @@ def main(argv) -> int:
 
 
 def _user_errors():
-  import tensorflow as tf
-
-  from simclr_tf import checkpoints
-  from simclr_tf import export
-  from simclr_tf.config import ConfigError
-  return (ConvertError, checkpoints.CheckpointError, export.ExportError,
-          ConfigError, OSError, tf.errors.OpError)
+  return (ConvertError,) + _cli.model_tool_errors()
 
 
 def entry():

@@ -56,17 +56,9 @@ def main(argv) -> int:
   return 0
 
 
-def _user_errors():
-  from simclr_tf import checkpoints
-  from simclr_tf import export
-  from simclr_tf.config import ConfigError
-  return (checkpoints.CheckpointError, export.ExportError, ConfigError,
-          OSError)
-
-
 def entry():
   """Console-script entry point."""
-  _cli.run(TOOL, main, _user_errors)
+  _cli.run(TOOL, main, _cli.model_tool_errors)
 
 
 if __name__ == "__main__":

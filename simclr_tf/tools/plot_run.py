@@ -67,22 +67,9 @@ def main(argv) -> int:
   return 0
 
 
-def _user_errors():
-  import tensorflow as tf
-
-  from simclr_tf import checkpoints
-  from simclr_tf import data as data_lib
-  from simclr_tf import export
-  from simclr_tf import run_dir as run_dir_lib
-  from simclr_tf.config import ConfigError
-  return (checkpoints.CheckpointError, export.ExportError, ConfigError,
-          data_lib.DataError, run_dir_lib.RunDirError, ValueError, OSError,
-          tf.errors.OpError)
-
-
 def entry():
   """Console-script entry point."""
-  _cli.run(TOOL, main, _user_errors)
+  _cli.run(TOOL, main, _cli.model_tool_errors)
 
 
 if __name__ == "__main__":
