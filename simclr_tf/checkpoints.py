@@ -148,7 +148,8 @@ def _remove_quietly(path):
 
 
 def _save_files(manager, step):
-  """The save itself; tests/fault_injection.py patches in a kill here."""
+  """The save itself, apart from the error handling in `save` (the tests
+  kill a run in the middle of it)."""
   return manager.save(checkpoint_number=step)
 
 
