@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from simclr_tf.tools import _cli  # noqa: E402
+from simclr_tf.tools import _dataset_flags  # noqa: E402
 
 TOOL = "embed"
 
@@ -34,11 +35,6 @@ _OUTPUT = flags.DEFINE_string("output", None, ".npz file to write.")
 _OUTPUT_KEY = flags.DEFINE_string(
     "output_key", "final_avg_pool", "Which output to write: final_avg_pool, "
     "proj_head_output, block_group4, logits_sup, ...")
-_DATASET = flags.DEFINE_string(
-    "dataset", "synthetic_shapes", "A prepared tfds dataset name, "
-    "synthetic_shapes (built in) or image_folder.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir, or the "
-                                "image folder root.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to embed.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 0, "Side images are transformed to; 0 uses the model's "
@@ -46,13 +42,6 @@ _IMAGE_SIZE = flags.DEFINE_integer(
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 20, "Print progress every "
                                   "this many batches.")
-_SYNTHETIC_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "synthetic_train_examples", 10000, "synthetic_shapes: train examples "
-    "(as generated for the run).")
-_SYNTHETIC_TEST_EXAMPLES = flags.DEFINE_integer(
-    "synthetic_test_examples", 2000, "synthetic_shapes: test examples.")
-_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0,
-                                       "synthetic_shapes: seed.")
 flags.mark_flags_as_required(["checkpoint", "output"])
 
 
@@ -102,7 +91,6 @@ def main(argv) -> int:
   import tensorflow_datasets as tfds
 
   from simclr_tf import export
-  from simclr_tf.config import DataConfig
   from simclr_tf.config import ExperimentConfig
 
   tfds.disable_progress_bar()
@@ -112,13 +100,9 @@ def main(argv) -> int:
                      f"of {_CHECKPOINT.value}; it has: "
                      f"{', '.join(model.output_keys)}.")
   run_config = ExperimentConfig.from_dict(model.metadata["config"])
-  data_config = DataConfig(
-      dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+  data_config = _dataset_flags.data_config(
       train_split=_SPLIT.value, eval_split=_SPLIT.value,
-      image_size=_IMAGE_SIZE.value or model.image_size,
-      synthetic_train_examples=_SYNTHETIC_TRAIN_EXAMPLES.value,
-      synthetic_test_examples=_SYNTHETIC_TEST_EXAMPLES.value,
-      synthetic_seed=_SYNTHETIC_SEED.value)
+      image_size=_IMAGE_SIZE.value or model.image_size)
   embeddings, labels = embed(
       model, data_config, run_config.augment, output_key=_OUTPUT_KEY.value,
       batch_size=_BATCH_SIZE.value, log_every=_LOG_EVERY.value,
@@ -131,11 +115,11 @@ def main(argv) -> int:
   np.savez(temp, embeddings=embeddings, labels=labels,
            output_key=_OUTPUT_KEY.value,
            checkpoint=os.path.abspath(_CHECKPOINT.value),
-           dataset=_DATASET.value, split=_SPLIT.value)
+           dataset=_dataset_flags.DATASET.value, split=_SPLIT.value)
   os.replace(temp, output)
   print(f"Wrote {output}: {embeddings.shape[0]} embeddings of shape "
         f"{embeddings.shape[1:]} ({_OUTPUT_KEY.value}) with labels, from "
-        f"{_DATASET.value}/{_SPLIT.value}.", flush=True)
+        f"{_dataset_flags.DATASET.value}/{_SPLIT.value}.", flush=True)
   return 0
 
 

@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from simclr_tf.tools import _cli  # noqa: E402
+from simclr_tf.tools import _dataset_flags  # noqa: E402
 
 TOOL = "linear_probe"
 _NONE = "none"
@@ -54,11 +55,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random init and of "
 _OUTPUT = flags.DEFINE_string("output", None, "JSON result file to write.")
 _OUTPUT_KEY = flags.DEFINE_string(
     "output_key", "final_avg_pool", "The model output probed.")
-_DATASET = flags.DEFINE_string(
-    "dataset", "synthetic_shapes", "A prepared tfds dataset name, "
-    "synthetic_shapes (built in) or image_folder.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir, or the "
-                                "image folder root.")
 _TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split the probe "
                                    "is fitted (and its strength chosen) on.")
 _TEST_SPLIT = flags.DEFINE_string("test_split", "test", "Split scored.")
@@ -81,13 +77,6 @@ _HOLDOUT_FRACTION = flags.DEFINE_float(
     "the strength.")
 _MAX_ITER = flags.DEFINE_integer("max_iter", 1000, "L-BFGS iterations per "
                                  "fit.")
-_SYNTHETIC_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "synthetic_train_examples", 10000, "synthetic_shapes: train examples "
-    "(as generated for the run).")
-_SYNTHETIC_TEST_EXAMPLES = flags.DEFINE_integer(
-    "synthetic_test_examples", 2000, "synthetic_shapes: test examples.")
-_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0,
-                                       "synthetic_shapes: seed.")
 flags.mark_flags_as_required(["output"])
 
 
@@ -127,7 +116,6 @@ def main(argv) -> int:
   from simclr_tf import linear_probe
   from simclr_tf import run_dir
   from simclr_tf.config import AugmentConfig
-  from simclr_tf.config import DataConfig
   from simclr_tf.config import ExperimentConfig
 
   tfds.disable_progress_bar()
@@ -138,13 +126,9 @@ def main(argv) -> int:
     run_config = ExperimentConfig.from_dict(model.metadata["config"])
   image_size = _IMAGE_SIZE.value or model.image_size
   augment_config = run_config.augment if run_config else AugmentConfig()
-  data_config = DataConfig(
-      dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+  data_config = _dataset_flags.data_config(
       train_split=_TRAIN_SPLIT.value, eval_split=_TEST_SPLIT.value,
-      image_size=image_size,
-      synthetic_train_examples=_SYNTHETIC_TRAIN_EXAMPLES.value,
-      synthetic_test_examples=_SYNTHETIC_TEST_EXAMPLES.value,
-      synthetic_seed=_SYNTHETIC_SEED.value)
+      image_size=image_size)
   if _BASELINE.value == "raw_pixels":
     forward, what = baselines.raw_pixels, "raw pixels"
   elif _BASELINE.value == "random_init":
@@ -182,7 +166,7 @@ def main(argv) -> int:
   result.update(
       features=what, baseline=_BASELINE.value,
       checkpoint=_CHECKPOINT.value and os.path.abspath(_CHECKPOINT.value),
-      dataset=_DATASET.value, train_split=_TRAIN_SPLIT.value,
+      dataset=_dataset_flags.DATASET.value, train_split=_TRAIN_SPLIT.value,
       test_split=_TEST_SPLIT.value, image_size=image_size,
       random_init_bn=(_RANDOM_INIT_BN.value
                       if _BASELINE.value == "random_init" else None),
