@@ -1,13 +1,13 @@
 """NT-Xent contrastive loss and the supervised loss.
 
-The math is written with `keras.ops`; only the cross-replica gather (in
-`simclr_tf.distribute`) touches TensorFlow.
+The math is written with `keras.ops` and runs on every Keras backend; the
+cross-replica gather is `simclr_tf.replicas`'s.
 """
 
 import keras
 from keras import ops
 
-from simclr_tf import distribute
+from simclr_tf import replicas
 
 # Added to the logits of an anchor against itself so softmax gives it ~0
 # probability; the authors' value, kept so logits compare one to one.
@@ -65,11 +65,11 @@ def contrastive_loss(hidden, *, temperature: float, hidden_norm: bool = True):
   hidden1, hidden2 = ops.split(hidden, 2, axis=0)
   batch_size = ops.shape(hidden1)[0]
 
-  hidden1_large = distribute.cross_replica_concat(hidden1)
-  hidden2_large = distribute.cross_replica_concat(hidden2)
+  hidden1_large = replicas.cross_replica_concat(hidden1)
+  hidden2_large = replicas.cross_replica_concat(hidden2)
   enlarged_batch_size = ops.shape(hidden1_large)[0]
   local_index = (ops.arange(batch_size, dtype="int32") +
-                 distribute.replica_id_in_sync_group() * batch_size)
+                 replicas.replica_id_in_sync_group() * batch_size)
   labels = ops.one_hot(local_index, 2 * enlarged_batch_size)
   self_mask = ops.one_hot(local_index, enlarged_batch_size)
 

@@ -26,11 +26,16 @@ arguments and semantics, whose `call` runs:
 
 Statistics are float32 under every dtype policy. Masks and batch
 renormalisation, which the fused kernel cannot do, fall back to Keras' own
-`call`.
+`call`, as does every backend other than TensorFlow: on JAX the layer is
+Keras' own, and `synchronized` needs nothing more there, since the step's
+batch axis already spans every device (see `simclr_tf.replicas`).
+TensorFlow is imported only on the TensorFlow backend.
 """
 
 import keras
-import tensorflow as tf
+
+if keras.backend.backend() == "tensorflow":
+  import tensorflow as tf
 
 # What `call` ran in the last trace, for tests that must know which path a
 # configuration takes.
@@ -50,8 +55,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
     **kwargs: `keras.layers.BatchNormalization` arguments.
   """
 
-  def __init__(self, fused=True, **kwargs):
-    super().__init__(**kwargs)
+  def __init__(self, fused=True, synchronized=False, **kwargs):
+    # Keras refuses `synchronized` off TensorFlow. There the step's batch
+    # axis already spans every device, so the statistics are global anyway.
+    # The argument is kept for `get_config`, so a saved model means the same
+    # on every backend.
+    super().__init__(
+        synchronized=synchronized and keras.backend.backend() == "tensorflow",
+        **kwargs)
+    self._synchronized_argument = synchronized
     if not isinstance(fused, bool):
       raise ValueError(f"`fused` must be a bool. Received: fused={fused!r}")
     self.fused = fused
@@ -163,5 +175,5 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
   def get_config(self):
     config = super().get_config()
-    config.update(fused=self.fused)
+    config.update(fused=self.fused, synchronized=self._synchronized_argument)
     return config

@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
-from simclr_tf import distribute
+from simclr_tf import replicas
 from simclr_tf import losses
 from simclr_tf import optimizers
 from simclr_tf.models import heads as heads_lib
 from simclr_tf.models import resnet_encoder as resnet_lib
 
 TRAIN_MODES = ("pretrain", "finetune", "linear_eval")
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 # Keys of the dict SimCLRModel.call returns.
 FINAL_AVG_POOL = resnet_lib.FINAL_AVG_POOL
@@ -32,7 +33,11 @@ EVAL_TOP_5 = "label_top_5_accuracy"
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class SimCLRModel(keras.Model):
-  """The SimCLR model, trainable with `fit` under any tf.distribute strategy.
+  """The SimCLR model, trainable with `fit` on TensorFlow or JAX.
+
+  On TensorFlow it trains under any tf.distribute strategy with its own
+  train step; on JAX, Keras' JAX trainer differentiates `compute_loss`, and
+  `keras.distribution.DataParallel` spreads the global batch over devices.
 
   Inputs are images (B, H, W, 3 * V) with V views stacked on the channel axis
   (V = 2 for pretraining); the views are moved to the batch axis, so the
@@ -252,6 +257,8 @@ class SimCLRModel(keras.Model):
         to the model's input views, run on the device at the start of every
         train step (the on-device augmentation: uint8 images in, float views
         out). `fit` data are then `(uint8 images (B, H, W, 3), labels)`.
+        On JAX it is called as `train_augmentation(images, step)` with the
+        optimizer's step count, from which it derives stateless seeds.
       stop_at_step: the optimizer step at which `fit` stops, whatever it
         asks for (so the last loop of a run ends exactly there); None runs
         every step `fit` asks for.
@@ -260,10 +267,24 @@ class SimCLRModel(keras.Model):
     if stop_at_step is not None and stop_at_step < 0:
       raise ValueError("`stop_at_step` must be >= 0. Received: "
                        f"stop_at_step={stop_at_step}")
-    # Keras' own jit and multi-step train function fail under
-    # MirroredStrategy; `make_train_function` below replaces them.
-    super().compile(optimizer=optimizer, steps_per_execution=steps_per_loop,
-                    jit_compile=False, **kwargs)
+    backend = keras.backend.backend()
+    if backend not in SUPPORTED_BACKENDS:
+      raise ValueError(f"SimCLRModel trains on the {SUPPORTED_BACKENDS} "
+                       f"Keras backends. Received: backend={backend!r}")
+    if backend == "tensorflow":
+      # Keras' own jit and multi-step train function fail under
+      # MirroredStrategy; `make_train_function` below replaces them.
+      super().compile(optimizer=optimizer, steps_per_execution=steps_per_loop,
+                      jit_compile=False, **kwargs)
+    else:
+      # Keras' JAX trainer differentiates `compute_loss` and compiles the
+      # whole step; uncompiled JAX runs op by op, far too slowly to train.
+      super().compile(optimizer=optimizer, steps_per_execution=steps_per_loop,
+                      jit_compile=True, **kwargs)
+      if stop_at_step is not None:
+        raise ValueError("`stop_at_step` is a TensorFlow-backend feature; on "
+                         f"{backend} ask `fit` for the steps to run. "
+                         f"Received: stop_at_step={stop_at_step}")
     self._xla_train_step = jit_compile
     self._train_augmentation = train_augmentation
     self._stop_at_step = stop_at_step
@@ -301,6 +322,8 @@ class SimCLRModel(keras.Model):
       self.optimizer.build(self.trainable_variables)
 
   def make_train_function(self, force=False):
+    if keras.backend.backend() != "tensorflow":
+      return super().make_train_function(force=force)
     if self.train_function is not None and not force:
       return self.train_function
     from simclr_tf import train_loop  # TF-specific distribution plumbing.
@@ -309,19 +332,89 @@ class SimCLRModel(keras.Model):
     return self.train_function
 
   def make_test_function(self, force=False):
+    if keras.backend.backend() != "tensorflow":
+      return super().make_test_function(force=force)
     if self.test_function is not None and not force:
       return self.test_function
     from simclr_tf import train_loop  # TF-specific distribution plumbing.
     self.test_function = train_loop.make_test_function(self)
     return self.test_function
 
-  def train_step(self, data):
+  def train_step(self, *args):
+    # Keras' trainers call `train_step(data)` on TensorFlow and
+    # `train_step(state, data)` on JAX.
+    if keras.backend.backend() == "tensorflow":
+      return self._tf_train_step(*args)
+    return self._jax_train_step(*args)
+
+  def _jax_train_step(self, state, data):
+    """Keras' JAX step, after the on-device augmentation if there is one.
+
+    Keras differentiates `compute_loss` and applies the optimizer. The
+    augmentation's seed is the optimizer's step count, which is part of the
+    step's state, so a resumed run draws the views it would have drawn.
+    """
+    if self._train_augmentation is not None:
+      images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(
+          data)
+      optimizer_variables = state[2]
+      step = optimizer_variables[self._iterations_index()]
+      images = self._train_augmentation(images, step)
+      data = (images, labels) if sample_weight is None else (
+          images, labels, sample_weight)
+    return super().train_step(state, data)
+
+  def _iterations_index(self):
+    paths = [variable.path for variable in self.optimizer.variables]
+    return paths.index(self.optimizer.iterations.path)
+
+  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                   training=True):
+    """The loss Keras' own trainers differentiate (JAX backend).
+
+    Training: `compute_losses`' total, with the training metrics updated
+    from the same terms. Evaluation: the supervised head's cross-entropy,
+    with top-1/top-5 updated. The TensorFlow backend runs its own
+    `train_step`/`test_step` (for `tf.distribute`) on the same terms.
+
+    Args:
+      x: the images given to `call`.
+      y: (B, C) one-hot labels.
+      y_pred: what `call` returned for `x`.
+      sample_weight: unused (unlabeled examples have all-zero labels).
+      training: whether this is a training step.
+
+    Returns:
+      A scalar float32 loss.
+    """
+    del sample_weight
+    if not training or self._is_evaluating:
+      return self._update_eval_metrics(y, y_pred[LOGITS_SUP])
+    terms = self.compute_losses(x, y, y_pred)
+    self._update_train_metrics(terms)
+    return terms[TOTAL_LOSS] / replicas.num_replicas_in_sync()
+
+  def compute_metrics(self, x, y, y_pred, sample_weight=None):
+    # The metrics were updated in `compute_loss`, from the same terms.
+    del x, y, y_pred, sample_weight
+    return {metric.name: metric.result() for metric in self.metrics}
+
+  def _update_eval_metrics(self, labels, logits):
+    targets = ops.cast(labels, "float32")
+    per_example = keras.losses.categorical_crossentropy(
+        targets, ops.cast(logits, "float32"), from_logits=True)
+    self._eval_loss.update_state(per_example)
+    self._top_1.update_state(targets, logits)
+    self._top_5.update_state(targets, logits)
+    return ops.mean(per_example)
+
+  def _tf_train_step(self, data):
     import tensorflow as tf  # Gradient tapes are the TF backend's.
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     with tf.GradientTape() as tape:
       outputs = self(images, training=True)
       terms = self.compute_losses(images, labels, outputs)
-      loss = terms[TOTAL_LOSS] / distribute.num_replicas_in_sync()
+      loss = terms[TOTAL_LOSS] / replicas.num_replicas_in_sync()
       loss = self.optimizer.scale_loss(loss)
     variables = self.trainable_variables
     gradients = tape.gradient(loss, variables)
@@ -336,19 +429,19 @@ class SimCLRModel(keras.Model):
           tf.linalg.global_norm(gradients), terms[TOTAL_LOSS].dtype)
     return self._update_train_metrics(terms)
 
-  def test_step(self, data):
-    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+  def test_step(self, *args):
     if self.supervised_head is None:
       raise ValueError("Evaluation needs a supervised head: pretrain with "
                        "lineareval_while_pretraining, or run linear_eval / "
                        "finetune first.")
+    if keras.backend.backend() != "tensorflow":
+      # Keras' step, through `compute_loss` in evaluation mode.
+      return super().test_step(*args)
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(args[0])
+
     def update():
       logits = self(images, training=False)[LOGITS_SUP]
-      targets = ops.cast(labels, "float32")
-      self._eval_loss.update_state(keras.losses.categorical_crossentropy(
-          targets, ops.cast(logits, "float32"), from_logits=True))
-      self._top_1.update_state(targets, logits)
-      self._top_5.update_state(targets, logits)
+      self._update_eval_metrics(labels, logits)
       return ops.zeros(())
 
     # At the end of a split some replicas get an empty batch. Skip it: the

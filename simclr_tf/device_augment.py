@@ -1,0 +1,443 @@
+"""The batched SimCLR train transform in `keras.ops`, for any Keras backend.
+
+This is the on-device augmentation of the JAX path: a whole (B, H, W, 3)
+batch of same-size images in, per-image random parameters, vectorised so it
+compiles into the train step. It follows `simclr_tf.augment`'s batched
+transform (the TensorFlow path) step for step and draws from the same
+distributions; tests compare the two.
+
+1. random crop, sampled as the authors' `sample_distorted_bounding_box`
+   (or area-uniform), then bicubic resize to `size` (two batched matrix
+   products, matching `tf.image.resize(method="bicubic")`);
+2. horizontal flip;
+3. colour jitter in a random order per image, then grayscale;
+4. Gaussian blur, one sigma per image, reflect padding.
+
+Randomness is stateless: every draw derives from a seed pair, which the
+train step builds from the run's seed, the input pipeline and the optimizer
+step (`step_seed`), so a run resumed at step k draws what it would have.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+AUTHORS_SAMPLER = "authors"
+AREA_UNIFORM_SAMPLER = "area_uniform"
+CROP_SAMPLERS = (AUTHORS_SAMPLER, AREA_UNIFORM_SAMPLER)
+# `sample_distorted_bounding_box` as the authors call it: 100 attempts, and
+# each crop must cover 10% of the image (their only bounding box).
+AUTHORS_CROP_ATTEMPTS = 100
+MIN_OBJECT_COVERED = 0.1
+# Tries of the area-uniform sampler before it takes the whole image.
+AREA_UNIFORM_CROP_ATTEMPTS = 10
+# Keys' cubic convolution parameter, as TensorFlow's bicubic resize.
+CUBIC_A = -0.5
+# ITU-R 601 luma weights, as `tf.image.rgb_to_grayscale`.
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+_NUM_JITTER_OPS = 4
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(_NUM_JITTER_OPS)
+# Seed streams of `step_seed`, so crops and colour never share draws.
+CROP_STREAM = 1
+DISTORT_STREAM = 2
+
+
+def _backend():
+  return keras.backend.backend()
+
+
+def step_seed(seed: int, step, stream: int, pipeline: int = 0):
+  """The seed pair of one train step's draws.
+
+  Args:
+    seed: the run's integer seed.
+    step: the optimizer step (a scalar integer tensor or int).
+    stream: which augmentation stage draws (`CROP_STREAM`, ...).
+    pipeline: the input pipeline's (worker's) index, so each pipeline of a
+      cluster draws its own parameters.
+
+  Returns:
+    A uint32 (2,) tensor: (seed mixed with stream and pipeline, step).
+  """
+  high = (int(seed) * 1_000_003 + stream * 7919 + pipeline * 104_729)
+  high %= 2**32
+  return ops.stack([ops.convert_to_tensor(high, "uint32"),
+                    ops.cast(step, "uint32")])
+
+
+class _Random:
+  """Uniform draws from a seed pair; each draw gets its own sub-seed."""
+
+  def __init__(self, seed):
+    self._seed = ops.cast(ops.convert_to_tensor(seed), "uint32")
+    self._count = 0
+
+  def _next_seed(self):
+    self._count += 1
+    if _backend() == "jax":
+      import jax  # Only on the JAX backend.
+      return jax.random.fold_in(self._seed, self._count)
+    return ops.cast(self._seed, "int32") + ops.convert_to_tensor(
+        [0, 7919 * self._count], "int32")
+
+  def uniform(self, shape, minval=0.0, maxval=1.0):
+    seed = self._next_seed()
+    if _backend() == "jax":
+      return keras.random.uniform(shape, minval, maxval, dtype="float32",
+                                  seed=seed)
+    import tensorflow as tf  # Only on the TensorFlow backend.
+    return tf.random.stateless_uniform(shape, seed, minval, maxval,
+                                       dtype=tf.float32)
+
+  def bernoulli(self, shape, probability):
+    return self.uniform(shape) < probability
+
+
+def to_float_image(images):
+  """uint8 images to float32 in [0, 1]; float images clipped to [0, 1]."""
+  if "int" in keras.backend.standardize_dtype(images.dtype):
+    return ops.cast(images, "float32") / 255.0
+  return ops.clip(ops.cast(images, "float32"), 0.0, 1.0)
+
+
+def sample_crop_boxes(num: int, height: int, width: int, augment_config,
+                      rng: _Random):
+  """Random-resized-crop boxes for `num` images of one static size.
+
+  Args:
+    num: images.
+    height: image height in pixels.
+    width: image width in pixels.
+    augment_config: a `simclr_tf.config.AugmentConfig` (crop ranges and
+      `crop_sampler`).
+    rng: the draws.
+
+  Returns:
+    (offset_y, offset_x, crop_height, crop_width), float32 (num,) each,
+    whole pixels.
+  """
+  cfg = augment_config
+  if cfg.crop_sampler == AUTHORS_SAMPLER:
+    return _authors_boxes(num, height, width, cfg.crop_area_range,
+                          cfg.crop_aspect_ratio_range, rng)
+  if cfg.crop_sampler != AREA_UNIFORM_SAMPLER:
+    raise ValueError(f"`crop_sampler` must be one of {CROP_SAMPLERS}. "
+                     f"Received: crop_sampler={cfg.crop_sampler!r}")
+  return _area_uniform_boxes(num, height, width, cfg.crop_area_range,
+                             cfg.crop_aspect_ratio_range, rng)
+
+
+def _authors_boxes(num, height, width, area_range, ratio_range, rng):
+  # TensorFlow's kernel, every attempt at once: ratio ~ U(range); height a
+  # uniform integer between those the area bounds give at that ratio
+  # (capped so the box fits); width round(h * ratio), nudged up at most
+  # twice if rounding left the area too small; kept if the area is in
+  # range and covers MIN_OBJECT_COVERED of the image.
+  height_f, width_f = float(height), float(width)
+  image_area = height_f * width_f
+  min_area = area_range[0] * image_area
+  max_area = area_range[1] * image_area
+  shape = (num, AUTHORS_CROP_ATTEMPTS)
+  ratio = rng.uniform(shape, ratio_range[0], ratio_range[1])
+  low_h = ops.round(ops.sqrt(min_area / ratio))
+  high_h = ops.round(ops.sqrt(max_area / ratio))
+  fit_h = ops.floor((width_f + 0.5 - 1e-7) / ratio)
+  fit_h = ops.where(ops.round(fit_h * ratio) > width_f, fit_h - 1.0, fit_h)
+  high_h = ops.where(ops.round(high_h * ratio) > width_f, fit_h, high_h)
+  high_h = ops.minimum(high_h, height_f)
+  low_h = ops.minimum(low_h, high_h)
+  crop_h = low_h + ops.floor(rng.uniform(shape) * (high_h - low_h + 1.0))
+  crop_h = ops.minimum(crop_h, high_h)
+  crop_w = ops.round(crop_h * ratio)
+  for _ in range(2):
+    small = crop_w * crop_h < min_area
+    crop_h = ops.where(small, crop_h + 1.0, crop_h)
+    crop_w = ops.where(small, ops.round(crop_h * ratio), crop_w)
+  area = crop_w * crop_h
+  fits = ((area >= min_area) & (area <= max_area) & (crop_w <= width_f) &
+          (crop_h <= height_f) & (crop_w > 0) & (crop_h > 0) &
+          (area >= MIN_OBJECT_COVERED * image_area))
+  return _first_fitting(fits, crop_h, crop_w, height_f, width_f, num, rng,
+                        AUTHORS_CROP_ATTEMPTS, offsets_reach_edge=False)
+
+
+def _area_uniform_boxes(num, height, width, area_range, ratio_range, rng):
+  height_f, width_f = float(height), float(width)
+  shape = (num, AREA_UNIFORM_CROP_ATTEMPTS)
+  area = rng.uniform(shape, area_range[0], area_range[1]) * height_f * width_f
+  ratio = ops.exp(rng.uniform(shape, math.log(ratio_range[0]),
+                              math.log(ratio_range[1])))
+  crop_w = ops.round(ops.sqrt(area * ratio))
+  crop_h = ops.round(ops.sqrt(area / ratio))
+  fits = ((crop_w >= 1) & (crop_w <= width_f) &
+          (crop_h >= 1) & (crop_h <= height_f))
+  return _first_fitting(fits, crop_h, crop_w, height_f, width_f, num, rng,
+                        AREA_UNIFORM_CROP_ATTEMPTS, offsets_reach_edge=True)
+
+
+def _first_fitting(fits, crop_h, crop_w, height_f, width_f, num, rng,
+                   attempts, offsets_reach_edge):
+  attempt = ops.arange(attempts, dtype="int32")[None, :]
+  first = ops.argmin(ops.where(fits, attempt, attempts), axis=1)
+  found = ops.any(fits, axis=1)
+  first = ops.expand_dims(ops.cast(first, "int32"), 1)
+  crop_w = ops.where(found, ops.take_along_axis(crop_w, first, 1)[:, 0],
+                     width_f)
+  crop_h = ops.where(found, ops.take_along_axis(crop_h, first, 1)[:, 0],
+                     height_f)
+  # TensorFlow's kernel draws offsets in [0, H - h): a box shorter than the
+  # image never touches its bottom edge. The area-uniform sampler reaches
+  # every position.
+  extra = 1.0 if offsets_reach_edge else 0.0
+  span_y = ops.maximum(height_f - crop_h + extra, 1.0)
+  span_x = ops.maximum(width_f - crop_w + extra, 1.0)
+  offset_y = ops.clip(ops.floor(rng.uniform((num,)) * span_y), 0.0,
+                      height_f - crop_h)
+  offset_x = ops.clip(ops.floor(rng.uniform((num,)) * span_x), 0.0,
+                      width_f - crop_w)
+  return offset_y, offset_x, crop_h, crop_w
+
+
+def _cubic_weights(distance):
+  d = ops.abs(distance)
+  a = CUBIC_A
+  near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+  far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+  return ops.where(d <= 1.0, near, ops.where(d < 2.0, far, 0.0))
+
+
+def _resize_matrix(offset, length, in_size: int, out_size: int):
+  """(B, out_size, in_size) rows resampling [offset, offset + length).
+
+  Bicubic with half-pixel centres and no antialiasing; taps outside the
+  window get weight 0 and the rest renormalise, as `tf.image.resize` does
+  on the cropped window.
+  """
+  length = length[:, None]
+  scale = length / float(out_size)
+  centre = (ops.arange(out_size, dtype="float32")[None, :] + 0.5) * scale
+  centre = centre - 0.5
+  base = ops.floor(centre)
+  taps, weights = [], []
+  for k in range(-1, 3):
+    tap = base + k
+    weight = _cubic_weights(centre - tap)
+    taps.append(tap)
+    weights.append(ops.where((tap >= 0) & (tap < length), weight, 0.0))
+  total = weights[0] + weights[1] + weights[2] + weights[3]
+  matrix = 0.0
+  for tap, weight in zip(taps, weights):
+    index = ops.clip(tap, 0.0, length - 1.0) + offset[:, None]
+    matrix = matrix + ops.one_hot(ops.cast(index, "int32"), in_size) * (
+        weight / total)[..., None]
+  return matrix
+
+
+def crop_and_resize(images, boxes, size: int, flip=None):
+  """Crops a box per image and resizes it bicubically to (size, size).
+
+  Args:
+    images: float32 (B, H, W, C) with static H and W.
+    boxes: (offset_y, offset_x, crop_height, crop_width), (B,) each.
+    size: output side.
+    flip: optional bool (B,): mirror these outputs left-right.
+
+  Returns:
+    float32 (B, size, size, C), not clipped (bicubic overshoots).
+  """
+  offset_y, offset_x, crop_h, crop_w = boxes
+  rows = _resize_matrix(offset_y, crop_h, images.shape[1], size)
+  cols = _resize_matrix(offset_x, crop_w, images.shape[2], size)
+  if flip is not None:
+    cols = ops.where(flip[:, None, None], ops.flip(cols, axis=1), cols)
+  out = ops.einsum("bhwc,bjw->bhjc", images, cols)
+  return ops.einsum("bih,bhjc->bijc", rows, out)
+
+
+def _adjust_contrast(images, factor):
+  mean = ops.mean(images, axis=(1, 2), keepdims=True)
+  return (images - mean) * factor[:, None, None, None] + mean
+
+
+def _adjust_saturation_and_hue(images, saturation, hue):
+  hsv = ops.image.rgb_to_hsv(images)
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  h = ops.mod(h + hue[:, None, None], 1.0)
+  s = ops.clip(s * saturation[:, None, None], 0.0, 1.0)
+  return ops.image.hsv_to_rgb(ops.stack([h, s, v], axis=-1))
+
+
+def color_jitter(images, strength: float, rng: _Random):
+  """Brightness, contrast, saturation and hue, in a random order per image.
+
+  Args:
+    images: float32 (B, H, W, 3) in [0, 1].
+    strength: the colour jitter strength s.
+    rng: the draws.
+
+  Returns:
+    float32 (B, H, W, 3) in [0, 1].
+  """
+  num = images.shape[0]
+  amount = 0.8 * strength
+  low = max(0.0, 1.0 - amount)
+  brightness = rng.uniform((num,), low, 1.0 + amount)
+  contrast = rng.uniform((num,), low, 1.0 + amount)
+  saturation = rng.uniform((num,), low, 1.0 + amount)
+  hue = rng.uniform((num,), -0.2 * strength, 0.2 * strength)
+  order = ops.argsort(rng.uniform((num, _NUM_JITTER_OPS)), axis=1)
+  # Each slot applies one op per image, identity amounts for the others, so
+  # every image follows its own order without per-image control flow.
+  for slot in range(_NUM_JITTER_OPS):
+    op = order[:, slot]
+    images = images * ops.where(op == _BRIGHTNESS, brightness, 1.0)[
+        :, None, None, None]
+    images = ops.clip(images, 0.0, 1.0)
+    images = _adjust_contrast(images,
+                              ops.where(op == _CONTRAST, contrast, 1.0))
+    images = ops.clip(images, 0.0, 1.0)
+    images = _adjust_saturation_and_hue(
+        images, ops.where(op == _SATURATION, saturation, 1.0),
+        ops.where(op == _HUE, hue, 0.0))
+    images = ops.clip(images, 0.0, 1.0)
+  return images
+
+
+def to_grayscale(images):
+  """Luma replicated to 3 channels."""
+  gray = ops.sum(images * ops.convert_to_tensor(GRAY_WEIGHTS, images.dtype),
+                 axis=-1, keepdims=True)
+  return ops.concatenate([gray] * 3, axis=-1)
+
+
+def blur_kernel_radius(size: int, kernel_fraction: float) -> int:
+  """The authors' `(size * fraction) // 2`; 0 means no blur."""
+  return int(size * kernel_fraction) // 2
+
+
+def gaussian_blur(images, sigma, radius: int):
+  """Separable Gaussian blur, one sigma per image, reflect padding.
+
+  The batch is folded into the channel axis, so one depthwise convolution
+  applies every image's own kernel.
+
+  Args:
+    images: float32 (B, H, W, C) with H, W > radius.
+    sigma: float32 (B,) standard deviations in pixels.
+    radius: kernel radius r (2r + 1 taps); 0 returns the images.
+
+  Returns:
+    float32 (B, H, W, C).
+  """
+  if radius <= 0:
+    return images
+  batch, height, width, channels = images.shape
+  taps = ops.arange(-radius, radius + 1, dtype="float32")
+  kernel = ops.exp(-ops.square(taps)[None, :] /
+                   (2.0 * ops.square(sigma)[:, None]))
+  kernel = kernel / ops.sum(kernel, axis=1, keepdims=True)        # (B, K)
+  kernel = ops.repeat(ops.transpose(kernel), channels, axis=1)    # (K, B*C)
+  folded = ops.reshape(ops.transpose(images, (1, 2, 0, 3)),
+                       (1, height, width, batch * channels))
+  folded = ops.pad(folded, [[0, 0], [radius, radius], [radius, radius],
+                            [0, 0]], mode="reflect")
+  folded = ops.depthwise_conv(folded, kernel[None, :, :, None], 1, "valid")
+  folded = ops.depthwise_conv(folded, kernel[:, None, :, None], 1, "valid")
+  out = ops.reshape(folded, (height, width, batch, channels))
+  return ops.transpose(out, (2, 0, 1, 3))
+
+
+def distort(images, size: int, augment_config, rng: _Random):
+  """Colour jitter, grayscale and blur of float (B, size, size, 3) images."""
+  cfg = augment_config
+  num = images.shape[0]
+
+  def mask(probability):
+    return rng.bernoulli((num,), probability)[:, None, None, None]
+
+  # Strength 0 means no colour distortion, grayscale included, as the
+  # authors' `if color_jitter_strength > 0`.
+  if cfg.color_jitter_strength > 0:
+    jitter = mask(cfg.color_jitter_probability)
+    images = ops.where(
+        jitter, color_jitter(images, cfg.color_jitter_strength, rng), images)
+    images = ops.where(mask(cfg.grayscale_probability), to_grayscale(images),
+                       images)
+  radius = blur_kernel_radius(size, cfg.blur_kernel_fraction)
+  if cfg.use_blur and radius > 0:
+    blur = mask(cfg.blur_probability)
+    sigma = rng.uniform((num,), cfg.blur_sigma_range[0],
+                        cfg.blur_sigma_range[1])
+    images = ops.where(blur, gaussian_blur(images, sigma, radius), images)
+  return ops.clip(images, 0.0, 1.0)
+
+
+def augment_batch(images, size: int, augment_config, seed):
+  """The whole train transform on a batch of same-size images.
+
+  Args:
+    images: uint8 or float (B, H, W, 3) with static shape.
+    size: output side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    seed: a (2,) seed pair (`step_seed`).
+
+  Returns:
+    float32 (B, size, size, 3) in [0, 1].
+  """
+  if not isinstance(size, int) or size < 1:
+    raise ValueError(f"`size` must be a positive int. Received: size={size!r}")
+  cfg = augment_config
+  rng = _Random(seed)
+  images = to_float_image(images)
+  num, height, width = images.shape[0], images.shape[1], images.shape[2]
+  boxes = sample_crop_boxes(num, height, width, cfg, rng)
+  flip = rng.bernoulli((num,), cfg.flip_probability)
+  images = ops.clip(crop_and_resize(images, boxes, size, flip=flip), 0.0, 1.0)
+  return distort(images, size, cfg, rng)
+
+
+def augment_views(images, size: int, augment_config, num_views: int, seed):
+  """`num_views` independent views, stacked on the channel axis.
+
+  Args:
+    images: uint8 or float (B, H, W, 3).
+    size: output side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    num_views: views per image (2 for pretraining).
+    seed: a (2,) seed pair; each view folds in its index.
+
+  Returns:
+    float32 (B, size, size, 3 * num_views): view k is channels 3k:3k+3.
+  """
+  if num_views < 1:
+    raise ValueError(f"`num_views` must be >= 1. Received: num_views="
+                     f"{num_views}")
+  seed = ops.cast(ops.convert_to_tensor(seed), "uint32")
+  views = [augment_batch(images, size, augment_config,
+                         seed + ops.convert_to_tensor([1000 * (k + 1), 0],
+                                                      "uint32"))
+           for k in range(num_views)]
+  return ops.concatenate(views, axis=-1)
+
+
+def train_augmentation(size: int, augment_config, num_views: int, seed: int,
+                       pipeline: int = 0):
+  """The `SimCLRModel.compile(train_augmentation=...)` function on JAX.
+
+  Args:
+    size: output side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    num_views: views per image.
+    seed: the run's integer seed.
+    pipeline: this input pipeline's index.
+
+  Returns:
+    A function `(uint8 images (B, H, W, 3), step) -> float32 views`.
+  """
+
+  def augmentation(images, step):
+    return augment_views(images, size, augment_config, num_views,
+                         step_seed(seed, step, CROP_STREAM, pipeline))
+
+  return augmentation
