@@ -29,6 +29,7 @@ OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+BACKENDS = ("tensorflow", "jax")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CROP_SAMPLERS = ("authors", "area_uniform")
 
@@ -378,6 +379,11 @@ class RunConfig:
       "on hardware with native bfloat16, else float32). Losses, BatchNorm "
       "statistics and LARS stay float32.", choices=PRECISIONS)
   jit_compile: bool = setting(False, "Compile the train step with XLA.")
+  backend: Optional[str] = setting(
+      None, "Keras backend: tensorflow (every feature) or jax (pretrain and "
+      "linear_eval with Keras' JAX trainer, on the built-in dataset or an "
+      "image folder; README: JAX backend). Unset: the KERAS_BACKEND "
+      "environment variable, else tensorflow.", choices=BACKENDS)
   knn_eval_every_epochs: int = setting(
       0, "While pretraining, report the weighted kNN accuracy of the encoder "
       "(eval/knn_top_1, eval/knn_top_5) every this many epochs and at the "

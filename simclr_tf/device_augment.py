@@ -107,8 +107,9 @@ def sample_crop_boxes(num: int, height: int, width: int, augment_config,
 
   Args:
     num: images.
-    height: image height in pixels.
-    width: image width in pixels.
+    height: image height in pixels: an int, or (num,) heights of images of
+      mixed sizes (the host's crop windows).
+    width: image width in pixels, likewise.
     augment_config: a `simclr_tf.config.AugmentConfig` (crop ranges and
       `crop_sampler`).
     rng: the draws.
@@ -118,6 +119,8 @@ def sample_crop_boxes(num: int, height: int, width: int, augment_config,
     whole pixels.
   """
   cfg = augment_config
+  height = _per_image(height, num)
+  width = _per_image(width, num)
   if cfg.crop_sampler == AUTHORS_SAMPLER:
     return _authors_boxes(num, height, width, cfg.crop_area_range,
                           cfg.crop_aspect_ratio_range, rng)
@@ -128,13 +131,19 @@ def sample_crop_boxes(num: int, height: int, width: int, augment_config,
                              cfg.crop_aspect_ratio_range, rng)
 
 
+def _per_image(side, num):
+  """A side as a float32 (num, 1) column, one row per image."""
+  side = ops.cast(ops.convert_to_tensor(side), "float32")
+  return ops.broadcast_to(ops.reshape(side, (-1, 1)), (num, 1))
+
+
 def _authors_boxes(num, height, width, area_range, ratio_range, rng):
   # TensorFlow's kernel, every attempt at once: ratio ~ U(range); height a
   # uniform integer between those the area bounds give at that ratio
   # (capped so the box fits); width round(h * ratio), nudged up at most
   # twice if rounding left the area too small; kept if the area is in
   # range and covers MIN_OBJECT_COVERED of the image.
-  height_f, width_f = float(height), float(width)
+  height_f, width_f = height, width
   image_area = height_f * width_f
   min_area = area_range[0] * image_area
   max_area = area_range[1] * image_area
@@ -163,7 +172,7 @@ def _authors_boxes(num, height, width, area_range, ratio_range, rng):
 
 
 def _area_uniform_boxes(num, height, width, area_range, ratio_range, rng):
-  height_f, width_f = float(height), float(width)
+  height_f, width_f = height, width
   shape = (num, AREA_UNIFORM_CROP_ATTEMPTS)
   area = rng.uniform(shape, area_range[0], area_range[1]) * height_f * width_f
   ratio = ops.exp(rng.uniform(shape, math.log(ratio_range[0]),
@@ -178,6 +187,7 @@ def _area_uniform_boxes(num, height, width, area_range, ratio_range, rng):
 
 def _first_fitting(fits, crop_h, crop_w, height_f, width_f, num, rng,
                    attempts, offsets_reach_edge):
+  height_f, width_f = height_f[:, 0], width_f[:, 0]
   attempt = ops.arange(attempts, dtype="int32")[None, :]
   first = ops.argmin(ops.where(fits, attempt, attempts), axis=1)
   found = ops.any(fits, axis=1)
@@ -421,8 +431,34 @@ def augment_views(images, size: int, augment_config, num_views: int, seed):
   return ops.concatenate(views, axis=-1)
 
 
+def distort_views(views, size: int, augment_config, num_views: int, seed):
+  """Flip, colour jitter, grayscale and blur of crops made on the host.
+
+  Args:
+    views: uint8 or float (B, size, size, 3 * num_views) crops.
+    size: their side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    num_views: views on the channel axis.
+    seed: a (2,) seed pair; each view folds in its index.
+
+  Returns:
+    float32 (B, size, size, 3 * num_views) in [0, 1].
+  """
+  views = to_float_image(views)
+  seed = ops.cast(ops.convert_to_tensor(seed), "uint32")
+  out = []
+  for k in range(num_views):
+    rng = _Random(seed + ops.convert_to_tensor([2000 * (k + 1), 0], "uint32"))
+    images = views[..., 3 * k:3 * k + 3]
+    flip = rng.bernoulli((images.shape[0],), augment_config.flip_probability)
+    images = ops.where(flip[:, None, None, None], ops.flip(images, axis=2),
+                       images)
+    out.append(distort(images, size, augment_config, rng))
+  return ops.concatenate(out, axis=-1)
+
+
 def train_augmentation(size: int, augment_config, num_views: int, seed: int,
-                       pipeline: int = 0):
+                       *, crop: bool, pipeline: int = 0):
   """The `SimCLRModel.compile(train_augmentation=...)` function on JAX.
 
   Args:
@@ -430,14 +466,20 @@ def train_augmentation(size: int, augment_config, num_views: int, seed: int,
     augment_config: a `simclr_tf.config.AugmentConfig`.
     num_views: views per image.
     seed: the run's integer seed.
+    crop: the batches hold whole same-size images, to crop here
+      (`augment_views`); False: the host already cropped each view from
+      the full-resolution image (`distort_views`).
     pipeline: this input pipeline's index.
 
   Returns:
-    A function `(uint8 images (B, H, W, 3), step) -> float32 views`.
+    A function `(uint8 images, step) -> float32 views`.
   """
 
   def augmentation(images, step):
-    return augment_views(images, size, augment_config, num_views,
-                         step_seed(seed, step, CROP_STREAM, pipeline))
+    if crop:
+      return augment_views(images, size, augment_config, num_views,
+                           step_seed(seed, step, CROP_STREAM, pipeline))
+    return distort_views(images, size, augment_config, num_views,
+                         step_seed(seed, step, DISTORT_STREAM, pipeline))
 
   return augmentation

@@ -46,7 +46,7 @@ DEMO_PRESET = "demo"
 # Settings that say where and on what a run happens, not what it trains:
 # with only these (or nothing) on the command line the demo preset runs.
 RUN_LOCATION_FLAGS = ("model_dir", "data_dir", "strategy", "tpu",
-                      "cpu_replicas", "precision", "jit_compile")
+                      "cpu_replicas", "precision", "jit_compile", "backend")
 
 flags.DEFINE_string(
     "preset", None, "A shipped preset (simclr_tf/presets/NAME.cfg, also "
@@ -181,8 +181,14 @@ def _probe_line(name, result):
           f"{100 * result['top_5']:6.2f}%  (C {result['C']:.3g})")
 
 
-def format_summary(config, results):
-  """The closing summary: each stage's result and where its files are."""
+def format_summary(config, results, saved_models=True):
+  """The closing summary: each stage's result and where its files are.
+
+  Args:
+    config: the run's config.
+    results: its `StageResult`s.
+    saved_models: list the SavedModel exports (the TensorFlow backend's).
+  """
   lines = ["", "==== summary ===="]
   for result in results:
     line = f"{result.stage:<12} step {result.global_step:<7} " \
@@ -208,6 +214,10 @@ def format_summary(config, results):
         lines.append(f"{'':14}{_probe_line(name, probed)}")
   lines.append(f"TensorBoard:  tensorboard --logdir {config.run.model_dir}")
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
+  if not saved_models:
+    lines.append("SavedModel export is a TensorFlow-backend feature; see "
+                 "README: JAX backend.")
+    return "\n".join(lines)
   from simclr_tf import export  # pylint: disable=g-import-not-at-top
   lines.append("SavedModel exports: " + ", ".join(
       os.path.join(result.model_dir, export.EXPORTS_DIR,
@@ -231,6 +241,16 @@ def main(argv):
          f"({linear.learning_rate_scaling} scaling), batch "
          f"{linear.train_batch_size}, "
          f"{linear.train_steps or f'{linear.train_epochs} epochs'}.")
+  backend = config.run.backend or os.environ.get("KERAS_BACKEND",
+                                                  "tensorflow")
+  if backend not in config_lib.BACKENDS:
+    return _fail(f"KERAS_BACKEND must be one of "
+                 f"{', '.join(config_lib.BACKENDS)} (or pass --backend). "
+                 f"Received: KERAS_BACKEND={backend!r}")
+  # Keras reads the variable once, when it is first imported: here.
+  os.environ["KERAS_BACKEND"] = backend
+  if backend != "tensorflow":
+    return _run_keras_trainer(config)
   # Imported late: TensorFlow starts here, after flag errors are reported.
   import tensorflow_datasets as tfds
   from simclr_tf import checkpoints
@@ -271,6 +291,25 @@ def main(argv):
           flush=True)
     return STOPPED_BY_SIGNAL
   _say(format_summary(config, results))
+  return 0
+
+
+def _run_keras_trainer(config):
+  """The run on a non-TensorFlow backend (`keras_training`)."""
+  from simclr_tf import host_data  # noqa: F401  (TF-free data)
+  from simclr_tf import keras_checkpoints
+  from simclr_tf import keras_training
+  from simclr_tf.data.errors import DataError
+  try:
+    results = keras_training.run_experiment(config, log=_say)
+  except (config_lib.ConfigError, DataError,
+          keras_checkpoints.CheckpointError) as error:
+    return _fail(str(error))
+  except KeyboardInterrupt:
+    print("stopped by SIGINT; rerun the same command to resume from the "
+          "last checkpoint", file=sys.stderr, flush=True)
+    return STOPPED_BY_SIGNAL
+  _say(format_summary(config, results, saved_models=False))
   return 0
 
 

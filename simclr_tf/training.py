@@ -31,34 +31,14 @@ from simclr_tf import train_loop
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
+from simclr_tf.stage_result import RESULT_FILE
+from simclr_tf.stage_result import StageResult
 
-RESULT_FILE = "result.json"
 # Each replica's next batches are copied to its device while it computes
 # (a buffer of one batch per replica, TensorFlow's default, made explicit).
 TRAIN_INPUT_OPTIONS = tf.distribute.InputOptions(
     experimental_fetch_to_device=True, experimental_per_replica_buffer_size=1)
 LINEAR_EVAL_DIR = "linear_eval"
-
-
-@dataclasses.dataclass
-class StageResult:
-  """What one stage (a train and/or eval of one model) produced.
-
-  Attributes:
-    stage: "pretrain", "finetune" or "linear_eval".
-    model_dir: where its checkpoints, summaries and results are.
-    global_step: optimizer steps taken in total.
-    eval_results: evaluation metrics, or None if not evaluated.
-    random_init: the encoder was never trained or loaded (baseline).
-    probe: {features: linear-probe result} of SimCLR and the baselines
-      (`probe_baselines`), or None.
-  """
-  stage: str
-  model_dir: str
-  global_step: int
-  eval_results: Optional[Dict[str, float]] = None
-  random_init: bool = False
-  probe: Optional[Dict[str, dict]] = None
 
 
 def run_experiment(config: ExperimentConfig,

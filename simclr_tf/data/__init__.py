@@ -13,14 +13,32 @@ Public API:
     `tf.data.Dataset` of images, for `SimCLRModel.fit`.
 """
 
+import importlib
+
 from simclr_tf.data.errors import DataError
-from simclr_tf.data.label_subset import select_label_subset
-from simclr_tf.data.pipeline import build_input_fn
-from simclr_tf.data.pipeline import get_dataset_info
-from simclr_tf.data.skipped_files import take_report as take_skipped_files_report
-from simclr_tf.data.source import DatasetInfo
-from simclr_tf.data.source import NO_LABEL
-from simclr_tf.data.user_dataset import pretraining_views
+
+# The rest is TensorFlow's (`tf.data`), imported on first use, so that the
+# TF-free modules of this package (`shapes_render`, `errors`) serve the JAX
+# backend on hosts without TensorFlow.
+_LAZY = {
+    "select_label_subset": ("label_subset", "select_label_subset"),
+    "build_input_fn": ("pipeline", "build_input_fn"),
+    "get_dataset_info": ("pipeline", "get_dataset_info"),
+    "take_skipped_files_report": ("skipped_files", "take_report"),
+    "DatasetInfo": ("source", "DatasetInfo"),
+    "NO_LABEL": ("source", "NO_LABEL"),
+    "pretraining_views": ("user_dataset", "pretraining_views"),
+}
+
+
+def __getattr__(name):
+  if name not in _LAZY:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  module, attribute = _LAZY[name]
+  value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+  globals()[name] = value
+  return value
+
 
 __all__ = ["DataError", "DatasetInfo", "NO_LABEL", "build_input_fn",
            "get_dataset_info", "pretraining_views", "select_label_subset",

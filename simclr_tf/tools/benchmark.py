@@ -106,6 +106,10 @@ _PEER = flags.DEFINE_string(
     "peer_authors_dir", None, "A checkout of google-research/simclr: also "
     "time the authors' TF2 train step on this configuration, alternating "
     "with ours, and print the ratios. Needs tf-keras.")
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "benchmark_peak_tflops", None, "--backend=jax: the chip's peak TFLOP/s "
+    "at --precision, for the model FLOP utilisation column (known for "
+    "H100, H200 and A100; unset elsewhere leaves it n/a).")
 # Flags a variant cannot change: one process holds one strategy.
 _FIXED_IN_VARIANT = ("strategy", "cpu_replicas", "tpu")
 
@@ -546,10 +550,16 @@ def _groups(selected):
   return [[name for name in group if name in selected] for group in groups]
 
 
+def _backend():
+  return FLAGS.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def main(argv):
   if len(argv) > 1:
     return _fail(f"unexpected arguments {argv[1:]}: flags look like "
                  "--name=value.")
+  if _backend() != "tensorflow":
+    return _main_keras_backend()
   unknown = set(_MEASURE.value) - set(MEASUREMENTS)
   if unknown:
     return _fail(f"--benchmark_measurements: unknown {sorted(unknown)}; "
@@ -615,6 +625,45 @@ def main(argv):
     for bench in benches.values():
       bench.close()
   print(_format_table(rows, ratios, memory), flush=True)
+  return 0
+
+
+def _main_keras_backend():
+  """--backend=jax: our JAX step and the PyTorch peer (`jax_benchmark`)."""
+  backend = _backend()
+  if backend not in config_lib.BACKENDS:
+    return _fail(f"--backend must be one of {', '.join(config_lib.BACKENDS)}."
+                 f" Received: backend={backend!r}")
+  os.environ["KERAS_BACKEND"] = backend
+  from simclr_tf.tools import jax_benchmark
+  measurements = _MEASURE.value
+  if measurements == list(MEASUREMENTS):  # Left at the TF default.
+    measurements = list(jax_benchmark.MEASUREMENTS)
+  unknown = set(measurements) - set(jax_benchmark.MEASUREMENTS)
+  if unknown:
+    return _fail(f"--benchmark_measurements: on {backend}, choose from "
+                 f"{', '.join(jax_benchmark.MEASUREMENTS)}. Received: "
+                 f"{sorted(unknown)}")
+  for flag in (_STEPS, _REPEATS):
+    if flag.value < 1:
+      return _fail(f"--{flag.name} must be at least 1. Received: "
+                   f"--{flag.name}={flag.value}")
+  if _PEER.value is not None or _VARIANT.value:
+    return _fail("--peer_authors_dir and --benchmark_variant are "
+                 "TensorFlow-backend features; on jax the PyTorch peer runs "
+                 "in the same table.")
+  try:
+    config = run_lib.config_from_flags().validate()
+  except config_lib.ConfigError as error:
+    return _fail(str(error))
+  if config.run.precision not in ("float32", "mixed_bfloat16"):
+    return _fail("On jax, --precision is float32 or mixed_bfloat16. "
+                 f"Received: precision={config.run.precision}")
+  records = jax_benchmark.run(config, steps=_STEPS.value,
+                              repeats=_REPEATS.value,
+                              measurements=measurements,
+                              peak_tflops=_PEAK_TFLOPS.value, emit=_emit)
+  print(jax_benchmark.format_table(records, config), flush=True)
   return 0
 
 

@@ -1,0 +1,388 @@
+"""Pretraining and linear evaluation with Keras' own trainer (JAX backend).
+
+`python -m simclr_tf.run --backend=jax` runs this instead of `training`:
+the same config, model, loss, LARS and schedule, trained by `fit` with
+Keras' JAX trainer, which differentiates `SimCLRModel.compute_loss` and
+compiles the whole step. Nothing here imports TensorFlow:
+
+- data come from `host_data` (the built-in dataset or an image folder);
+  the views are made on the device (`device_augment`);
+- every local device trains one global batch through
+  `keras.distribution.DataParallel`: the loss' negatives and BatchNorm's
+  statistics span the whole batch, as under `MirroredStrategy` with sync BN;
+- checkpoints are Keras' own weights files (`keras_checkpoints`);
+- TensorBoard scalars are written where TensorFlow is installed, and
+  `metrics.csv` always.
+
+Fine-tuning, SavedModel export, kNN monitoring, probes and plots stay on
+the TensorFlow backend; the weights are the same Keras variables
+(README: JAX backend).
+"""
+
+import csv
+import json
+import os
+import time
+from typing import Callable, List
+
+import keras
+import numpy as np
+
+from simclr_tf import device_augment
+from simclr_tf import host_data
+from simclr_tf import keras_checkpoints
+from simclr_tf import optimizers
+from simclr_tf.config import ConfigError
+from simclr_tf.config import ExperimentConfig
+from simclr_tf.models import simclr
+from simclr_tf.stage_result import RESULT_FILE
+from simclr_tf.stage_result import StageResult
+
+LINEAR_EVAL_DIR = "linear_eval"
+METRICS_FILE = "metrics.csv"
+CONFIG_FILE = "config.json"
+TRAIN_MODES = ("pretrain", "linear_eval")
+
+
+def run_experiment(config: ExperimentConfig,
+                   log: Callable[[str], None] = print) -> List[StageResult]:
+  """Runs what `config` asks, then the linear evaluation after pretraining.
+
+  Args:
+    config: a validated `ExperimentConfig`.
+    log: where progress lines go.
+
+  Returns:
+    One `StageResult` per stage run.
+
+  Raises:
+    ConfigError: a setting this backend does not support.
+    data.DataError: missing or unreadable data.
+    keras_checkpoints.CheckpointError: a damaged or mismatched checkpoint.
+  """
+  config.validate()
+  run = config.run
+  if run.train_mode not in TRAIN_MODES:
+    raise ConfigError(
+        f"On the {keras.backend.backend()} backend train_mode is "
+        f"{' or '.join(TRAIN_MODES)}; fine-tuning needs "
+        f"--backend=tensorflow. Received: train_mode={run.train_mode!r}")
+  if run.precision not in ("float32", "mixed_bfloat16"):
+    raise ConfigError("On JAX, precision is float32 or mixed_bfloat16. "
+                      f"Received: precision={run.precision!r}")
+  keras.config.set_dtype_policy(run.precision)
+  skipped = [name for name, on in (
+      ("the kNN monitor", run.knn_eval_every_epochs > 0),
+      ("the probe baselines", run.probe_baselines),
+      ("the plots", run.write_plots)) if on]
+  if skipped:
+    log(f"NOTE: {', '.join(skipped)} run on the TensorFlow backend only; "
+        f"this {keras.backend.backend()} run skips them.")
+  devices = _set_distribution(config, log)
+  stage_config = config
+  if run.train_mode == "linear_eval":
+    stage_config = config.for_linear_eval(model_dir=run.model_dir,
+                                          checkpoint=run.checkpoint)
+  results = [run_stage(stage_config, log, devices=devices)]
+  if (config.linear_eval.after_pretraining and "train" in run.mode
+      and run.train_mode == "pretrain"):
+    linear_config = config.for_linear_eval(
+        model_dir=os.path.join(run.model_dir, LINEAR_EVAL_DIR),
+        checkpoint=run.model_dir)
+    results.append(run_stage(linear_config, log, devices=devices))
+  return results
+
+
+def _set_distribution(config, log) -> int:
+  """Data parallelism over every local device; returns their count."""
+  devices = keras.distribution.list_devices()
+  for name, batch in (("train_batch_size", config.run.train_batch_size),
+                      ("eval_batch_size", config.run.eval_batch_size)):
+    if batch % len(devices):
+      raise ConfigError(f"`{name}` must split evenly over the "
+                        f"{len(devices)} devices. Received: {name}={batch}")
+  if len(devices) > 1:
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=devices))
+  log(f"Keras {keras.backend.backend()} backend on {len(devices)} "
+      f"device(s): {', '.join(devices)}.")
+  return len(devices)
+
+
+def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
+              devices: int = 1) -> StageResult:
+  """Builds one model, resumes it or loads the encoder, trains, evaluates.
+
+  Args:
+    config: the stage's validated config.
+    log: where progress lines go.
+    devices: the devices the batch is spread over (for the log).
+
+  Returns:
+    The `StageResult`.
+  """
+  run = config.run
+  data = config.data
+  os.makedirs(run.model_dir, exist_ok=True)
+  supervised = run.train_mode != "pretrain"
+  train_split = host_data.load_split(data, data.train_split)
+  eval_split = host_data.load_split(data, data.eval_split)
+  num_classes = max(train_split.num_classes, 1)
+  with_head = supervised or run.lineareval_while_pretraining
+  if with_head and train_split.num_classes < 1:
+    raise ConfigError(f"train_mode={run.train_mode} needs labels, but "
+                      f"{data.data_dir}/{data.train_split} has no class "
+                      "folders.")
+  steps_per_epoch = max(1, len(train_split) // run.train_batch_size)
+  total_steps = optimizers.total_train_steps(
+      len(train_split), run.train_epochs, run.train_batch_size,
+      run.train_steps)
+  keras.utils.set_random_seed(run.seed)
+  model = simclr.build_simclr_model(
+      config.model, image_size=data.image_size, num_classes=num_classes,
+      train_mode=run.train_mode, with_supervised_head=with_head,
+      temperature=config.loss.temperature,
+      hidden_norm=config.loss.hidden_norm,
+      weight_decay=config.optimizer.weight_decay,
+      optimizer_name=config.optimizer.optimizer)
+  schedule = optimizers.WarmUpAndCosineDecay(
+      config.optimizer.learning_rate, batch_size=run.train_batch_size,
+      num_examples=len(train_split),
+      warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
+      scaling=config.optimizer.learning_rate_scaling)
+  augment_config = _train_augment_config(config)
+  train_batches = host_data.Batches(
+      train_split, run.train_batch_size, data.image_size, augment_config,
+      training=True, num_views=2 if run.train_mode == "pretrain" else 1,
+      num_classes=num_classes, seed=run.seed,
+      max_pixels=data.max_image_pixels)
+  model.compile(
+      optimizers.build_optimizer(config.optimizer, schedule),
+      steps_per_loop=run.steps_per_loop,
+      train_augmentation=device_augment.train_augmentation(
+          data.image_size, augment_config, train_batches.num_views,
+          run.seed, crop=train_batches.crops_on_device))
+  model.optimizer.build(model.trainable_variables)
+
+  latest = keras_checkpoints.latest_step(run.model_dir)
+  random_init = False
+  if latest is not None:
+    keras_checkpoints.restore(model, run.model_dir, latest)
+    log(f"Resumed from {keras_checkpoints.weights_path(run.model_dir, latest)}"
+        f" at step {latest}.")
+  elif run.train_mode == "linear_eval":
+    random_init = not _load_encoder(model, config, log)
+  step = _step(model)
+  _write_config(run.model_dir, config)
+  result = StageResult(run.train_mode, run.model_dir, step,
+                       random_init=random_init)
+  if "train" in run.mode and step < total_steps:
+    log(f"[{run.train_mode}] {total_steps} steps ({steps_per_epoch} per "
+        f"epoch) of {run.train_batch_size} images over {devices} device(s), "
+        f"from step {step}.")
+    every = run.checkpoint_steps or run.checkpoint_epochs * steps_per_epoch
+    checkpoint_epochs = max(1, -(-(every or steps_per_epoch) //
+                                 steps_per_epoch))
+    callbacks = [_Progress(run, total_steps, log),
+                 _Checkpoints(run, checkpoint_epochs, total_steps)]
+    for first_epoch, epochs, first_batch, steps in _fit_segments(
+        step, total_steps, steps_per_epoch):
+      train_batches = host_data.Batches(
+          train_split, run.train_batch_size, data.image_size, augment_config,
+          training=True, num_views=train_batches.num_views,
+          num_classes=num_classes, seed=run.seed,
+          max_pixels=data.max_image_pixels, first_epoch=first_epoch,
+          first_batch=first_batch)
+      model.fit(train_batches, epochs=first_epoch + epochs,
+                initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0,
+                callbacks=callbacks)
+    if train_batches.skipped.report():
+      log(f"[{run.train_mode}] {train_batches.skipped.report()}")
+    result.global_step = _step(model)
+  if "eval" in run.mode and model.supervised_head is not None:
+    eval_batches = host_data.Batches(
+        eval_split, run.eval_batch_size, data.image_size, config.augment,
+        training=False, num_classes=num_classes,
+        max_pixels=data.max_image_pixels)
+    start = time.time()
+    metrics = model.evaluate(eval_batches, verbose=0, return_dict=True)
+    result.eval_results = {
+        simclr.EVAL_TOP_1: float(metrics[simclr.EVAL_TOP_1]),
+        simclr.EVAL_TOP_5: float(metrics[simclr.EVAL_TOP_5]),
+        "eval_loss": float(metrics[simclr.SUPERVISED_LOSS]),
+        "global_step": result.global_step,
+        "num_eval_examples": len(eval_split)}
+    with open(os.path.join(run.model_dir, RESULT_FILE), "w") as handle:
+      json.dump(result.eval_results, handle, indent=2)
+    log(f"[{run.train_mode}] eval top-1 "
+        f"{100 * result.eval_results[simclr.EVAL_TOP_1]:.2f}% on "
+        f"{len(eval_split)} images ({time.time() - start:.0f} s).")
+  return result
+
+
+def _fit_segments(step, total_steps, steps_per_epoch):
+  """The `fit` calls that run steps [step, total_steps) in data order.
+
+  A run resumed mid-epoch first finishes that epoch from the batch it
+  stopped at; whole epochs follow in one call; the steps left over (the
+  authors' step count is rarely whole epochs) end it exactly.
+
+  Returns:
+    (first_epoch, epochs, first_batch, steps_per_epoch) per `fit` call.
+  """
+  segments = []
+  epoch, offset = divmod(step, steps_per_epoch)
+  remaining = total_steps - step
+  while remaining > 0:
+    steps = min(steps_per_epoch - offset, remaining)
+    if (segments and offset == 0 and steps == steps_per_epoch and
+        segments[-1][2] == 0 and segments[-1][3] == steps_per_epoch):
+      first, count, _, _ = segments[-1]
+      segments[-1] = (first, count + 1, 0, steps_per_epoch)
+    else:
+      segments.append((epoch, 1, offset, steps))
+    remaining -= steps
+    epoch += 1
+    offset = 0
+  return segments
+
+
+def _train_augment_config(config):
+  import dataclasses
+  if config.run.train_mode == "pretrain":
+    return config.augment
+  # Crops and flips only, as the TensorFlow path and the authors do.
+  return dataclasses.replace(config.augment, color_jitter_probability=0.0,
+                             grayscale_probability=0.0, use_blur=False)
+
+
+def _step(model) -> int:
+  return int(np.asarray(model.optimizer.iterations.value))
+
+
+def _load_encoder(model, config, log) -> bool:
+  """Copies encoder and projection head from `run.checkpoint`'s run."""
+  source_dir = config.run.checkpoint
+  if not source_dir:
+    log("NOTE: linear_eval without --checkpoint: the encoder stays at its "
+        "RANDOM initialisation. This is the baseline, not a trained model.")
+    return False
+  step = keras_checkpoints.latest_step(source_dir)
+  if step is None:
+    raise keras_checkpoints.CheckpointError(
+        f"No Keras checkpoint in {source_dir} (the JAX backend reads the "
+        "*.weights.h5 files it writes). Pretrain there with --backend=jax "
+        "first.")
+  stored = _read_config(source_dir)
+  pretrain = simclr.build_simclr_model(
+      config.model, image_size=config.data.image_size,
+      num_classes=model.supervised_head.num_classes
+      if stored.run.lineareval_while_pretraining else 1,
+      train_mode="pretrain",
+      with_supervised_head=stored.run.lineareval_while_pretraining)
+  keras_checkpoints.restore_weights(pretrain, source_dir, step)
+  model.encoder.set_weights(pretrain.encoder.get_weights())
+  model.projection_head.set_weights(pretrain.projection_head.get_weights())
+  log(f"Loaded the pretrained encoder from "
+      f"{keras_checkpoints.weights_path(source_dir, step)} (step {step}).")
+  return True
+
+
+def _write_config(model_dir, config):
+  path = os.path.join(model_dir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as handle:
+    handle.write(config.to_json())
+  os.replace(path + ".tmp", path)
+
+
+def _read_config(model_dir) -> ExperimentConfig:
+  path = os.path.join(model_dir, CONFIG_FILE)
+  try:
+    with open(path) as handle:
+      return ExperimentConfig.from_json(handle.read())
+  except (OSError, ValueError) as error:
+    raise keras_checkpoints.CheckpointError(
+        f"Cannot read {path} ({error}); it describes the checkpoint's "
+        "model.") from error
+
+
+class _Progress(keras.callbacks.Callback):
+  """A progress line per log interval, scalars to CSV and TensorBoard."""
+
+  def __init__(self, run, total_steps, log):
+    super().__init__()
+    self._run = run
+    self._total = total_steps
+    self._log = log
+    self._start = time.time()
+    self._start_step = None
+    self._csv_path = os.path.join(run.model_dir, METRICS_FILE)
+    self._writer = _summary_writer(os.path.join(run.model_dir, "train"))
+
+  def on_epoch_end(self, epoch, logs=None):
+    step = _step(self.model)
+    if self._start_step is None:
+      self._start_step = step - self.params["steps"]
+    logs = {k: float(v) for k, v in (logs or {}).items()}
+    logs["learning_rate"] = float(np.asarray(
+        self.model.optimizer.learning_rate))
+    rate = (step - self._start_step) / max(time.time() - self._start, 1e-9)
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())
+                      if k in (simclr.CONTRAST_LOSS, simclr.CONTRAST_ACC,
+                               simclr.SUPERVISED_LOSS, simclr.SUPERVISED_ACC,
+                               "learning_rate"))
+    self._log(f"[{self._run.train_mode}] step {step}/{self._total}  {shown}  "
+              f"({rate:.2f} steps/s)")
+    new_file = not os.path.exists(self._csv_path)
+    with open(self._csv_path, "a", newline="") as handle:
+      writer = csv.writer(handle)
+      if new_file:
+        writer.writerow(["step"] + sorted(logs))
+      writer.writerow([step] + [logs[k] for k in sorted(logs)])
+    if self._writer is not None:
+      self._writer(step, logs)
+
+
+def _summary_writer(logdir):
+  """A TensorBoard scalar writer, or None where TensorFlow is absent."""
+  try:
+    import tensorflow as tf  # Optional: TensorBoard's event files.
+  except ImportError:
+    return None
+  writer = tf.summary.create_file_writer(logdir)
+
+  def write(step, scalars):
+    with writer.as_default(step=step):
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value)
+    writer.flush()
+
+  return write
+
+
+class _Checkpoints(keras.callbacks.Callback):
+  """Saves every `every_epochs` epochs and at the last step."""
+
+  def __init__(self, run, every_epochs, total_steps):
+    super().__init__()
+    self._run = run
+    self._every = every_epochs
+    self._total = total_steps
+
+  def on_train_batch_end(self, batch, logs=None):
+    # `train_steps` need not be whole epochs: stop exactly there.
+    if _step(self.model) >= self._total:
+      self.model.stop_training = True
+
+  def on_epoch_end(self, epoch, logs=None):
+    step = _step(self.model)
+    if (epoch + 1) % self._every == 0 or step >= self._total:
+      keras_checkpoints.save(self.model, self._run.model_dir, step,
+                             keep=self._run.keep_checkpoint_max)
+
+  def on_train_end(self, logs=None):
+    step = _step(self.model)
+    if step >= self._total and keras_checkpoints.latest_step(
+        self._run.model_dir) != step:
+      keras_checkpoints.save(self.model, self._run.model_dir, step,
+                             keep=self._run.keep_checkpoint_max)
