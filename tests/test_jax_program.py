@@ -92,7 +92,7 @@ def _check_weights_load_on_tensorflow(model_dir):
   assert keras.backend.backend() == "tensorflow"
   model = build_simclr_model(
       config.model, image_size=config.data.image_size, num_classes=10,
-      train_mode="linear_eval", with_supervised_head=True)
+      train_mode=config.run.train_mode, with_supervised_head=True)
   model.load_weights(str(model_dir / f"ckpt-{state['latest']}.weights.h5"))
   images, labels = shapes_render.render_shapes(
       config.data.synthetic_test_examples, config.data.image_size,
@@ -102,6 +102,11 @@ def _check_weights_load_on_tensorflow(model_dir):
   stored = json.loads((model_dir / "result.json").read_text())
   # One example's worth: a near-tie may break the other way.
   assert abs(top_1 - stored["label_top_1_accuracy"]) <= 1.0 / len(labels)
+  # And it exports, as the README shows.
+  from simclr_tf import export
+  export_dir = str(model_dir.parent / "exported")
+  export.export_model(model, config, export_dir)
+  assert os.path.exists(os.path.join(export_dir, "saved_model.pb"))
 
 
 def test_benchmark_on_jax_counts_the_steps_flops(tmp_path):
