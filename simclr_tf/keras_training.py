@@ -42,6 +42,8 @@ LINEAR_EVAL_DIR = "linear_eval"
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.json"
 TRAIN_MODES = ("pretrain", "linear_eval")
+# A progress line at least this often while training.
+PROGRESS_SECONDS = 30.0
 
 
 def run_experiment(config: ExperimentConfig,
@@ -316,13 +318,34 @@ class _Progress(keras.callbacks.Callback):
     self._log = log
     self._start = time.time()
     self._start_step = None
+    self._last_line = self._start
     self._csv_path = os.path.join(run.model_dir, METRICS_FILE)
     self._writer = _summary_writer(os.path.join(run.model_dir, "train"))
 
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._start_step is None:
+      self._start_step = _step(self.model)
+      self._start = time.time()
+      self._last_line = self._start
+
+  def on_train_batch_end(self, batch, logs=None):
+    # Between epoch lines, one at least every PROGRESS_SECONDS: an ImageNet
+    # epoch is thousands of steps.
+    now = time.time()
+    if now - self._last_line < PROGRESS_SECONDS:
+      return
+    self._last_line = now
+    step = _step(self.model)
+    rate = (step - self._start_step) / max(now - self._start, 1e-9)
+    loss = (logs or {}).get(simclr.CONTRAST_LOSS,
+                            (logs or {}).get(simclr.SUPERVISED_LOSS))
+    shown = f"  loss {float(loss):.4g}" if loss is not None else ""
+    self._log(f"[{self._run.train_mode}] step {step}/{self._total}{shown}  "
+              f"({rate:.2f} steps/s)")
+
   def on_epoch_end(self, epoch, logs=None):
     step = _step(self.model)
-    if self._start_step is None:
-      self._start_step = step - self.params["steps"]
+    self._last_line = time.time()
     logs = {k: float(v) for k, v in (logs or {}).items()}
     logs["learning_rate"] = float(np.asarray(
         self.model.optimizer.learning_rate))

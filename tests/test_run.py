@@ -114,6 +114,10 @@ def test_no_settings_means_the_demo_preset():
   # Run-location flags keep the demo: they say where, not what.
   assert run_lib.argv_with_preset(["run", "--model_dir=x", "--data_dir=d"]) \
       == ["run", demo, "--model_dir=x", "--data_dir=d"]
+  # The backend is a run-location flag too: `simclr-tf --backend=jax` is
+  # the demo on JAX.
+  assert run_lib.argv_with_preset(["run", "--backend=jax"]) == [
+      "run", demo, "--backend=jax"]
   # Any other setting, or a flagfile, means the built-in defaults.
   assert run_lib.argv_with_preset(["run", "--seed=1"]) == ["run", "--seed=1"]
   assert run_lib.argv_with_preset(["run", "--nouse_blur"]) == [
