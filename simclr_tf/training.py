@@ -298,12 +298,8 @@ def _initialise(model, latest, config, log):
   if run.mode == "eval" or run.train_mode == "pretrain":
     return run.train_mode == "pretrain" and run.mode == "eval"
   if run.checkpoint:
-    loaded = []
-    prefix = checkpoints.load_pretrained(
-        model, run.checkpoint, config.model, log=loaded.append,
-        image_size=config.data.image_size)
-    log(loaded[0] if loaded else
-        f"Loaded the pretrained encoder from {prefix}.")
+    checkpoints.load_pretrained(model, run.checkpoint, config.model,
+                                log=log, image_size=config.data.image_size)
     return False
   if run.train_mode == "linear_eval":
     log("NOTE: linear_eval without --checkpoint: the encoder stays at its "
