@@ -10,6 +10,8 @@ same distribution:
 - `augment_batch`: a whole (B, H, W, 3) batch at once with vectorised ops and
   independent parameters per image, so it can run inside the train step on an
   accelerator (also under `tf.function(jit_compile=True)`).
+  `distort_batch_views` is its second half, for crops made on the host; in
+  the train step it is seeded by `device_seed` (run seed, replica, step).
 
 The train transform, in the authors' order:
 
@@ -639,6 +641,34 @@ def to_uint8(images: tf.Tensor) -> tf.Tensor:
   """Float images in [0, 1] (clipped) rounded to uint8."""
   return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0),
                  tf.uint8)
+
+
+# Folded into the run's seed first on the device path, so its draws are a
+# stream of their own, apart from the host pipelines'.
+_DEVICE_STREAM = 0x5EED
+
+
+def device_seed(seed, replica_id, step) -> tf.Tensor:
+  """The seed of one replica's on-device draws at one training step.
+
+  Stateless: the same run seed, replica and step give the same draws on any
+  run with that cluster shape (and after resuming); two replicas, or two
+  workers of a cluster, never share their draws.
+
+  Args:
+    seed: the run's int seed (or a shape-[2] seed).
+    replica_id: the replica's id in the sync group, over all workers.
+    step: the optimizer step the batch is for.
+
+  Returns:
+    A shape-[2] int64 seed for `distort_batch_views` and the like.
+  """
+  pair = tf.random.experimental.stateless_fold_in(_as_seed_pair(seed),
+                                                   _DEVICE_STREAM)
+  pair = tf.random.experimental.stateless_fold_in(
+      pair, tf.cast(replica_id, tf.int64))
+  return tf.random.experimental.stateless_fold_in(pair,
+                                                  tf.cast(step, tf.int64))
 
 
 def _view_seed(seed: SeedType, view: int):

@@ -248,10 +248,11 @@ class SimCLRModel(keras.Model):
       steps_per_loop: optimizer steps per host call of the train function.
       jit_compile: compile each replica's train step with XLA, as far as the
         strategy allows (`train_loop.xla_scope`).
-      train_augmentation: None, or a function from a training batch's images
-        to the model's input views, run on the device at the start of every
-        train step (the on-device augmentation: uint8 images in, float views
-        out). `fit` data are then `(uint8 images (B, H, W, 3), labels)`.
+      train_augmentation: None, or a function `(images, replica_id, step)`
+        from a training batch's images to the model's input views, run on
+        the device at the start of every train step (the on-device
+        augmentation: uint8 images in, float views out; the replica and
+        step seed its draws). `fit` data are then `(uint8 images (B, H, W, 3), labels)`.
       stop_at_step: the optimizer step at which `fit` stops, whatever it
         asks for (so the last loop of a run ends exactly there); None runs
         every step `fit` asks for.
