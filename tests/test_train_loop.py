@@ -151,7 +151,30 @@ def _geometry(views):
           "flipped": flipped}
 
 
-def test_on_device_crop_and_flip_match_the_per_example_path(
+def _authors_crop_views(image, num):
+  """The reference: crops as the authors' data_util.py takes them.
+
+  `tf.image.sample_distorted_bounding_box` with their arguments (the whole
+  image as the box), the crop, then a bicubic resize, all TensorFlow's own
+  ops: nothing of ours, so the views' geometry is measured the same way.
+  """
+  image = tf.image.convert_image_dtype(image, tf.float32)
+
+  def crop(index):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0., 0., 1., 1.]]]),
+        seed=tf.stack([index, tf.constant(7, tf.int64)]),
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=100,
+        use_image_if_no_bounding_boxes=True)
+    window = tf.slice(image, begin, size)
+    return tf.clip_by_value(tf.image.resize(window, (SIZE, SIZE),
+                                            method="bicubic"), 0.0, 1.0)
+
+  return np.stack(list(tf.data.Dataset.range(num).map(crop).as_numpy_iterator()))
+
+
+def test_crops_on_both_paths_match_the_authors_op_and_flip_half(
     coordinate_folder):
   augment_config = config_lib.AugmentConfig(
       color_jitter_probability=0.0, grayscale_probability=0.0,
@@ -161,8 +184,12 @@ def test_on_device_crop_and_flip_match_the_per_example_path(
            "on_device": _split_views(_on_device_views(config))}
   stats = [_geometry(views) for views in paths.values()]
   assert len(stats[0]["area"]) == len(stats[1]["area"]) == 2 * BATCH * CALLS
-  for name in ("area", "aspect"):
-    assert _same_distribution(stats[0][name], stats[1][name]), name
+  image = tf.io.decode_png(tf.io.read_file(str(
+      coordinate_folder / "train" / "c0" / "image.png")))
+  reference = _geometry(_authors_crop_views(image, 2 * BATCH * CALLS))
+  for path in stats:
+    for name in ("area", "aspect"):
+      assert _same_distribution(path[name], reference[name]), name
   assert _mean_difference_ok(stats[0]["flipped"], stats[1]["flipped"])
   for path in stats:
     flipped = path["flipped"]
