@@ -15,8 +15,8 @@ same distribution:
 
 The train transform, in the authors' order:
 
-1. random crop: area fraction ~ U(crop_area_range), log aspect ratio
-   ~ U(log crop_aspect_ratio_range), bicubic resize to `size`;
+1. random crop of the full-resolution image, drawn by `crop_sampler`
+   (below), bicubic resize to `size`;
 2. horizontal flip with `flip_probability`;
 3. colour jitter with `color_jitter_probability`: brightness (multiplicative,
    the authors' "simclrv2" variant), contrast and saturation with factors in
@@ -29,11 +29,13 @@ The train transform, in the authors' order:
 
 Where this differs from the authors' TF code, on purpose:
 
-- The crop is sampled as the paper states it (area uniform, aspect ratio
-  log-uniform, up to `_CROP_ATTEMPTS` tries, then the whole image) instead of
-  `tf.image.sample_distorted_bounding_box`, whose per-attempt height is uniform
-  rather than the area. Our sampler is plain tensor math, so the batched path
-  can share it and it compiles with XLA.
+- The crop sampler is plain tensor math, so the batched path shares it and
+  it compiles with XLA. By default (`authors`) it vectorises what
+  `tf.image.sample_distorted_bounding_box` does with the authors' arguments
+  (per attempt: aspect ratio uniform, height uniform between the bounds
+  that area and aspect imply, the coverage check; 100 attempts, then the
+  whole image). `area_uniform` draws as the paper's text states it (area
+  uniform, aspect ratio log-uniform, up to `_CROP_ATTEMPTS` tries).
 - Blur pads by reflection instead of zeros, so blurred borders do not darken,
   and each image gets its own sigma (the authors' batch blur shares one sigma
   across the batch).
