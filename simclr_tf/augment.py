@@ -10,11 +10,13 @@ same distribution:
 - `augment_batch`: a whole (B, H, W, 3) batch at once with vectorised ops and
   independent parameters per image, so it can run inside the train step on an
   accelerator (also under `tf.function(jit_compile=True)`).
+  `distort_batch_views` is its second half, for crops made on the host; in
+  the train step it is seeded by `device_seed` (run seed, replica, step).
 
 The train transform, in the authors' order:
 
-1. random crop: area fraction ~ U(crop_area_range), log aspect ratio
-   ~ U(log crop_aspect_ratio_range), bicubic resize to `size`;
+1. random crop of the full-resolution image, drawn by `crop_sampler`
+   (below), bicubic resize to `size`;
 2. horizontal flip with `flip_probability`;
 3. colour jitter with `color_jitter_probability`: brightness (multiplicative,
    the authors' "simclrv2" variant), contrast and saturation with factors in
@@ -27,11 +29,13 @@ The train transform, in the authors' order:
 
 Where this differs from the authors' TF code, on purpose:
 
-- The crop is sampled as the paper states it (area uniform, aspect ratio
-  log-uniform, up to `_CROP_ATTEMPTS` tries, then the whole image) instead of
-  `tf.image.sample_distorted_bounding_box`, whose per-attempt height is uniform
-  rather than the area. Our sampler is plain tensor math, so the batched path
-  can share it and it compiles with XLA.
+- The crop sampler is plain tensor math, so the batched path shares it and
+  it compiles with XLA. By default (`authors`) it vectorises what
+  `tf.image.sample_distorted_bounding_box` does with the authors' arguments
+  (per attempt: aspect ratio uniform, height uniform between the bounds
+  that area and aspect imply, the coverage check; 100 attempts, then the
+  whole image). `area_uniform` draws as the paper's text states it (area
+  uniform, aspect ratio log-uniform, up to `_CROP_ATTEMPTS` tries).
 - Blur pads by reflection instead of zeros, so blurred borders do not darken,
   and each image gets its own sigma (the authors' batch blur shares one sigma
   across the batch).
@@ -639,6 +643,34 @@ def to_uint8(images: tf.Tensor) -> tf.Tensor:
   """Float images in [0, 1] (clipped) rounded to uint8."""
   return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0),
                  tf.uint8)
+
+
+# Folded into the run's seed first on the device path, so its draws are a
+# stream of their own, apart from the host pipelines'.
+_DEVICE_STREAM = 0x5EED
+
+
+def device_seed(seed, replica_id, step) -> tf.Tensor:
+  """The seed of one replica's on-device draws at one training step.
+
+  Stateless: the same run seed, replica and step give the same draws on any
+  run with that cluster shape (and after resuming); two replicas, or two
+  workers of a cluster, never share their draws.
+
+  Args:
+    seed: the run's int seed (or a shape-[2] seed).
+    replica_id: the replica's id in the sync group, over all workers.
+    step: the optimizer step the batch is for.
+
+  Returns:
+    A shape-[2] int64 seed for `distort_batch_views` and the like.
+  """
+  pair = tf.random.experimental.stateless_fold_in(_as_seed_pair(seed),
+                                                   _DEVICE_STREAM)
+  pair = tf.random.experimental.stateless_fold_in(
+      pair, tf.cast(replica_id, tf.int64))
+  return tf.random.experimental.stateless_fold_in(pair,
+                                                  tf.cast(step, tf.int64))
 
 
 def _view_seed(seed: SeedType, view: int):

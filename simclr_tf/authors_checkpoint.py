@@ -706,8 +706,9 @@ def load_pretrained(model, source: AuthorsSource, model_config,
                     log: Optional[Callable[[str], None]] = None) -> str:
   """Loads the encoder and projection head for fine-tuning or linear eval.
 
-  As for our checkpoints, the supervised head and the optimizer start
-  fresh.
+  As for our checkpoints, the supervised head is restored as
+  `checkpoints.supervised_head_start` says (the authors' rule) and the
+  optimizer starts fresh.
 
   Args:
     model: a built `SimCLRModel`.
@@ -723,11 +724,20 @@ def load_pretrained(model, source: AuthorsSource, model_config,
   parts = dict(encoder=model.encoder)
   if _has_part(source.layout, "projection_head"):
     parts["projection_head"] = model.projection_head
-  load_parts(source, parts)
   fresh = ["optimizer"]
-  if model.supervised_head is not None:
-    fresh.insert(0, f"supervised head ({model.supervised_head.num_classes} "
-                    "classes)")
+  head = model.supervised_head
+  if head is not None:
+    saved = sorted(shape for path, (_, shape) in source.layout.items()
+                   if path.startswith(_PART_ROOTS["supervised_head"] + "/"))
+    # Ours with feature normalisation has variables theirs lacks, so the
+    # shapes differ and the head starts fresh.
+    head_start = checkpoints.supervised_head_start(
+        head, model_config, model.train_mode, saved or None)
+    if head_start is None:
+      parts["supervised_head"] = head
+    else:
+      fresh.insert(0, head_start)
+  load_parts(source, parts)
   if "projection_head" not in parts and model.projection_head.weights:
     fresh.insert(0, "projection head")
   _log(log, source, parts, fresh)

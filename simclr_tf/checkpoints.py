@@ -547,6 +547,79 @@ def saved_variable_shape(prefix, path: Sequence[str]):
   return list(reader.get_variable_to_shape_map()[keys[0]])
 
 
+def saved_part_shapes(prefix, part_name) -> Optional[List[tuple]]:
+  """The shapes of the variables a checkpoint or export holds for a part.
+
+  Args:
+    prefix: from `resolve`: a run's checkpoint or an export's variables.
+    part_name: "encoder", "projection_head" or "supervised_head".
+
+  Returns:
+    The shapes as a sorted list of tuples, or None if there is no such part.
+  """
+  reader, graph = _object_graph(prefix)
+  steps = ([export_part_attribute(part_name)] if export_dir_of(prefix)
+           else ["model", part_name])
+  node = _node_at(graph, steps)
+  if node is None:
+    return None
+  shapes = reader.get_variable_to_shape_map()
+  found, seen, stack = [], set(), [node]
+  while stack:
+    node = stack.pop()
+    found += [tuple(shapes[a.checkpoint_key]) for a in node.attributes
+              if a.name == "VARIABLE_VALUE"]
+    for child in node.children:
+      # A variable reachable by two attribute paths is one variable.
+      if child.node_id not in seen:
+        seen.add(child.node_id)
+        stack.append(graph.nodes[child.node_id])
+  return sorted(found) if found else None
+
+
+def supervised_head_start(head, model_config, train_mode,
+                          saved_shapes: Optional[List[tuple]]):
+  """How the supervised head of a stage loading `--checkpoint` starts.
+
+  Fine-tuning follows the authors' rule: they restore the whole model from
+  the pretraining checkpoint, so the head trained beside pretraining
+  carries over, and then zero it when `zero_init_logits_layer`. A
+  checkpoint without a head, or whose head has other shapes (another class
+  count, feature width or feature normalisation), leaves this head at its
+  initialisation, so transfer to a dataset with other classes still works.
+  A linear evaluation always trains its own head: its figure then measures
+  the encoder with the same head training as the random-encoder baseline.
+
+  Args:
+    head: this model's `SupervisedHead`.
+    model_config: this run's `ModelConfig`.
+    train_mode: "finetune" or "linear_eval".
+    saved_shapes: the checkpoint's head variable shapes from
+      `saved_part_shapes` (or the authors' equivalent), or None.
+
+  Returns:
+    None to restore the head; otherwise the line saying how it starts.
+  """
+  if model_config.zero_init_logits_layer:
+    return "supervised head at zero (--zero_init_logits_layer)"
+  if train_mode != "finetune":
+    return "supervised head (linear evaluation trains its own)"
+  if saved_shapes is None:
+    return ("supervised head (the checkpoint has none: pretrained without "
+            "--lineareval_while_pretraining)")
+  ours = sorted(tuple(weight.shape) for weight in head.weights)
+  if ours == saved_shapes:
+    return None
+  kernels = [shape for shape in saved_shapes if len(shape) == 2]
+  saved = (f"maps {kernels[0][0]} features to {kernels[0][1]} classes"
+           if len(kernels) == 1 else f"has shapes {saved_shapes}")
+  return (f"supervised head (the checkpoint's {saved}, this "
+          f"run's {head.linear_layer.dense.kernel.shape[0]} to "
+          f"{head.num_classes} classes"
+          f"{' with' if head.feature_norm else ' without'} feature "
+          "normalisation)")
+
+
 def _verify_given(path, prefix):
   # A checkpoint the user names is theirs to replace: no fallback.
   try:
@@ -558,18 +631,19 @@ def _verify_given(path, prefix):
 
 
 def load_pretrained(model, path, model_config, log=None, *, image_size):
-  """Loads the encoder and projection head of a checkpoint into `model`.
+  """Loads a pretraining checkpoint into `model` for fine-tuning.
 
-  The supervised head and optimizer state are not loaded: fine-tuning and
-  linear evaluation start their head and optimizer afresh, as the authors do
-  (they zero the head when `zero_init_logits_layer`).
+  The encoder and projection head are loaded, and the supervised head as
+  `supervised_head_start` says: when fine-tuning, restored unless
+  `zero_init_logits_layer` or the checkpoint's head does not fit. The
+  optimizer state starts fresh.
 
   Args:
     model: a `SimCLRModel`.
     path: what `--checkpoint` gave (see `resolve`): a checkpoint, a model_dir
       or an export.
     model_config: this run's `ModelConfig`, to explain mismatches.
-    log: where a line on what was loaded goes (the authors' formats).
+    log: where the line on what was loaded goes.
     image_size: this run's image size (an automatic stem depends on it).
 
   Returns:
@@ -586,9 +660,17 @@ def load_pretrained(model, path, model_config, log=None, *, image_size):
                                               log)
   prefix = resolve(path)
   _verify_given(path, prefix)
+  parts = dict(encoder=model.encoder, projection_head=model.projection_head)
+  head = model.supervised_head
+  head_start = None
+  if head is not None:
+    head_start = supervised_head_start(
+        head, model_config, model.train_mode,
+        saved_part_shapes(prefix, "supervised_head"))
+    if head_start is None:
+      parts["supervised_head"] = head
   try:
-    restore_parts(prefix, dict(encoder=model.encoder,
-                               projection_head=model.projection_head))
+    restore_parts(prefix, parts)
   except (AssertionError, ValueError, tf.errors.OpError) as error:
     differences = config_file.architecture_differences(
         stored_config(prefix), model_config, image_size)
@@ -597,6 +679,11 @@ def load_pretrained(model, path, model_config, log=None, *, image_size):
     raise CheckpointError(
         f"--checkpoint {prefix} does not match this model ({detail}). Use "
         "the pretraining run's architecture flags.") from error
+  if log is not None:
+    loaded = ", ".join(name.replace("_", " ") for name in parts)
+    log(f"Loaded the pretrained encoder from {prefix}. From it: {loaded}. "
+        f"Starting fresh: {head_start + ', ' if head_start else ''}"
+        "optimizer.")
   return prefix
 
 

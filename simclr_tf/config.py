@@ -188,8 +188,9 @@ class ModelConfig:
   ft_proj_selector: int = setting(
       0, "Projection-head layer that fine-tuning starts from: 0 is the "
       "encoder output, -1 the head's last layer.", at_least=-1)
-  zero_init_logits_layer: bool = setting(False, "Start the supervised head "
-                                         "at zero.")
+  zero_init_logits_layer: bool = setting(
+      False, "Fine-tuning: start the supervised head at zero instead of "
+      "restoring the one trained beside pretraining (the authors' rule).")
   supervised_head_feature_norm: bool = setting(
       False, "Normalise features with a parameter-free BatchNorm before the "
       "supervised head (MAE's linear probe). Off matches the authors; on "

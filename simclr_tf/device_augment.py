@@ -472,10 +472,12 @@ def train_augmentation(size: int, augment_config, num_views: int, seed: int,
     pipeline: this input pipeline's index.
 
   Returns:
-    A function `(uint8 images, step) -> float32 views`.
+    A function `(uint8 images, replica_id, step) -> float32 views`; on JAX
+    the replica is 0 (one program holds the global batch).
   """
 
-  def augmentation(images, step):
+  def augmentation(images, replica_id=0, step=0):
+    del replica_id  # The batch axis already spans every device.
     if crop:
       return augment_views(images, size, augment_config, num_views,
                            step_seed(seed, step, CROP_STREAM, pipeline))

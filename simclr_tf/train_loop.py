@@ -55,16 +55,35 @@ def xla_scope(strategy) -> str:
   return XLA_AUGMENTATION
 
 
-def _with_augmentation(step, augmentation):
-  """`step` on (views, labels) made from (images, labels)."""
+def _with_augmentation(step, augmentation, iterations):
+  """`step` on (views, labels) made from (images, labels).
+
+  The augmentation gets the replica's id over the whole cluster and the
+  optimizer step, so that its stateless draws differ between replicas and
+  workers and repeat for a given seed, cluster shape and step.
+  """
   if augmentation is None:
     return step
 
   def augmented_step(data):
     images, *rest = data
-    return step((augmentation(images), *rest))
+    replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+    views = augmentation(images, tf.cast(replica_id, tf.int64),
+                         tf.convert_to_tensor(iterations))
+    return step((views, *rest))
 
   return augmented_step
+
+
+def _traced_with_threefry(augmentation):
+  """`augmentation` tracing its stateless draws with ThreeFry (XLA only)."""
+  from simclr_tf import augment  # Only the compiled path needs it.
+
+  def traced(*args):
+    with augment.xla_random():
+      return augmentation(*args)
+
+  return traced
 
 
 def make_train_function(model, steps_per_loop: int, jit_compile: bool):
@@ -73,8 +92,8 @@ def make_train_function(model, steps_per_loop: int, jit_compile: bool):
   Args:
     model: a compiled `SimCLRModel` (its `train_step`, optimizer, metrics,
       `stop_at_step` and `train_augmentation`). A `train_augmentation`
-      turns each batch's images into the views on the device, before
-      `train_step`.
+      `(images, replica_id, step)` turns each batch's images into the views
+      on the device, before `train_step`.
     steps_per_loop: optimizer steps per call (fit's `steps_per_execution`
       must be the same, so fit calls it the right number of times).
     jit_compile: compile each replica's work with XLA, as far as the
@@ -89,9 +108,13 @@ def make_train_function(model, steps_per_loop: int, jit_compile: bool):
   strategy = model.distribute_strategy
   augmentation = getattr(model, "train_augmentation", None)
   scope = xla_scope(strategy) if jit_compile else None
+  if scope is not None and augmentation is not None:
+    # Compiled in every scope: the stateless draws' fast algorithm there.
+    augmentation = _traced_with_threefry(augmentation)
   if scope == XLA_AUGMENTATION and augmentation is not None:
     augmentation = tf.function(augmentation, jit_compile=True)
-  replica_step = _with_augmentation(model.train_step, augmentation)
+  replica_step = _with_augmentation(model.train_step, augmentation,
+                                    model.optimizer.iterations)
   if scope == XLA_STEP:
     # Handed to `strategy.run` as a compiled tf.function: on GPUs mirrored
     # strategies then call it once per replica with XLA collectives.

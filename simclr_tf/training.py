@@ -5,7 +5,6 @@ takes an `ExperimentConfig` only; flags never reach this module.
 """
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -278,12 +277,8 @@ def _initialise(model, latest, config, log):
   if run.mode == "eval" or run.train_mode == "pretrain":
     return run.train_mode == "pretrain" and run.mode == "eval"
   if run.checkpoint:
-    loaded = []
-    prefix = checkpoints.load_pretrained(
-        model, run.checkpoint, config.model, log=loaded.append,
-        image_size=config.data.image_size)
-    log(loaded[0] if loaded else
-        f"Loaded the pretrained encoder from {prefix}.")
+    checkpoints.load_pretrained(model, run.checkpoint, config.model,
+                                log=log, image_size=config.data.image_size)
     return False
   if run.train_mode == "linear_eval":
     log("NOTE: linear_eval without --checkpoint: the encoder stays at its "
@@ -324,13 +319,20 @@ def on_device_augmentation(config):
     config: the stage's `ExperimentConfig`.
 
   Returns:
-    A function from uint8 (B, size, size, 3 * views) crops to float32
-    (B, size, size, 3 * views) views in [0, 1].
+    A function `(crops, replica_id=0, step=0)` from uint8 (B, size, size,
+    3 * views) crops to float32 (B, size, size, 3 * views) views in [0, 1].
+    Its draws are stateless, from `augment.device_seed` of the run's seed,
+    the replica (over all workers) and the step.
   """
   num_views = 2 if config.run.train_mode == "pretrain" else 1
-  return functools.partial(
-      augment.distort_batch_views, size=config.data.image_size,
-      augment_config=train_augment_config(config), num_views=num_views)
+  augment_config = train_augment_config(config)
+
+  def augmentation(crops, replica_id=0, step=0):
+    return augment.distort_batch_views(
+        crops, config.data.image_size, augment_config, num_views,
+        seed=augment.device_seed(config.run.seed, replica_id, step))
+
+  return augmentation
 
 
 def training_input_fn(config: ExperimentConfig, *, start_step: int,

@@ -476,7 +476,7 @@ def finetuned(tmp_path_factory):
 
 def test_finetuning_from_the_authors_model_trains(finetuned):
   assert any(line.startswith("Loaded the authors' TF2 SavedModel") and
-             "Starting fresh: supervised head" in line
+             "From it: encoder, projection head, supervised head." in line
              for line in finetuned["lines"]), finetuned["lines"][:5]
   losses = _losses(finetuned["model_dir"])
   assert len(losses) == 6, losses  # one value per loop of 4 steps

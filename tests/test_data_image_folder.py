@@ -117,7 +117,8 @@ def test_formats_labels_and_skipped_files(folder):
   assert info.num_eval_examples == 3
   assert info.num_classes == 2
   assert info.train_has_labels
-  assert info.image_shape is None  # Not known without decoding every file.
+  # "Not known to be one shape": proving one would open every file.
+  assert info.image_shape is None
   assert take_skipped_files_report() is None
   source = registry.get_source(config)
   assert source.class_names == ["cat", "dog"]
@@ -249,3 +250,5 @@ def test_opening_a_folder_reads_a_few_files_and_decodes_none(tmp_path,
   assert info.num_train_examples == 300
   assert calls["decode"] == 0
   assert 1 <= calls["inspect"] <= image_folder._SAMPLE_CHECKED
+  # All 300 files are 8x8, but only reading them all could prove it.
+  assert info.image_shape is None

@@ -325,8 +325,10 @@ def test_finetuning_from_an_export_starts_from_its_weights(
         train_mode="finetune", with_supervised_head=True)
     prefix = checkpoints.load_pretrained(model, path, config.model,
                                          image_size=SIZE)
+    # The supervised head too: fine-tuning keeps the pretraining head.
     return prefix, [w.numpy() for w in model.encoder.weights +
-                    model.projection_head.weights]
+                    model.projection_head.weights +
+                    model.supervised_head.weights]
 
   prefix, from_export = loaded_weights(export_dir)
   assert prefix == os.path.join(export_dir, "variables", "variables")

@@ -1,5 +1,6 @@
 """`python -m simclr_tf.run` as a user runs it: flags, errors, kill/resume."""
 
+import dataclasses
 import functools
 import os
 import re
@@ -12,6 +13,7 @@ import pytest
 from absl import flags
 
 from simclr_tf import config as config_lib
+from simclr_tf import optimizers
 from simclr_tf import run as run_lib
 
 import command_line
@@ -198,6 +200,97 @@ def test_every_preset_flagfile_parses_into_a_valid_config():
     with open(os.path.join(flags_dir, name)) as handle:
       header = handle.read().split("\n--", 1)[0]
     assert "Source:" in header and "python -m simclr_tf.run" in header, name
+
+
+# What each preset's header cites, transcribed from the source by hand:
+# README = google-research/simclr README.md (CIFAR-10 pretraining and
+# linear-eval commands); DEFAULT = a flag those commands leave at its
+# tf2/run.py default; B.5/B.6/Table = arXiv:2002.05709v3. "lr" is the peak
+# rate after batch scaling, worked out by hand from the source's numbers.
+_CIFAR_LINEAR_EVAL = {  # README "Finetuning the linear head" command.
+    "optimizer": "momentum", "learning_rate": 0.1, "weight_decay": 0.0,
+    "warmup_epochs": 0.0, "batch": 512, "epochs": 100,
+    "lr": 0.1 * 512 / 256,  # DEFAULT learning_rate_scaling=linear
+    "zero_init_logits_layer": True}
+_PAPER_FINETUNE = {  # B.5.
+    "optimizer": "momentum", "momentum": 0.9, "learning_rate": 0.05,
+    "weight_decay": 0.0, "warmup_epochs": 0.0, "batch": 4096,
+    "lr": 0.8, "image_size": 224, "resnet_depth": 50,
+    "zero_init_logits_layer": True}  # README fine-tuning command.
+PRESET_SOURCES = {
+    "cifar10_pretrain.cfg": dict(
+        # README CIFAR-10 pretraining command.
+        dataset="cifar10", image_size=32, eval_split="test", resnet_depth=18,
+        batch=512, epochs=1000, learning_rate=1.0, weight_decay=1e-4,
+        temperature=0.5, use_blur=False, color_jitter_strength=0.5,
+        # DEFAULT: lars, momentum 0.9, linear scaling, 10 warm-up epochs,
+        # width 1, 3-layer head of 128, global BN.
+        optimizer="lars", momentum=0.9, lr=1.0 * 512 / 256, warmup_epochs=10.0,
+        width_multiplier=1.0, num_proj_layers=3, proj_out_dim=128,
+        global_bn=True, linear_eval=_CIFAR_LINEAR_EVAL),
+    "cifar10_linear_eval.cfg": dict(
+        _CIFAR_LINEAR_EVAL, dataset="cifar10", image_size=32,
+        eval_split="test", resnet_depth=18, num_proj_layers=3,
+        ft_proj_selector=0, train_mode="linear_eval"),
+    "cifar10_finetune.cfg": dict(
+        _PAPER_FINETUNE, batch=512, lr=0.05 * 512 / 256, image_size=32,
+        resnet_depth=18, train_mode="finetune", fine_tune_after_block=-1),
+    "imagenet_pretrain.cfg": dict(
+        # Section 4 / appendix B; Table 6 for 1000 epochs.
+        dataset="imagenet2012", image_size=224, resnet_depth=50,
+        width_multiplier=1.0, batch=4096, epochs=1000, optimizer="lars",
+        learning_rate=0.3, lr=4.8, weight_decay=1e-6, temperature=0.1,
+        warmup_epochs=10.0, num_proj_layers=2, color_jitter_strength=1.0,
+        use_blur=True, global_bn=True,
+        linear_eval=dict(optimizer="momentum", learning_rate=0.1, lr=1.6,
+                         weight_decay=0.0, warmup_epochs=0.0, batch=4096,
+                         epochs=90)),  # B.6.
+    "imagenet_finetune_1pct.cfg": dict(
+        _PAPER_FINETUNE, dataset="imagenet2012_subset/1pct", epochs=60),
+    "imagenet_finetune_10pct.cfg": dict(
+        _PAPER_FINETUNE, dataset="imagenet2012_subset/10pct", epochs=30),
+    "stl10_pretrain.cfg": dict(
+        # The paper's ImageNet recipe at batch 512; B.6 linear evaluation.
+        optimizer="lars", learning_rate=0.3, lr=0.3 * 512 / 256,
+        weight_decay=1e-6, temperature=0.1, use_blur=True,
+        linear_eval=dict(optimizer="momentum", lr=0.1 * 512 / 256,
+                         weight_decay=0.0, warmup_epochs=0.0)),
+}
+
+
+def _cited_values(config):
+  sections = [config.data, config.augment, config.model, config.loss,
+              config.optimizer, config.run]
+  values = {}
+  for section in sections:
+    values.update(dataclasses.asdict(section))
+  values.update(batch=config.run.train_batch_size,
+                epochs=config.run.train_epochs)
+  values["lr"] = optimizers.WarmUpAndCosineDecay(
+      config.optimizer.learning_rate, batch_size=config.run.train_batch_size,
+      num_examples=1, warmup_epochs=0, total_steps=1,
+      scaling=config.optimizer.learning_rate_scaling).scaled_learning_rate
+  return values
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_SOURCES))
+def test_presets_hold_the_values_their_sources_give(name):
+  config = command_line.config_of([
+      f"--flagfile={os.path.join(str(run_lib.PRESETS_DIR), name)}",
+      "--checkpoint=runs/x"])
+  expected = dict(PRESET_SOURCES[name])
+  linear_expected = expected.pop("linear_eval", None)
+  # A linear evaluation trains with its --linear_eval_* settings.
+  linear_config = config.for_linear_eval(model_dir="runs/y",
+                                         checkpoint="runs/x")
+  stages = [(_cited_values(linear_config if config.run.train_mode ==
+                           "linear_eval" else config), expected)]
+  if linear_expected:
+    assert config.linear_eval.after_pretraining, name
+    stages.append((_cited_values(linear_config), linear_expected))
+  for values, cited in stages:
+    for key, value in cited.items():
+      assert values[key] == pytest.approx(value), (name, key)
 
 
 @pytest.mark.parametrize("value, stem_at_32, stem_at_224", [

@@ -5,6 +5,7 @@ Correctness only; speed is measured by tools/benchmark.py.
 
 import dataclasses
 import math
+import types
 
 import numpy as np
 import pytest
@@ -34,9 +35,14 @@ class ViewRecorder:
     self.stop_at_step = None
     self.train_augmentation = augmentation
     self.views = tf.Variable(tf.zeros((BATCH, SIZE, SIZE, channels)))
+    # The step the on-device draws are seeded with, counted as an
+    # optimizer would.
+    self.optimizer = types.SimpleNamespace(
+        iterations=tf.Variable(0, dtype=tf.int64))
 
   def train_step(self, data):
     self.views.assign(data[0])
+    self.optimizer.iterations.assign_add(1)
     return {}
 
   def metric_results(self):
@@ -145,7 +151,30 @@ def _geometry(views):
           "flipped": flipped}
 
 
-def test_on_device_crop_and_flip_match_the_per_example_path(
+def _authors_crop_views(image, num):
+  """The reference: crops as the authors' data_util.py takes them.
+
+  `tf.image.sample_distorted_bounding_box` with their arguments (the whole
+  image as the box), the crop, then a bicubic resize, all TensorFlow's own
+  ops: nothing of ours, so the views' geometry is measured the same way.
+  """
+  image = tf.image.convert_image_dtype(image, tf.float32)
+
+  def crop(index):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0., 0., 1., 1.]]]),
+        seed=tf.stack([index, tf.constant(7, tf.int64)]),
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=100,
+        use_image_if_no_bounding_boxes=True)
+    window = tf.slice(image, begin, size)
+    return tf.clip_by_value(tf.image.resize(window, (SIZE, SIZE),
+                                            method="bicubic"), 0.0, 1.0)
+
+  return np.stack(list(tf.data.Dataset.range(num).map(crop).as_numpy_iterator()))
+
+
+def test_crops_on_both_paths_match_the_authors_op_and_flip_half(
     coordinate_folder):
   augment_config = config_lib.AugmentConfig(
       color_jitter_probability=0.0, grayscale_probability=0.0,
@@ -155,8 +184,12 @@ def test_on_device_crop_and_flip_match_the_per_example_path(
            "on_device": _split_views(_on_device_views(config))}
   stats = [_geometry(views) for views in paths.values()]
   assert len(stats[0]["area"]) == len(stats[1]["area"]) == 2 * BATCH * CALLS
-  for name in ("area", "aspect"):
-    assert _same_distribution(stats[0][name], stats[1][name]), name
+  image = tf.io.decode_png(tf.io.read_file(str(
+      coordinate_folder / "train" / "c0" / "image.png")))
+  reference = _geometry(_authors_crop_views(image, 2 * BATCH * CALLS))
+  for path in stats:
+    for name in ("area", "aspect"):
+      assert _same_distribution(path[name], reference[name]), name
   assert _mean_difference_ok(stats[0]["flipped"], stats[1]["flipped"])
   for path in stats:
     flipped = path["flipped"]
@@ -218,6 +251,60 @@ def test_fine_tuning_on_device_crops_and_flips_only(colorful_folder):
   assert np.abs(views.mean(axis=(1, 2)) - colour).max() < 0.15
   assert not np.any(np.abs(views[..., 0] - views[..., 1]).max(axis=(1, 2))
                     < 1e-6)
+
+
+class ReplicaViewRecorder(ViewRecorder):
+  """A `ViewRecorder` keeping each replica's views apart (sync-on-read)."""
+
+  def __init__(self, augmentation, channels, batch):
+    super().__init__(augmentation, channels)
+    self.views = tf.Variable(
+        tf.zeros((batch, SIZE, SIZE, channels)),
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=tf.VariableAggregation.SUM)
+    self.optimizer = types.SimpleNamespace(iterations=tf.Variable(
+        0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+
+  def train_step(self, data):
+    # The test advances the step from the host between calls.
+    self.views.assign(data[0])
+    return {}
+
+
+def test_on_device_draws_follow_seed_replica_and_step(colorful_folder,
+                                                      two_replica_strategy):
+  # Every replica gets the same crops at every step, so only the seeds can
+  # tell their views apart.
+  image = tf.io.decode_png(tf.io.read_file(str(
+      colorful_folder / "train" / "c0" / "image.png")))
+  crops = tf.tile(image[None], [8, 1, 1, 2])
+  dataset = tf.data.Dataset.from_tensors((crops, tf.zeros((8, 1)))).repeat()
+  config = _experiment(colorful_folder, config_lib.AugmentConfig(
+      color_jitter_strength=1.0, use_blur=False))
+  augmentation = training.on_device_augmentation(config)
+  strategy = two_replica_strategy
+  with strategy.scope():
+    recorder = ReplicaViewRecorder(augmentation, 6, batch=4)
+  train_function = train_loop.make_train_function(recorder, 1, False)
+  iterator = iter(strategy.experimental_distribute_dataset(dataset))
+  views = []  # [step][replica]
+  for step in range(2):
+    train_function(iterator)
+    recorder.optimizer.iterations.assign_add(1)
+    views.append([v.numpy() for v in
+                  strategy.experimental_local_results(recorder.views)])
+  assert not np.allclose(views[0][0], views[0][1])  # replicas
+  assert not np.allclose(views[0][0], views[1][0])  # steps
+  # Stateless: another process state (global seed) gives the same draws for
+  # the same run seed, replica and step, as a restarted worker would.
+  tf.random.set_seed(98765)
+  for step in range(2):
+    for replica in range(2):
+      again = augmentation(crops[:4], replica, step).numpy()
+      np.testing.assert_array_equal(again, views[step][replica])
+  other_seed = training.on_device_augmentation(dataclasses.replace(
+      config, run=dataclasses.replace(config.run, seed=1)))
+  assert not np.allclose(other_seed(crops[:4], 0, 0).numpy(), views[0][0])
 
 
 def _tiny_model():
@@ -301,7 +388,7 @@ def test_steps_per_loop_and_jit_give_the_plain_weights(two_replica_strategy):
 def test_jit_compiles_what_the_strategy_allows(two_replica_strategy):
   # tf.py_function cannot be compiled: where XLA compiles the augmentation,
   # an augmentation using it fails; where nothing is compiled, it runs.
-  def uncompilable(images):
+  def uncompilable(images, replica_id, step):
     views = tf.py_function(lambda x: tf.cast(x, tf.float32) / 255.0,
                            [images], tf.float32)
     return tf.ensure_shape(tf.concat([views, views], -1), [None, 16, 16, 6])

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
@@ -169,6 +170,55 @@ def test_finetune_starts_from_the_pretrained_encoder(pretrained_dir, data_dir,
   results, lines = run(config)
   assert results[0].global_step == 4
   assert any("Loaded the pretrained encoder" in line for line in lines)
+
+
+def test_finetune_restores_the_pretraining_head_unless_zero_init(
+    pretrained_dir, data_dir, tmp_path):
+  # The authors restore the whole model, head included, then zero the head
+  # only with zero_init_logits_layer. Expected values read by TensorFlow's
+  # reader, following the checkpoint's object graph by hand (the values are
+  # stored under the optimizer's keys), not through our model.
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(pretrained_dir))
+  graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+      reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+
+  def saved(*path):
+    node = graph.nodes[0]
+    for name in ("model", "supervised_head", "linear_layer", "dense") + path:
+      node = graph.nodes[next(c.node_id for c in node.children
+                              if c.local_name == name)]
+    return reader.get_tensor(node.attributes[0].checkpoint_key)
+
+  saved_kernel, saved_bias = saved("_kernel"), saved("bias")
+  assert saved_kernel.shape[-1] == 10 and np.abs(saved_bias).max() > 0
+
+  def load(num_classes, train_mode="finetune", **model_overrides):
+    config = tiny_config(data_dir, tmp_path, train_mode=train_mode,
+                         checkpoint=pretrained_dir)
+    model_config = dataclasses.replace(config.model, **model_overrides)
+    model = simclr.build_simclr_model(
+        model_config, image_size=16, num_classes=num_classes,
+        train_mode=train_mode, with_supervised_head=True)
+    lines = []
+    checkpoints.load_pretrained(model, pretrained_dir, model_config,
+                                log=lines.append, image_size=16)
+    return model.supervised_head.linear_layer.dense, lines[0]
+
+  dense, line = load(10)
+  np.testing.assert_array_equal(dense.kernel.numpy(), saved_kernel)
+  np.testing.assert_array_equal(dense.bias.numpy(), saved_bias)
+  assert "supervised head" in line.split("Starting fresh")[0]
+  dense, line = load(10, zero_init_logits_layer=True)
+  assert not np.any(dense.kernel.numpy()) and not np.any(dense.bias.numpy())
+  assert "supervised head at zero (--zero_init_logits_layer)" in line
+  # Another class count: transfer still works, from a fresh head.
+  dense, line = load(7)
+  assert dense.kernel.shape[-1] == 7 and np.any(dense.kernel.numpy())
+  assert "maps 64 features to 10 classes, this run's 64 to 7" in line
+  # A linear evaluation trains its own head, as its random-encoder baseline.
+  dense, line = load(10, train_mode="linear_eval")
+  assert not np.array_equal(dense.kernel.numpy(), saved_kernel)
+  assert "supervised head (linear evaluation trains its own)" in line
 
 
 def test_linear_eval_on_two_replicas_keeps_the_encoder_frozen(

@@ -122,8 +122,13 @@ class ImageFolderSource(source_lib.Source):
 
   @property
   def image_shape(self):
-    # Unknown without decoding every file: folders take the variable-size
-    # path (per-image crops from the full-resolution image).
+    """None: not known to be one shape (see `DatasetInfo.image_shape`).
+
+    Proving that every file has one size would mean opening every file at
+    start-up, which grows with the folder; a sample cannot prove it. Folders
+    take the any-size path (each image cropped at its own resolution),
+    which is right for one size too.
+    """
     return None
 
   @property

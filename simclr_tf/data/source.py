@@ -26,8 +26,14 @@ class DatasetInfo:
     num_classes: classes of the labels (0 for a folder with no labeled split).
     num_train_examples: examples in the train split, after label subsetting.
     num_eval_examples: examples in the eval split.
-    image_shape: (H, W, 3) of the source images if they all share it, else
-      None.
+    image_shape: (H, W, 3) when the source guarantees that every image has
+      it (a tfds image feature of fixed shape, the built-in dataset). None
+      when sizes may differ or cannot be known without opening every file:
+      an image folder only lists its files at start-up (so that opening it
+      does not grow with its size) and says None even if its files happen
+      to agree. None is always safe: the pipeline then crops each image at
+      its own full resolution; a fixed shape lets it crop whole batches
+      and cache decoded images.
     train_has_labels: False when the train split carries no labels (e.g.
       stl10 "unlabelled", or an unlabeled image-folder split).
   """
@@ -56,7 +62,11 @@ class Source(abc.ABC):
   @property
   @abc.abstractmethod
   def image_shape(self) -> Optional[Tuple[int, int, int]]:
-    """(H, W, 3) when every image has it, else None."""
+    """(H, W, 3) when every image is known to have it, else None.
+
+    See `DatasetInfo.image_shape`: None means "not known to be one shape",
+    never a claim that sizes differ.
+    """
 
   @abc.abstractmethod
   def num_examples(self, split: str) -> int:

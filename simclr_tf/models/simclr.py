@@ -253,12 +253,13 @@ class SimCLRModel(keras.Model):
       steps_per_loop: optimizer steps per host call of the train function.
       jit_compile: compile each replica's train step with XLA, as far as the
         strategy allows (`train_loop.xla_scope`).
-      train_augmentation: None, or a function from a training batch's images
-        to the model's input views, run on the device at the start of every
-        train step (the on-device augmentation: uint8 images in, float views
-        out). `fit` data are then `(uint8 images (B, H, W, 3), labels)`.
-        On JAX it is called as `train_augmentation(images, step)` with the
-        optimizer's step count, from which it derives stateless seeds.
+      train_augmentation: None, or a function `(images, replica_id, step)`
+        from a training batch's images to the model's input views, run on
+        the device at the start of every train step (the on-device
+        augmentation: uint8 images in, float views out; the replica and
+        the optimizer step seed its draws). `fit` data are then
+        `(uint8 images (B, H, W, 3), labels)`. On JAX the replica is 0:
+        one program holds the global batch.
       stop_at_step: the optimizer step at which `fit` stops, whatever it
         asks for (so the last loop of a run ends exactly there); None runs
         every step `fit` asks for.
@@ -359,7 +360,7 @@ class SimCLRModel(keras.Model):
           data)
       optimizer_variables = state[2]
       step = optimizer_variables[self._iterations_index()]
-      images = self._train_augmentation(images, step)
+      images = self._train_augmentation(images, 0, step)
       data = (images, labels) if sample_weight is None else (
           images, labels, sample_weight)
     return super().train_step(state, data)
