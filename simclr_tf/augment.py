@@ -49,25 +49,18 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
-# Crop samplers (`AugmentConfig.crop_sampler`).
-AUTHORS_SAMPLER = "authors"
-AREA_UNIFORM_SAMPLER = "area_uniform"
-CROP_SAMPLERS = (AUTHORS_SAMPLER, AREA_UNIFORM_SAMPLER)
-# Tries of the area-uniform sampler before it falls back to the whole image.
-# With the default ranges a try fails with probability ~0.1, so 10 tries
-# almost never fall back.
-_CROP_ATTEMPTS = 10
-# The authors' `sample_distorted_bounding_box` arguments: `max_attempts` and
-# `min_object_covered` (of the whole image, the only box they pass).
-_AUTHORS_CROP_ATTEMPTS = 100
-_MIN_OBJECT_COVERED = 0.1
+from simclr_tf import device_augment
+
+# Crop samplers (`AugmentConfig.crop_sampler`), and the constants the
+# batched math shares with the keras.ops implementation it runs on.
+AUTHORS_SAMPLER = device_augment.AUTHORS_SAMPLER
+AREA_UNIFORM_SAMPLER = device_augment.AREA_UNIFORM_SAMPLER
+CROP_SAMPLERS = device_augment.CROP_SAMPLERS
+_CROP_ATTEMPTS = device_augment.AREA_UNIFORM_CROP_ATTEMPTS
 # At or below this side the evaluation transform only resizes (the authors'
 # `test_crop=False` for CIFAR-sized images).
 EVAL_CENTER_CROP_MIN_SIZE = 33
-# Keys' cubic convolution parameter used by TensorFlow's bicubic resize.
-_CUBIC_A = -0.5
-# ITU-R 601 luma weights, as in `tf.image.rgb_to_grayscale`.
-_GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+_GRAY_WEIGHTS = device_augment.GRAY_WEIGHTS
 _NUM_JITTER_OPS = 4
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(_NUM_JITTER_OPS)
 
@@ -171,106 +164,11 @@ def sample_crop_boxes(num: Union[int, tf.Tensor], height, width,
 
 def _sample_crop_boxes(num, height, width, area_range, aspect_ratio_range,
                        rng: _Random, sampler=AUTHORS_SAMPLER):
-  if sampler == AUTHORS_SAMPLER:
-    return _sample_distorted_boxes(num, height, width, area_range,
-                                   aspect_ratio_range, rng)
-  if sampler != AREA_UNIFORM_SAMPLER:
-    raise ValueError(f"`sampler` must be one of {CROP_SAMPLERS}. Received: "
-                     f"sampler={sampler!r}")
-  return _sample_area_uniform_boxes(num, height, width, area_range,
-                                    aspect_ratio_range, rng)
-
-
-def _sample_distorted_boxes(num, height, width, area_range,
-                            aspect_ratio_range, rng: _Random):
-  """`sample_distorted_bounding_box`'s algorithm, all attempts at once.
-
-  As TensorFlow's kernel with the whole image as the only box: per attempt
-  an aspect ratio r ~ U(aspect_ratio_range); the height is a uniform integer
-  between the heights that the smallest and largest area give at r (capped
-  so the width and height fit), the width round(h * r), nudged up at most
-  twice if rounding left the area too small; the attempt is kept if the area
-  is in range and covers `_MIN_OBJECT_COVERED` of the image. The first kept
-  attempt wins; with none the box is the whole image. The offsets are
-  uniform in [0, H - h) and [0, W - w), as the kernel draws them.
-  """
-  height_f = tf.cast(height, tf.float32)
-  width_f = tf.cast(width, tf.float32)
-  image_area = height_f * width_f
-  min_area = area_range[0] * image_area
-  max_area = area_range[1] * image_area
-  shape = tf.stack([num, _AUTHORS_CROP_ATTEMPTS])
-  ratio = rng.uniform(shape, aspect_ratio_range[0], aspect_ratio_range[1])
-  low_h = tf.round(tf.sqrt(min_area / ratio))
-  high_h = tf.round(tf.sqrt(max_area / ratio))
-  # The tallest box whose rounded width still fits.
-  fit_h = tf.floor((width_f + 0.5 - 1e-7) / ratio)
-  fit_h = tf.where(tf.round(fit_h * ratio) > width_f, fit_h - 1.0, fit_h)
-  high_h = tf.where(tf.round(high_h * ratio) > width_f, fit_h, high_h)
-  high_h = tf.minimum(high_h, height_f)
-  low_h = tf.minimum(low_h, high_h)
-  crop_h = low_h + tf.floor(rng.uniform(shape) * (high_h - low_h + 1.0))
-  crop_h = tf.minimum(crop_h, high_h)
-  crop_w = tf.round(crop_h * ratio)
-  for _ in range(2):
-    small = crop_w * crop_h < min_area
-    crop_h = tf.where(small, crop_h + 1.0, crop_h)
-    crop_w = tf.where(small, tf.round(crop_h * ratio), crop_w)
-  area = crop_w * crop_h
-  fits = ((area >= min_area) & (area <= max_area) & (crop_w <= width_f) &
-          (crop_h <= height_f) & (crop_w > 0) & (crop_h > 0) &
-          (area >= _MIN_OBJECT_COVERED * image_area))
-  return _first_fitting_box(fits, crop_h, crop_w, height_f, width_f, num, rng,
-                            _AUTHORS_CROP_ATTEMPTS, offsets_reach_edge=False)
-
-
-def _first_fitting_box(fits, crop_h, crop_w, height_f, width_f, num, rng,
-                       attempts, offsets_reach_edge):
-  # First fitting attempt; attempts that do not fit sort after those that do.
-  first = tf.argmin(tf.where(fits, tf.range(attempts)[None, :], attempts),
-                    axis=1, output_type=tf.int32)
-  found = tf.reduce_any(fits, axis=1)
-  crop_w = tf.where(found, tf.gather(crop_w, first, batch_dims=1), width_f)
-  crop_h = tf.where(found, tf.gather(crop_h, first, batch_dims=1), height_f)
-  # The kernel draws offsets in [0, H - h) (0 when h = H): a box shorter
-  # than the image never touches its bottom edge. The paper-style sampler
-  # lets it reach every position.
-  extra = 1.0 if offsets_reach_edge else 0.0
-  span_y = tf.maximum(height_f - crop_h + extra, 1.0)
-  span_x = tf.maximum(width_f - crop_w + extra, 1.0)
-  offset_y = tf.floor(rng.uniform([num]) * span_y)
-  offset_x = tf.floor(rng.uniform([num]) * span_x)
-  offset_y = tf.clip_by_value(offset_y, 0.0, height_f - crop_h)
-  offset_x = tf.clip_by_value(offset_x, 0.0, width_f - crop_w)
-  return tuple(tf.cast(v, tf.int32)
-               for v in (offset_y, offset_x, crop_h, crop_w))
-
-
-def _sample_area_uniform_boxes(num, height, width, area_range,
-                               aspect_ratio_range, rng: _Random):
-  """Area ~ U(area_range), log aspect ~ U(log range), 10 tries."""
-  height_f = tf.cast(height, tf.float32)
-  width_f = tf.cast(width, tf.float32)
-  shape = tf.stack([num, _CROP_ATTEMPTS])
-  area = rng.uniform(shape, area_range[0], area_range[1]) * height_f * width_f
-  log_ratio = rng.uniform(shape, math.log(aspect_ratio_range[0]),
-                          math.log(aspect_ratio_range[1]))
-  ratio = tf.exp(log_ratio)
-  crop_w = tf.round(tf.sqrt(area * ratio))
-  crop_h = tf.round(tf.sqrt(area / ratio))
-  fits = ((crop_w >= 1) & (crop_w <= width_f) &
-          (crop_h >= 1) & (crop_h <= height_f))
-  return _first_fitting_box(fits, crop_h, crop_w, height_f, width_f, num, rng,
-                            _CROP_ATTEMPTS, offsets_reach_edge=True)
-
-
-def _cubic_weights(distance: tf.Tensor) -> tf.Tensor:
-  """Keys' cubic convolution kernel (a = -0.5), as TF's bicubic resize."""
-  d = tf.abs(distance)
-  a = _CUBIC_A
-  near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
-  far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
-  return tf.where(d <= 1.0, near, tf.where(d < 2.0, far, 0.0))
+  # The samplers are `device_augment`'s (one implementation in keras.ops,
+  # for every backend), drawing from this module's `_Random`.
+  boxes = device_augment.sample_boxes(num, height, width, area_range,
+                                      aspect_ratio_range, sampler, rng)
+  return tuple(tf.cast(v, tf.int32) for v in boxes)
 
 
 def _resize_matrix(offset: tf.Tensor, length: tf.Tensor, in_size,
@@ -279,7 +177,8 @@ def _resize_matrix(offset: tf.Tensor, length: tf.Tensor, in_size,
 
   Matches `tf.image.resize(window, method="bicubic")` (half-pixel centres, no
   antialias, taps outside the window get weight 0 and the rest renormalise),
-  so a crop plus resize becomes two batched matrix products.
+  so a crop plus resize becomes two batched matrix products. The math is
+  `device_augment.resize_matrix`'s.
 
   Args:
     offset: int32 (B,) window starts.
@@ -290,26 +189,9 @@ def _resize_matrix(offset: tf.Tensor, length: tf.Tensor, in_size,
   Returns:
     float32 (B, out_size, in_size) resampling matrices.
   """
-  length_f = tf.cast(length, tf.float32)[:, None]
-  scale = length_f / float(out_size)
-  centre = (tf.range(out_size, dtype=tf.float32)[None, :] + 0.5) * scale - 0.5
-  base = tf.floor(centre)
-  taps = []
-  weights = []
-  for k in range(-1, 3):
-    tap = base + k
-    w = _cubic_weights(centre - tap)
-    w = tf.where((tap >= 0) & (tap < length_f), w, 0.0)
-    taps.append(tap)
-    weights.append(w)
-  total = tf.add_n(weights)
-  matrix = 0.0
-  for tap, w in zip(taps, weights):
-    index = tf.cast(tf.clip_by_value(tap, 0, length_f - 1), tf.int32)
-    index += offset[:, None]
-    matrix += tf.one_hot(index, in_size, dtype=tf.float32) * (
-        w / total)[..., None]
-  return matrix
+  return device_augment.resize_matrix(tf.cast(offset, tf.float32),
+                                      tf.cast(length, tf.float32), in_size,
+                                      out_size)
 
 
 def crop_and_resize_batch(images: tf.Tensor, boxes, size: int,

@@ -119,16 +119,40 @@ def sample_crop_boxes(num: int, height: int, width: int, augment_config,
     whole pixels.
   """
   cfg = augment_config
+  return sample_boxes(num, height, width, cfg.crop_area_range,
+                      cfg.crop_aspect_ratio_range, cfg.crop_sampler, rng)
+
+
+def sample_boxes(num, height, width, area_range, aspect_ratio_range,
+                 sampler, rng):
+  """`sample_crop_boxes` with the ranges given one by one.
+
+  The one implementation of both samplers: `simclr_tf.augment` (the
+  TensorFlow path, with its own draws) calls it too. `num`, `height` and
+  `width` may be tensors of a traced TensorFlow function.
+
+  Args:
+    num: images.
+    height: an int or (num,) heights.
+    width: an int or (num,) widths.
+    area_range: (low, high) crop area as a fraction of the image area.
+    aspect_ratio_range: (low, high) crop width / height.
+    sampler: AUTHORS_SAMPLER or AREA_UNIFORM_SAMPLER.
+    rng: an object with `uniform(shape, minval, maxval)`.
+
+  Returns:
+    (offset_y, offset_x, crop_height, crop_width), float32 (num,) each.
+  """
   height = _per_image(height, num)
   width = _per_image(width, num)
-  if cfg.crop_sampler == AUTHORS_SAMPLER:
-    return _authors_boxes(num, height, width, cfg.crop_area_range,
-                          cfg.crop_aspect_ratio_range, rng)
-  if cfg.crop_sampler != AREA_UNIFORM_SAMPLER:
+  if sampler == AUTHORS_SAMPLER:
+    return _authors_boxes(num, height, width, area_range, aspect_ratio_range,
+                          rng)
+  if sampler != AREA_UNIFORM_SAMPLER:
     raise ValueError(f"`crop_sampler` must be one of {CROP_SAMPLERS}. "
-                     f"Received: crop_sampler={cfg.crop_sampler!r}")
-  return _area_uniform_boxes(num, height, width, cfg.crop_area_range,
-                             cfg.crop_aspect_ratio_range, rng)
+                     f"Received: crop_sampler={sampler!r}")
+  return _area_uniform_boxes(num, height, width, area_range,
+                             aspect_ratio_range, rng)
 
 
 def _per_image(side, num):
@@ -217,8 +241,15 @@ def _cubic_weights(distance):
   return ops.where(d <= 1.0, near, ops.where(d < 2.0, far, 0.0))
 
 
-def _resize_matrix(offset, length, in_size: int, out_size: int):
+def resize_matrix(offset, length, in_size, out_size: int):
   """(B, out_size, in_size) rows resampling [offset, offset + length).
+
+  Args:
+    offset: float32 (B,) window starts, whole pixels.
+    length: float32 (B,) window lengths.
+    in_size: the input side (an int, or a scalar tensor in TensorFlow).
+    out_size: the output side.
+
 
   Bicubic with half-pixel centres and no antialiasing; taps outside the
   window get weight 0 and the rest renormalise, as `tf.image.resize` does
@@ -257,8 +288,8 @@ def crop_and_resize(images, boxes, size: int, flip=None):
     float32 (B, size, size, C), not clipped (bicubic overshoots).
   """
   offset_y, offset_x, crop_h, crop_w = boxes
-  rows = _resize_matrix(offset_y, crop_h, images.shape[1], size)
-  cols = _resize_matrix(offset_x, crop_w, images.shape[2], size)
+  rows = resize_matrix(offset_y, crop_h, images.shape[1], size)
+  cols = resize_matrix(offset_x, crop_w, images.shape[2], size)
   if flip is not None:
     cols = ops.where(flip[:, None, None], ops.flip(cols, axis=1), cols)
   out = ops.einsum("bhwc,bjw->bhjc", images, cols)
