@@ -208,10 +208,9 @@ def format_summary(config, results):
         lines.append(f"{'':14}{_probe_line(name, probed)}")
   lines.append(f"TensorBoard:  tensorboard --logdir {config.run.model_dir}")
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
-  from simclr_tf import export  # pylint: disable=g-import-not-at-top
+  from simclr_tf import export_layout  # pylint: disable=g-import-not-at-top
   lines.append("SavedModel exports: " + ", ".join(
-      os.path.join(result.model_dir, export.EXPORTS_DIR,
-                   str(result.global_step))
+      export_layout.step_export_dir(result.model_dir, result.global_step)
       for result in results) + " (README: Use your pretrained encoder)")
   return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import data as data_lib
 from simclr_tf import export
+from simclr_tf import export_layout
 from simclr_tf import training
 from simclr_tf import write_errors
 from simclr_tf.models import resnet_encoder
@@ -264,8 +265,8 @@ def test_training_exports_automatically_and_atomically(pretrained_dir):
   exports_dir = os.path.join(pretrained_dir, export.EXPORTS_DIR)
   assert os.listdir(exports_dir) == ["2"]  # no temporary directory left
   export_dir = os.path.join(exports_dir, "2")
-  assert checkpoints.is_export(export_dir)
-  meta = checkpoints.read_export_metadata(export_dir)
+  assert export_layout.is_export(export_dir)
+  meta = export_layout.read_metadata(export_dir)
   assert meta["global_step"] == 2 and meta["image_size"] == SIZE
   assert meta["num_classes"] == NUM_CLASSES
   assert set(meta["outputs"]) == ALL_OUTPUTS
@@ -298,15 +299,20 @@ def test_a_failed_export_leaves_the_previous_one_in_place(
   with pytest.raises(write_errors.WriteFailedError,
                      match=r"could not write the export .* \(disk full\)"):
     export.write_saved_model(module, target, meta, overwrite=True)
-  assert checkpoints.is_export(target)
-  assert checkpoints.read_export_metadata(target)["global_step"] == 2
+  assert export_layout.is_export(target)
+  assert export_layout.read_metadata(target)["global_step"] == 2
+  assert os.listdir(tmp_path) == ["7"]  # the half-written copy is gone
 
 
 def test_only_the_latest_exports_are_kept(tmp_path):
   finished = subprocess.Popen(["true"])
   finished.wait()  # its pid now names no process
+  # A dead writer's temporary and set-aside copies go, and so does a
+  # temporary name without a pid (no writer can finish it); a live writer's
+  # work in progress and foreign entries stay.
   for name in ("1", "2", "10", f".tmp-3-{finished.pid}",
-               f".tmp-4-{os.getpid()}", "notes"):
+               f".old-3-{finished.pid}", ".tmp-half", f".tmp-4-{os.getpid()}",
+               "notes"):
     (tmp_path / name).mkdir()
   export.prune_exports(str(tmp_path), keep=2)
   assert sorted(os.listdir(tmp_path)) == sorted(
@@ -341,7 +347,7 @@ def test_finetuning_from_an_export_starts_from_its_weights(
   assert any(f"Loaded the pretrained encoder from {prefix}" in line
              for line in lines)
   # The fine-tuned model exports too (the authors' export failed here).
-  meta = checkpoints.read_export_metadata(
+  meta = export_layout.read_metadata(
       os.path.join(str(tmp_path), export.EXPORTS_DIR, "2"))
   assert "logits_sup" in meta["outputs"]
   assert meta["config"]["run"]["train_mode"] == "finetune"
@@ -436,7 +442,7 @@ def test_export_tool_exports_a_model_dir(pretrained_dir, tmp_path):
                       f"--export_dir={export_dir}"], cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"Wrote {export_dir} (step 2" in result.stdout
-  assert checkpoints.is_export(str(export_dir))
+  assert export_layout.is_export(str(export_dir))
   assert os.listdir(tmp_path) == ["exported"]  # nothing temporary left
   automatic = tf.saved_model.load(
       os.path.join(pretrained_dir, export.EXPORTS_DIR, "2"))

@@ -28,6 +28,7 @@ import pytest
 import tensorflow as tf
 
 import fault_injection
+from simclr_tf import export_layout
 from simclr_tf import run_dir
 from simclr_tf import training
 
@@ -257,7 +258,7 @@ def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
   assert not os.path.exists(temporary)
   # Both workers export (TensorFlow's rule for savers); only the chief's
   # lands, complete, in model_dir.
-  assert os.listdir(os.path.join(model_dir, "saved_model")) == [str(steps)]
+  assert os.listdir(export_layout.exports_dir(model_dir)) == [str(steps)]
   assert "[worker 0] [pretrain] exported SavedModel" in out
 
   # Identical weights on both workers.
