@@ -466,7 +466,7 @@ def test_embed_tool_writes_embeddings_and_labels_of_the_split(
   export_dir = os.path.join(pretrained_dir, export.EXPORTS_DIR, "2")
   output = tmp_path / "test.npz"
   result = _run_tool(["-m", "tools.embed", f"--checkpoint={export_dir}",
-                      f"--data_dir={data_dir}",
+                      "--dataset=synthetic_shapes", f"--data_dir={data_dir}",
                       "--synthetic_train_examples=128",
                       "--synthetic_test_examples=48", "--split=test",
                       "--batch_size=20", "--log_every=1",

@@ -121,7 +121,8 @@ def _tool(args):
 def test_tool_probes_raw_pixels_and_writes_json(tmp_path):
   output = tmp_path / "probe.json"
   result = _tool([
-      "--baseline=raw_pixels", "--image_size=8", f"--data_dir={tmp_path}",
+      "--baseline=raw_pixels", "--image_size=8", "--dataset=synthetic_shapes",
+      f"--data_dir={tmp_path}",
       "--synthetic_train_examples=80", "--synthetic_test_examples=40",
       "--num_strengths=3", "--min_strength=1e-3", "--max_strength=1",
       f"--output={output}"])

@@ -25,6 +25,10 @@ from absl import flags  # noqa: E402
 
 from simclr_tf.tools import _cli  # noqa: E402
 from simclr_tf.tools import _dataset_flags  # noqa: E402
+from simclr_tf.tools import _setting_flags  # noqa: E402
+
+# The dataset flags (defined in _setting_flags) are listed by --help too.
+flags.adopt_module_key_flags(_setting_flags)
 
 TOOL = "embed"
 
@@ -115,11 +119,11 @@ def main(argv) -> int:
   np.savez(temp, embeddings=embeddings, labels=labels,
            output_key=_OUTPUT_KEY.value,
            checkpoint=os.path.abspath(_CHECKPOINT.value),
-           dataset=_dataset_flags.DATASET.value, split=_SPLIT.value)
+           dataset=data_config.dataset, split=_SPLIT.value)
   os.replace(temp, output)
   print(f"Wrote {output}: {embeddings.shape[0]} embeddings of shape "
         f"{embeddings.shape[1:]} ({_OUTPUT_KEY.value}) with labels, from "
-        f"{_dataset_flags.DATASET.value}/{_SPLIT.value}.", flush=True)
+        f"{data_config.dataset}/{_SPLIT.value}.", flush=True)
   return 0
 
 

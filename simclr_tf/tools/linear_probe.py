@@ -12,9 +12,12 @@ result.
   python tools/linear_probe.py --checkpoint=runs/demo \
       --dataset=synthetic_shapes --output=runs/demo/probe.json
   python tools/linear_probe.py --checkpoint=runs/demo --baseline=raw_pixels \
-      --output=runs/demo/probe_raw_pixels.json
+      --dataset=synthetic_shapes --output=runs/demo/probe_raw_pixels.json
   python tools/linear_probe.py --checkpoint=runs/demo --baseline=random_init \
-      --output=runs/demo/probe_random_init.json
+      --dataset=synthetic_shapes --output=runs/demo/probe_random_init.json
+
+The dataset flags are the program's (`DataConfig`'s settings), with its
+defaults: --dataset is imagenet2012 unless given.
 
 --baseline=random_init builds the --checkpoint's architecture afresh
 (--seed) and, by default, sets its BatchNorm statistics from
@@ -33,6 +36,10 @@ from absl import flags  # noqa: E402
 
 from simclr_tf.tools import _cli  # noqa: E402
 from simclr_tf.tools import _dataset_flags  # noqa: E402
+from simclr_tf.tools import _setting_flags  # noqa: E402
+
+# The dataset flags (defined in _setting_flags) are listed by --help too.
+flags.adopt_module_key_flags(_setting_flags)
 
 TOOL = "linear_probe"
 _NONE = "none"
@@ -166,7 +173,7 @@ def main(argv) -> int:
   result.update(
       features=what, baseline=_BASELINE.value,
       checkpoint=_CHECKPOINT.value and os.path.abspath(_CHECKPOINT.value),
-      dataset=_dataset_flags.DATASET.value, train_split=_TRAIN_SPLIT.value,
+      dataset=data_config.dataset, train_split=_TRAIN_SPLIT.value,
       test_split=_TEST_SPLIT.value, image_size=image_size,
       random_init_bn=(_RANDOM_INIT_BN.value
                       if _BASELINE.value == "random_init" else None),
