@@ -1,9 +1,10 @@
 """SIGTERM and SIGINT: finish the loop, checkpoint, exit 75, resume exactly.
 
 The signals are sent from here to real runs: the command line on one
-process, a 2-worker loopback cluster whose chief gets the signal, and (to
-send a second signal exactly while the final checkpoint is written) an
-in-process run whose `checkpoints.save` this test wraps. Kills wait for a
+process and (to send a second signal exactly while the final checkpoint is
+written) an in-process run whose `checkpoints.save` this test wraps. The
+2-worker job whose chief gets SIGTERM is in test_multi_worker.py, where the
+same job is then killed and compared with a single process. Kills wait for a
 progress line first, so they never race the start-up.
 """
 
@@ -28,7 +29,6 @@ import command_line
 from command_line import config_of
 
 REPO = command_line.REPO
-LAUNCHER = os.path.join(REPO, "tools", "launch_local_cluster.py")
 STEPS = 12
 
 tiny_flags = functools.partial(
@@ -183,45 +183,3 @@ def test_a_second_signal_while_saving_changes_nothing(data_dir, tmp_path,
   assert f"Resumed from {prefix} at step 3." in lines
   assert progress_steps(lines) == [4, 5, 6]
   assert results[0].global_step == steps
-
-
-def test_chief_sigterm_stops_a_two_worker_job_that_resumes_exactly(
-    data_dir, tmp_path):
-  model_dir = str(tmp_path / "workers")
-  flags = tiny_flags(data_dir, model_dir)
-  command = [sys.executable, LAUNCHER, "--num_workers=2", "--timeout=240",
-             "--", sys.executable, "-m", "simclr_tf.run",
-             "--strategy=multi_worker"] + flags
-  first = Process(command)
-  pid_line = first.wait_for_line("[launcher] worker 0: pid ")
-  chief = int(pid_line.split("pid ")[1].split(",")[0])
-  first.wait_for_line("[worker 0] [pretrain] step 2/")
-  os.kill(chief, signal.SIGTERM)
-  status = first.finish()
-  output = "\n".join(first.lines)
-  assert status == run_lib.STOPPED_BY_SIGNAL, output[-4000:]
-  chief_steps = progress_steps(first.lines, "[worker 0] ")
-  stopped_at = chief_steps[-1]
-  assert 2 <= stopped_at < STEPS, output[-4000:]
-  prefix = f"{model_dir}/ckpt-{stopped_at}"
-  line = (f"stopped by SIGTERM at step {stopped_at}; checkpoint {prefix}; "
-          "rerun the same command to resume")
-  # Worker 1 got no signal, yet stopped at the same step, with the chief.
-  for index in (0, 1):
-    assert f"[worker {index}] {line}" in first.lines, output[-4000:]
-    assert progress_steps(first.lines, f"[worker {index}] ") == chief_steps
-  assert "Traceback" not in output
-  assert tf.train.latest_checkpoint(model_dir) == prefix
-  assert saved_iterations(prefix) == stopped_at
-
-  second = subprocess.run(command, capture_output=True, text=True,
-                          timeout=300, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=REPO))
-  assert second.returncode == 0, second.stdout[-4000:]
-  lines = second.stdout.splitlines()
-  for index in (0, 1):
-    assert (f"[worker {index}] Resumed from {prefix} at step "
-            f"{stopped_at}.") in lines
-    assert chief_steps + progress_steps(lines, f"[worker {index}] ") == \
-        list(range(1, STEPS + 1))
-  assert saved_iterations(f"{model_dir}/ckpt-{STEPS}") == STEPS
