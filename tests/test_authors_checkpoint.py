@@ -404,8 +404,7 @@ def test_a_truncated_checkpoint_gets_one_clear_line(tmp_path):
   result = test_export._run_tool(  # pylint: disable=protected-access
       [os.path.join(REPO, "tools", "export_saved_model.py"),
        f"--checkpoint={broken}", f"--export_dir={tmp_path / 'out'}"])
-  line = test_export._one_error_line(  # pylint: disable=protected-access
-      result, "export_saved_model")
+  line = command_line.one_error_line(result, "export_saved_model")
   assert "truncated or corrupt?" in line, line
   assert not (tmp_path / "out").exists()
 

@@ -27,6 +27,8 @@ from simclr_tf import write_errors
 from simclr_tf.models import resnet_encoder
 from simclr_tf.models import simclr
 
+import command_line
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
 NUM_CLASSES = 10
@@ -425,15 +427,6 @@ def _run_tool(args, cwd=REPO):
                         capture_output=True, text=True, timeout=300)
 
 
-def _one_error_line(result, tool):
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert "Traceback" not in result.stderr
-  errors = [line for line in result.stderr.splitlines()
-            if line.startswith(f"{tool}: error:")]
-  assert len(errors) == 1, result.stderr[-2000:]
-  return errors[0]
-
-
 def test_export_tool_exports_a_model_dir(pretrained_dir, tmp_path):
   export_dir = tmp_path / "exported"
   # As a script, from another directory.
@@ -456,7 +449,7 @@ def test_export_tool_reports_a_missing_checkpoint(tmp_path):
   result = _run_tool(["-m", "tools.export_saved_model",
                       f"--checkpoint={tmp_path / 'nope'}",
                       f"--export_dir={tmp_path / 'out'}"])
-  line = _one_error_line(result, "export_saved_model")
+  line = command_line.one_error_line(result, "export_saved_model")
   assert f"{tmp_path / 'nope'}: no such file or directory" in line
   assert not (tmp_path / "out").exists()
 
@@ -493,6 +486,6 @@ def test_embed_tool_writes_embeddings_and_labels_of_the_split(
 def test_embed_tool_reports_a_directory_that_is_no_model(tmp_path):
   result = _run_tool(["-m", "tools.embed", f"--checkpoint={tmp_path}",
                       f"--output={tmp_path / 'x.npz'}"])
-  line = _one_error_line(result, "embed")
+  line = command_line.one_error_line(result, "embed")
   assert str(tmp_path) in line and "not an export" in line
   assert not (tmp_path / "x.npz").exists()

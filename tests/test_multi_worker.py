@@ -16,6 +16,7 @@ so these are the slowest tests; steps and models are tiny, and the two
 interruptions share one job so that it starts three times, not four.
 """
 
+import contextlib
 import functools
 import glob
 import json
@@ -188,25 +189,32 @@ class Output:
     return None
 
 
+@contextlib.contextmanager
+def launched(command, env):
+  """Starts the launcher; yields (process, `Output`); stops it on the way out
+  if it is still running (a failed assertion must not leave workers)."""
+  launcher = subprocess.Popen(command, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                              env=env)
+  try:
+    yield launcher, Output(launcher)
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+      launcher.wait()
+
+
 def run_and_stop_the_chief(command, env):
   """Starts the job; SIGTERMs the chief once it reports step 2.
 
   Returns:
     (launcher exit status, output lines).
   """
-  launcher = subprocess.Popen(command, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                              env=env)
-  output = Output(launcher)
-  try:
+  with launched(command, env) as (launcher, output):
     output.wait_for_line("[launcher] worker 0: pid ", launcher)
     output.wait_for_line("[worker 0] [pretrain] step 2/", launcher)
     os.kill(output.worker_pid(0), signal.SIGTERM)
     status = launcher.wait(timeout=200)
-  finally:
-    if launcher.poll() is None:
-      launcher.kill()
-      launcher.wait()
   output.text()
   return status, output.lines
 
@@ -218,11 +226,7 @@ def start_and_kill_worker_1(command, env, model_dir, after_step):
   Returns:
     (output text, chief pid) after the launcher has stopped the job.
   """
-  launcher = subprocess.Popen(command, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                              env=env)
-  output = Output(launcher)
-  try:
+  with launched(command, env) as (launcher, output):
     deadline = time.time() + 200
     while (command_line.latest_checkpoint_step(model_dir) or 0) <= after_step:
       assert launcher.poll() is None, output.text()[-4000:]
@@ -235,10 +239,6 @@ def start_and_kill_worker_1(command, env, model_dir, after_step):
       run_dir.RunLock(model_dir).acquire()
     os.kill(output.worker_pid(1), signal.SIGKILL)
     status = launcher.wait(timeout=60)
-  finally:
-    if launcher.poll() is None:
-      launcher.kill()
-      launcher.wait()
   text = output.text()
   assert status == 128 + signal.SIGKILL, text[-4000:]
   assert "[launcher] worker 1 was killed by signal 9; stopping the others." \

@@ -19,6 +19,12 @@ NAMES = ("dataset", "data_dir", "synthetic_train_examples",
 SETTING_FLAGS = _setting_flags.define_setting_flags(
     [("data", config_lib.DataConfig)], flags.FLAGS, only=NAMES)
 
+# How the tools feed a model: not settings of a run.
+IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 0, "Side images are transformed to; 0 uses the model's "
+    "training size.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
+
 
 def data_config(*, train_split: str, eval_split: str, image_size: int):
   """The `DataConfig` these flags and the given splits and size describe.
