@@ -1,7 +1,8 @@
 """SIGTERM and SIGINT: finish the loop, checkpoint, exit 75, resume exactly.
 
 The signals are sent from here to real runs: the command line on one
-process and (to send a second signal exactly while the final checkpoint is
+process (stopped, rerun, killed and rerun again: one run for the stories
+of test_run's kill too) and (to send a second signal exactly while the final checkpoint is
 written) an in-process run whose `checkpoints.save` this test wraps. The
 2-worker job whose chief gets SIGTERM is in test_multi_worker.py, where the
 same job is then killed and compared with a single process. Kills wait for a
@@ -26,6 +27,7 @@ from simclr_tf import run as run_lib
 from simclr_tf import training
 
 import command_line
+import fault_injection
 from command_line import config_of
 
 REPO = command_line.REPO
@@ -117,10 +119,21 @@ def test_handlers_only_record_and_are_restored():
   assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_sigterm_stops_with_a_checkpoint_and_rerun_resumes_exactly(
+def test_stopped_killed_and_rerun_program_resumes_exactly_each_time(
     data_dir, tmp_path):
-  args = tiny_flags(data_dir, str(tmp_path))
-  command = [sys.executable, "-m", "simclr_tf.run"] + args
+  # One 2-replica command-line run serves three stories, so the program
+  # starts three times instead of five: SIGTERM stops it with a checkpoint
+  # and the rerun resumes exactly there; that rerun is SIGKILLed mid-run and
+  # the next one resumes from its last checkpoint; and the run goes through
+  # pretraining and linear evaluation to its summary.
+  every = 4
+  args = tiny_flags(data_dir, str(tmp_path)) + [
+      "--mode=train_then_eval", f"--checkpoint_steps={every}",
+      "--cpu_replicas=2", "--linear_eval_after_pretraining",
+      "--linear_eval_train_steps=2", "--linear_eval_train_batch_size=32"]
+  command = command_line.PROGRAM + args
+
+  # 1. SIGTERM: finish the loop, checkpoint, exit 75.
   first = Process(command)
   first.wait_for_line("[pretrain] step 2/")
   first.process.send_signal(signal.SIGTERM)
@@ -129,7 +142,7 @@ def test_sigterm_stops_with_a_checkpoint_and_rerun_resumes_exactly(
   assert status == run_lib.STOPPED_BY_SIGNAL, output[-3000:]
   steps = progress_steps(first.lines)
   stopped_at = steps[-1]
-  assert 2 <= stopped_at < STEPS, output[-3000:]
+  assert 2 <= stopped_at < STEPS - every, output[-3000:]
   assert first.lines[-1] == (
       f"stopped by SIGTERM at step {stopped_at}; checkpoint "
       f"{tmp_path}/ckpt-{stopped_at}; rerun the same command to resume")
@@ -138,14 +151,42 @@ def test_sigterm_stops_with_a_checkpoint_and_rerun_resumes_exactly(
   assert tf.train.latest_checkpoint(str(tmp_path)) == prefix
   assert saved_iterations(prefix) == stopped_at
 
-  second = command_line.run_program(args)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert f"Resumed from {prefix} at step {stopped_at}." in second.stdout
-  resumed = progress_steps(second.stdout.splitlines())
-  # Every step exactly once over the two runs: as many optimizer steps as
-  # one uninterrupted run of --train_steps.
-  assert steps + resumed == list(range(1, STEPS + 1))
+  # 2. The same command resumes exactly there. It holds once it has saved
+  # the next checkpoint (a test-only fault, tests/fault_injection.py), so
+  # the SIGKILL from here lands mid-run however fast the machine trains;
+  # it is sent once the `checkpoint` state file names that checkpoint (a
+  # ckpt-N.index alone may belong to a save in progress).
+  hold_at = (stopped_at // every + 1) * every
+  second = Process(command_line.FAULTY_PROGRAM + args, env={
+      fault_injection.ENV_VAR: f"hold_after_saving={hold_at}"})
+  try:
+    deadline = time.time() + 240
+    while command_line.latest_checkpoint_step(tmp_path) != hold_at:
+      assert second.process.poll() is None, "\n".join(second.lines[-40:])
+      assert time.time() < deadline, f"no ckpt-{hold_at} within 4 minutes"
+      time.sleep(0.2)
+    second.process.send_signal(signal.SIGKILL)
+  finally:
+    second.finish()
+  assert f"Resumed from {prefix} at step {stopped_at}." in second.lines
+  # Every step exactly once so far.
+  done = steps + progress_steps(second.lines)
+  assert done == list(range(1, len(done) + 1)), done
+  assert not (tmp_path / "linear_eval").exists()  # killed mid-run
+
+  # 3. The same command again: resume from the last checkpoint and finish.
+  third = command_line.run_program(args)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert (f"Resumed from {tmp_path}/ckpt-{hold_at} at step {hold_at}."
+          in third.stdout)
+  assert progress_steps(third.stdout.splitlines()) == list(
+      range(hold_at + 1, STEPS + 1))
   assert saved_iterations(str(tmp_path / f"ckpt-{STEPS}")) == STEPS
+  assert "2 replica(s)" in third.stdout
+  assert "==== summary ====" in third.stdout
+  assert "linear eval of the frozen encoder" in third.stdout
+  assert f"tensorboard --logdir {tmp_path}" in third.stdout
+  assert (tmp_path / "linear_eval" / "result.json").exists()
 
 
 def test_a_second_signal_while_saving_changes_nothing(data_dir, tmp_path,

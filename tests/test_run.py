@@ -1,11 +1,12 @@
-"""`python -m simclr_tf.run` as a user runs it: flags, errors, kill/resume."""
+"""`python -m simclr_tf.run` as a user runs it: flags, errors, presets.
+
+A run killed mid-way and resumed is in test_preemption.py, which stops,
+kills and resumes one command-line run.
+"""
 
 import functools
 import os
 import re
-import signal
-import subprocess
-import time
 
 import pytest
 from absl import flags
@@ -14,7 +15,6 @@ from simclr_tf import config as config_lib
 from simclr_tf import run as run_lib
 
 import command_line
-import fault_injection
 
 REPO = command_line.REPO
 
@@ -66,56 +66,6 @@ def test_bad_input_found_at_start_exits_2_without_traceback(
   assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr
   assert "Traceback" not in result.stderr
-
-
-def test_killed_two_replica_run_resumes_and_finishes_with_a_summary(
-    data_dir, tmp_path):
-  # One run covers two stories, to start the program twice instead of
-  # three times: a run killed mid-way resumes from its last checkpoint, and
-  # a 2-replica run from the command line goes through pretraining and
-  # linear evaluation to its summary.
-  steps = 8
-  args = tiny_flags(data_dir, tmp_path) + [
-      "--cpu_replicas=2", f"--train_steps={steps}", "--checkpoint_steps=4",
-      "--linear_eval_after_pretraining", "--linear_eval_train_steps=2",
-      "--linear_eval_train_batch_size=32"]
-  # The first run holds once checkpoint 4 is saved (a test-only fault, see
-  # tests/fault_injection.py), so the kill from here lands mid-run however
-  # fast the machine trains; and it kills only once the `checkpoint` state
-  # file names a finished checkpoint (a ckpt-N.index alone may belong to a
-  # save in progress).
-  env = dict(os.environ, PYTHONPATH=REPO,
-             **{fault_injection.ENV_VAR: "hold_after_saving=4"})
-  process = subprocess.Popen(command_line.FAULTY_PROGRAM + args, cwd=REPO,
-                             env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  try:
-    deadline = time.time() + 240
-    while command_line.latest_checkpoint_step(tmp_path) is None:
-      assert process.poll() is None, \
-          "the run ended before its first checkpoint"
-      assert time.time() < deadline, "no checkpoint within 4 minutes"
-      time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-  finally:
-    if process.poll() is None:
-      process.kill()
-    process.wait()
-  saved = command_line.latest_checkpoint_step(tmp_path)
-  assert saved < steps  # killed mid-run
-  assert not (tmp_path / "linear_eval").exists()
-
-  result = run_cli(args)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert f"Resumed from {tmp_path}/ckpt-{saved} at step {saved}" \
-      in result.stdout
-  assert f"[pretrain] step {steps}/{steps} (100%)" in result.stdout
-  assert (tmp_path / f"ckpt-{steps}.index").exists()
-  assert "2 replica(s)" in result.stdout
-  assert "==== summary ====" in result.stdout
-  assert "linear eval of the frozen encoder" in result.stdout
-  assert f"tensorboard --logdir {tmp_path}" in result.stdout
-  assert (tmp_path / "linear_eval" / "result.json").exists()
 
 
 def test_no_settings_means_the_demo_preset():
