@@ -26,7 +26,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
-from simclr_tf import settings  # noqa: E402
 from simclr_tf.tools import _cli  # noqa: E402
 from simclr_tf.tools import _setting_flags  # noqa: E402
 
