@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import tensorflow as tf
 
 from simclr_tf import checkpoints
+from simclr_tf import export_layout
 from simclr_tf.models import blocks as blocks_lib
 from simclr_tf.models import heads as heads_lib
 from simclr_tf.models import layers as layers_lib
@@ -157,9 +158,8 @@ class AuthorsSource:
 
 
 def _is_saved_model(path) -> bool:
-  return (tf.io.gfile.exists(os.path.join(path, "saved_model.pb")) and
-          tf.io.gfile.exists(os.path.join(
-              path, checkpoints.EXPORT_VARIABLES_PREFIX + ".index")))
+  return (export_layout.is_saved_model(path) and
+          tf.io.gfile.exists(export_layout.variables_prefix(path) + ".index"))
 
 
 def _saved_model_in(path) -> Optional[str]:
@@ -199,7 +199,7 @@ def open_source(path) -> Optional[AuthorsSource]:
   kind = prefix = None
   step = None
   if tf.io.gfile.isdir(path):
-    if checkpoints.is_export(path):
+    if export_layout.is_export(path):
       return None
     latest = tf.train.latest_checkpoint(path)
     if latest:
@@ -208,8 +208,7 @@ def open_source(path) -> Optional[AuthorsSource]:
       saved_model = _saved_model_in(path)
       if saved_model:
         kind = SAVED_MODEL
-        prefix = os.path.join(saved_model,
-                              checkpoints.EXPORT_VARIABLES_PREFIX)
+        prefix = export_layout.variables_prefix(saved_model)
         base = os.path.basename(saved_model.rstrip("/"))
         step = int(base) if base.isdigit() else None
   elif tf.io.gfile.exists(path + ".index"):

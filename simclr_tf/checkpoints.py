@@ -5,10 +5,10 @@ written by a `tf.train.CheckpointManager` into `model_dir` as `ckpt-<step>`.
 Mirrored variables save and restore under any strategy, so a run can resume
 on different hardware.
 
-`--checkpoint` may also name a SavedModel written by `simclr_tf.export`. Its
-`variables/variables` file is an object-based checkpoint too. Its root holds
-each part's variables as a list (`encoder_variables`, ...) in Keras'
-structural order, the order `layer.weights` lists them in, so an export
+`--checkpoint` may also name a SavedModel written by `simclr_tf.export`
+(its layout is `simclr_tf.export_layout`'s). Its variables file is an
+object-based checkpoint too. Its root holds each part's variables as a list
+(`encoder_variables`, ...) in Keras' structural order, the order `layer.weights` lists them in, so an export
 loads through the same `tf.train.Checkpoint` matching as a run's checkpoint,
 variable by variable, with shapes checked.
 
@@ -17,7 +17,6 @@ or training checkpoint); `simclr_tf.authors_checkpoint` reads those, and the
 functions here hand such paths to it.
 """
 
-import json
 import os
 import re
 from typing import Callable, List, Optional, Sequence
@@ -27,16 +26,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from simclr_tf import config_file
+from simclr_tf import export_layout
 from simclr_tf import write_errors
 
 CHECKPOINT_NAME = "ckpt"
 CONFIG_FILE = config_file.CONFIG_FILE
-# What makes a directory an export of ours: TensorFlow's SavedModel file and
-# our metadata, kept in `assets.extra` (SavedModel's place for files that the
-# graph does not read).
-SAVED_MODEL_FILE = "saved_model.pb"
-EXPORT_METADATA_FILE = os.path.join("assets.extra", "simclr_tf_export.json")
-EXPORT_VARIABLES_PREFIX = os.path.join("variables", "variables")
 # The object-graph key TensorFlow stores in every object-based checkpoint.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -345,57 +339,6 @@ def _run_checkpoint(model):
   return tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
 
 
-def export_part_attribute(part_name) -> str:
-  """The export root's attribute listing a part's variables."""
-  return f"{part_name}_variables"
-
-
-def is_export(path) -> bool:
-  """Whether `path` is a SavedModel directory written by `simclr_tf.export`."""
-  return (tf.io.gfile.isdir(path) and
-          tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)) and
-          tf.io.gfile.exists(os.path.join(path, EXPORT_METADATA_FILE)))
-
-
-def export_dir_of(prefix) -> Optional[str]:
-  """The export directory whose variables `prefix` names, or None."""
-  export_dir = os.path.dirname(os.path.dirname(prefix))
-  if (prefix == os.path.join(export_dir, EXPORT_VARIABLES_PREFIX) and
-      is_export(export_dir)):
-    return export_dir
-  return None
-
-
-def read_export_metadata(export_dir) -> dict:
-  """The metadata an export was written with.
-
-  Args:
-    export_dir: a directory for which `is_export` holds.
-
-  Returns:
-    The metadata dict (see `simclr_tf.export`).
-
-  Raises:
-    CheckpointError: if the metadata file cannot be read.
-  """
-  path = os.path.join(export_dir, EXPORT_METADATA_FILE)
-  try:
-    with tf.io.gfile.GFile(path) as handle:
-      return json.load(handle)
-  except (ValueError, tf.errors.OpError) as error:
-    raise CheckpointError(f"{path}: unreadable export metadata "
-                          f"({str(error).splitlines()[0][:200]}).") from error
-
-
-def _exports_inside(path):
-  try:
-    names = [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
-  except tf.errors.OpError:
-    return []
-  return sorted((name for name in names if name.isdigit() and
-                 is_export(os.path.join(path, name))), key=int)
-
-
 def resolve(path):
   """Turns `--checkpoint` into a checkpoint prefix.
 
@@ -412,22 +355,22 @@ def resolve(path):
     CheckpointError: if there is no checkpoint or export there.
   """
   if tf.io.gfile.isdir(path):
-    if is_export(path):
-      return os.path.join(path, EXPORT_VARIABLES_PREFIX)
-    if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
+    if export_layout.is_export(path):
+      return export_layout.variables_prefix(path)
+    if export_layout.is_saved_model(path):
       authors = _authors_source(path)
       if authors is not None:
         return authors.prefix
       raise CheckpointError(
           f"--checkpoint {path}: a SavedModel, but not one written by "
-          f"simclr_tf (it has no {EXPORT_METADATA_FILE}). Give a "
+          f"simclr_tf (it has no {export_layout.METADATA_FILE}). Give a "
           "checkpoint, a model_dir or an export of this project.")
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       authors = _authors_source(path)
       if authors is not None:
         return authors.prefix
-      exports = _exports_inside(path)
+      exports = export_layout.step_exports(path)
       if exports:
         raise CheckpointError(
             f"--checkpoint {path}: holds exports, not a checkpoint. Give one "
@@ -436,7 +379,7 @@ def resolve(path):
           f"--checkpoint {path}: the directory holds no checkpoint and is "
           "not an export. Give a pretraining model_dir, a checkpoint prefix "
           f"such as {os.path.join(path, 'ckpt-1000')}, or an export such as "
-          f"{os.path.join(path, 'saved_model', '1000')}.")
+          f"{export_layout.step_export_dir(path, 1000)}.")
     return latest
   if tf.io.gfile.exists(path + ".index"):
     return path
@@ -460,11 +403,11 @@ def stored_config(checkpoint_prefix):
   For a checkpoint, the `config.json` beside it; for an export's variables,
   the config recorded in its metadata.
   """
-  export_dir = export_dir_of(checkpoint_prefix)
+  export_dir = export_layout.export_dir_of(checkpoint_prefix)
   if export_dir is not None:
     try:
-      return read_export_metadata(export_dir).get("config")
-    except CheckpointError:
+      return export_layout.read_metadata(export_dir).get("config")
+    except export_layout.ExportError:
       return None
   return config_file.read(os.path.dirname(checkpoint_prefix), strict=False)
 
@@ -481,11 +424,11 @@ def restore_parts(prefix, parts):
     AssertionError, ValueError, tf.errors.OpError: the checkpoint lacks a
       part or holds other shapes (callers turn these into CheckpointError).
   """
-  if export_dir_of(prefix):
+  if export_layout.export_dir_of(prefix):
     _, graph = _object_graph(prefix)
     lists = {}
     for name, layer in parts.items():
-      attribute = export_part_attribute(name)
+      attribute = export_layout.part_attribute(name)
       weights = list(layer.weights)
       node = _node_at(graph, [attribute])
       if node is None:
@@ -708,14 +651,14 @@ def restore_for_eval(model, path, log=None):
   prefix = resolve(path)
   _verify_given(path, prefix)
   try:
-    export_dir = export_dir_of(prefix)
+    export_dir = export_layout.export_dir_of(prefix)
     if export_dir:
       restore_parts(prefix, dict(encoder=model.encoder,
                                  projection_head=model.projection_head,
                                  supervised_head=model.supervised_head))
       # An export holds no optimizer; report results at the step it was
       # exported at, as for the checkpoint it came from.
-      step = read_export_metadata(export_dir).get("global_step")
+      step = export_layout.read_metadata(export_dir).get("global_step")
       if step is not None and getattr(model, "optimizer", None) is not None:
         model.optimizer.iterations.assign(step)
     else:

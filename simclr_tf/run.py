@@ -26,8 +26,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
-from simclr_tf import settings  # noqa: E402
 from simclr_tf.tools import _cli  # noqa: E402
+from simclr_tf.tools import _setting_flags  # noqa: E402
 
 USAGE_ERROR = _cli.USAGE_ERROR
 # Training ran but could not finish (a non-finite loss, a lost worker, a
@@ -58,77 +58,6 @@ flags.DEFINE_string(
     "there is no --flagfile, else none.")
 
 
-class _AutoBoolParser(flags.BooleanParser):
-  """A boolean flag that also takes "auto", meaning None (pick for me)."""
-
-  def parse(self, argument):
-    if isinstance(argument, str) and argument.lower() == "auto":
-      return None
-    return super().parse(argument)
-
-  def flag_type(self):
-    return "bool or auto"
-
-
-class _FloatTupleParser(flags.ArgumentParser):
-  """LOW,HIGH (or any fixed count) of floats, as a tuple."""
-
-  def __init__(self, name, length):
-    self._name = name
-    self._length = length
-
-  def parse(self, argument):
-    if isinstance(argument, tuple):
-      return argument
-    parts = [part.strip() for part in str(argument).split(",")]
-    try:
-      values = tuple(float(part) for part in parts)
-    except ValueError:
-      values = ()
-    if len(values) != self._length:
-      raise ValueError(f"--{self._name} takes {self._length} numbers "
-                       f"separated by commas. Received: {argument!r}")
-    return values
-
-  def flag_type(self):
-    return f"{self._length} floats"
-
-
-class _FloatTupleSerializer(flags.ArgumentSerializer):
-
-  def serialize(self, value):
-    return ",".join(repr(float(number)) for number in value)
-
-
-def _define_setting_flag(section_type, field, flag_values):
-  """Defines the absl flag of one declared setting."""
-  name = settings.flag_name(section_type, field)
-  help_text = settings.help_of(field)
-  default = field.default
-  base, optional, length = settings.value_type(section_type, field)
-  choices = settings.choices_of(field)
-  if length is not None:
-    flags.DEFINE(_FloatTupleParser(name, length), name, default, help_text,
-                 flag_values, serializer=_FloatTupleSerializer())
-  elif base is bool and optional:
-    flag_values[name] = flags.BooleanFlag(name, default, help_text)
-    flag_values[name].parser = _AutoBoolParser()
-  elif base is bool:
-    flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
-  elif base is str and choices:
-    flags.DEFINE_enum(name, default, choices, help_text,
-                      flag_values=flag_values)
-  elif base is str:
-    flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
-  elif base is int:
-    flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
-  elif base is float:
-    flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
-  else:
-    raise TypeError(f"No flag type for setting {name} of type {base}.")
-  return name
-
-
 def define_setting_flags(flag_values=FLAGS):
   """Defines one flag per declared setting of `ExperimentConfig`.
 
@@ -138,17 +67,13 @@ def define_setting_flags(flag_values=FLAGS):
   Returns:
     {flag name: (section name, field name)}.
   """
-  names = {}
-  for section_name, section_type in config_lib.ExperimentConfig.sections():
-    for field in settings.fields(section_type):
-      name = _define_setting_flag(section_type, field, flag_values)
-      if name in names:
-        raise ValueError(f"Two settings share the flag --{name}.")
-      names[name] = (section_name, field.name)
-  return names
+  return _setting_flags.define_setting_flags(
+      config_lib.ExperimentConfig.sections(), flag_values)
 
 
 SETTING_FLAGS = define_setting_flags()
+# Defined in _setting_flags, listed by --help as this program's own.
+flags.adopt_module_key_flags(_setting_flags)
 
 
 def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
@@ -160,9 +85,7 @@ def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
   Returns:
     The config.
   """
-  sections = {}
-  for name, (section_name, field_name) in SETTING_FLAGS.items():
-    sections.setdefault(section_name, {})[field_name] = values[name].value
+  sections = _setting_flags.section_values(SETTING_FLAGS, values)
   return config_lib.ExperimentConfig(**{
       section_name: section_type(**sections.get(section_name, {}))
       for section_name, section_type in
@@ -218,10 +141,9 @@ def format_summary(config, results, saved_models=True):
     lines.append("SavedModel export is a TensorFlow-backend feature; see "
                  "README: JAX backend.")
     return "\n".join(lines)
-  from simclr_tf import export  # pylint: disable=g-import-not-at-top
+  from simclr_tf import export_layout  # pylint: disable=g-import-not-at-top
   lines.append("SavedModel exports: " + ", ".join(
-      os.path.join(result.model_dir, export.EXPORTS_DIR,
-                   str(result.global_step))
+      export_layout.step_export_dir(result.model_dir, result.global_step)
       for result in results) + " (README: Use your pretrained encoder)")
   return "\n".join(lines)
 

@@ -83,6 +83,15 @@ def format_bytes(count: float) -> str:
   return f"{count:.1f} TiB"
 
 
+def directory_bytes(path: str) -> int:
+  """Total size of the files under `path` (any `tf.io.gfile` filesystem)."""
+  total = 0
+  for directory, _, files in tf.io.gfile.walk(path):
+    for name in files:
+      total += tf.io.gfile.stat(os.path.join(directory, name)).length
+  return total
+
+
 def check_writable(directory: str) -> None:
   """Creates `directory` if needed and proves a file can be written there.
 

@@ -86,3 +86,23 @@ def latest_checkpoint_step(model_dir):
     return None
   match = re.match(r'model_checkpoint_path: "(?:.*/)?ckpt-(\d+)"', first)
   return int(match.group(1)) if match else None
+
+
+def one_error_line(result, tool=None):
+  """The one error line of a run refused as bad input: exit 2, no traceback.
+
+  Args:
+    result: a `subprocess.CompletedProcess` with text stderr.
+    tool: the tool's name, which prefixes its error lines
+      ("<tool>: error: ..."); None for the program ("error: ...").
+
+  Returns:
+    The line.
+  """
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  prefix = f"{tool}: error:" if tool else "error:"
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith(prefix)]
+  assert len(errors) == 1, result.stderr[-2000:]
+  return errors[0]

@@ -19,6 +19,9 @@ Settings (comma-separated name=value):
   kill_while_saving=S: SIGKILL this process while it saves checkpoint S,
     after the checkpoint's files are written and before the `checkpoint`
     state file names it.
+  hold_after_saving=S: once checkpoint S is saved and named by the state
+    file, wait there until killed, so a kill from outside lands mid-run
+    however fast the machine trains.
   deterministic_input=1: train on random images drawn from (step, global
     replica id) only, so any replica layout sees the same global batches.
   dump_weights_to=DIR: after training, each process writes its weights to
@@ -29,6 +32,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -45,6 +49,7 @@ class Faults:
   """What to inject; the defaults inject nothing. See the module docstring."""
   nan_at_step: int = 0
   kill_while_saving: int = 0
+  hold_after_saving: int = 0
   deterministic_input: bool = False
   dump_weights_to: str = ""
 
@@ -107,8 +112,12 @@ def _faulty_train(model, *args, run_dir, **kwargs):
 
 
 def _faulty_save(manager, step):
-  return manager.save(checkpoint_number=step,
-                      options=checkpoint_options(step))
+  prefix = manager.save(checkpoint_number=step,
+                        options=checkpoint_options(step))
+  if _current.hold_after_saving == step:
+    while True:
+      time.sleep(1)
+  return prefix
 
 
 _PATCHES = {

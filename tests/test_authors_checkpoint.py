@@ -19,6 +19,7 @@ from simclr_tf import authors_checkpoint
 from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import export
+from simclr_tf import export_layout
 from simclr_tf import training
 from simclr_tf.models import heads
 from simclr_tf.models import resnet_encoder
@@ -403,8 +404,7 @@ def test_a_truncated_checkpoint_gets_one_clear_line(tmp_path):
   result = test_export._run_tool(  # pylint: disable=protected-access
       [os.path.join(REPO, "tools", "export_saved_model.py"),
        f"--checkpoint={broken}", f"--export_dir={tmp_path / 'out'}"])
-  line = test_export._one_error_line(  # pylint: disable=protected-access
-      result, "export_saved_model")
+  line = command_line.one_error_line(result, "export_saved_model")
   assert "truncated or corrupt?" in line, line
   assert not (tmp_path / "out").exists()
 
@@ -485,7 +485,7 @@ def test_finetuning_from_the_authors_model_trains(finetuned):
 
 def test_its_export_loads_in_every_client(finetuned):
   path = os.path.join(finetuned["model_dir"], export.EXPORTS_DIR, "24")
-  assert checkpoints.is_export(path)
+  assert export_layout.is_export(path)
   # The expected outputs: the same model built from the run's checkpoint.
   module, _ = export.module_from_checkpoint(finetuned["model_dir"])
   batch = test_export.images(6)

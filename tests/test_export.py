@@ -21,10 +21,13 @@ from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import data as data_lib
 from simclr_tf import export
+from simclr_tf import export_layout
 from simclr_tf import training
 from simclr_tf import write_errors
 from simclr_tf.models import resnet_encoder
 from simclr_tf.models import simclr
+
+import command_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
@@ -264,8 +267,8 @@ def test_training_exports_automatically_and_atomically(pretrained_dir):
   exports_dir = os.path.join(pretrained_dir, export.EXPORTS_DIR)
   assert os.listdir(exports_dir) == ["2"]  # no temporary directory left
   export_dir = os.path.join(exports_dir, "2")
-  assert checkpoints.is_export(export_dir)
-  meta = checkpoints.read_export_metadata(export_dir)
+  assert export_layout.is_export(export_dir)
+  meta = export_layout.read_metadata(export_dir)
   assert meta["global_step"] == 2 and meta["image_size"] == SIZE
   assert meta["num_classes"] == NUM_CLASSES
   assert set(meta["outputs"]) == ALL_OUTPUTS
@@ -298,15 +301,20 @@ def test_a_failed_export_leaves_the_previous_one_in_place(
   with pytest.raises(write_errors.WriteFailedError,
                      match=r"could not write the export .* \(disk full\)"):
     export.write_saved_model(module, target, meta, overwrite=True)
-  assert checkpoints.is_export(target)
-  assert checkpoints.read_export_metadata(target)["global_step"] == 2
+  assert export_layout.is_export(target)
+  assert export_layout.read_metadata(target)["global_step"] == 2
+  assert os.listdir(tmp_path) == ["7"]  # the half-written copy is gone
 
 
 def test_only_the_latest_exports_are_kept(tmp_path):
   finished = subprocess.Popen(["true"])
   finished.wait()  # its pid now names no process
+  # A dead writer's temporary and set-aside copies go, and so does a
+  # temporary name without a pid (no writer can finish it); a live writer's
+  # work in progress and foreign entries stay.
   for name in ("1", "2", "10", f".tmp-3-{finished.pid}",
-               f".tmp-4-{os.getpid()}", "notes"):
+               f".old-3-{finished.pid}", ".tmp-half", f".tmp-4-{os.getpid()}",
+               "notes"):
     (tmp_path / name).mkdir()
   export.prune_exports(str(tmp_path), keep=2)
   assert sorted(os.listdir(tmp_path)) == sorted(
@@ -343,7 +351,7 @@ def test_finetuning_from_an_export_starts_from_its_weights(
   assert any(f"Loaded the pretrained encoder from {prefix}" in line
              for line in lines)
   # The fine-tuned model exports too (the authors' export failed here).
-  meta = checkpoints.read_export_metadata(
+  meta = export_layout.read_metadata(
       os.path.join(str(tmp_path), export.EXPORTS_DIR, "2"))
   assert "logits_sup" in meta["outputs"]
   assert meta["config"]["run"]["train_mode"] == "finetune"
@@ -421,15 +429,6 @@ def _run_tool(args, cwd=REPO):
                         capture_output=True, text=True, timeout=300)
 
 
-def _one_error_line(result, tool):
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert "Traceback" not in result.stderr
-  errors = [line for line in result.stderr.splitlines()
-            if line.startswith(f"{tool}: error:")]
-  assert len(errors) == 1, result.stderr[-2000:]
-  return errors[0]
-
-
 def test_export_tool_exports_a_model_dir(pretrained_dir, tmp_path):
   export_dir = tmp_path / "exported"
   # As a script, from another directory.
@@ -438,7 +437,7 @@ def test_export_tool_exports_a_model_dir(pretrained_dir, tmp_path):
                       f"--export_dir={export_dir}"], cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"Wrote {export_dir} (step 2" in result.stdout
-  assert checkpoints.is_export(str(export_dir))
+  assert export_layout.is_export(str(export_dir))
   assert os.listdir(tmp_path) == ["exported"]  # nothing temporary left
   automatic = tf.saved_model.load(
       os.path.join(pretrained_dir, export.EXPORTS_DIR, "2"))
@@ -452,7 +451,7 @@ def test_export_tool_reports_a_missing_checkpoint(tmp_path):
   result = _run_tool(["-m", "tools.export_saved_model",
                       f"--checkpoint={tmp_path / 'nope'}",
                       f"--export_dir={tmp_path / 'out'}"])
-  line = _one_error_line(result, "export_saved_model")
+  line = command_line.one_error_line(result, "export_saved_model")
   assert f"{tmp_path / 'nope'}: no such file or directory" in line
   assert not (tmp_path / "out").exists()
 
@@ -462,7 +461,7 @@ def test_embed_tool_writes_embeddings_and_labels_of_the_split(
   export_dir = os.path.join(pretrained_dir, export.EXPORTS_DIR, "2")
   output = tmp_path / "test.npz"
   result = _run_tool(["-m", "tools.embed", f"--checkpoint={export_dir}",
-                      f"--data_dir={data_dir}",
+                      "--dataset=synthetic_shapes", f"--data_dir={data_dir}",
                       "--synthetic_train_examples=128",
                       "--synthetic_test_examples=48", "--split=test",
                       "--batch_size=20", "--log_every=1",
@@ -489,6 +488,6 @@ def test_embed_tool_writes_embeddings_and_labels_of_the_split(
 def test_embed_tool_reports_a_directory_that_is_no_model(tmp_path):
   result = _run_tool(["-m", "tools.embed", f"--checkpoint={tmp_path}",
                       f"--output={tmp_path / 'x.npz'}"])
-  line = _one_error_line(result, "embed")
+  line = command_line.one_error_line(result, "embed")
   assert str(tmp_path) in line and "not an export" in line
   assert not (tmp_path / "x.npz").exists()

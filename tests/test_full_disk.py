@@ -17,6 +17,7 @@ import tensorflow as tf
 from simclr_tf import checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import export
+from simclr_tf import export_layout
 from simclr_tf import run as run_lib
 from simclr_tf import training
 from simclr_tf import write_errors
@@ -101,7 +102,7 @@ def test_a_full_disk_stops_an_export_and_keeps_the_previous_one(
   model = training.build_model(config, tf.distribute.get_strategy(),
                                info=data_lib.get_dataset_info(config.data),
                                total_steps=1)
-  exports_dir = str(small_disk / "saved_model")
+  exports_dir = str(small_disk / export_layout.EXPORTS_DIR)
   first = export.export_model(model, config, f"{exports_dir}/1",
                               global_step=1)
   fill(small_disk)
@@ -111,8 +112,8 @@ def test_a_full_disk_stops_an_export_and_keeps_the_previous_one(
       f"could not write the export {exports_dir}/2 (no space left on "
       "device); nothing partial was left")
   assert sorted(os.listdir(exports_dir)) == ["1"]
-  assert checkpoints.is_export(first)
-  checkpoints.verify(os.path.join(first, checkpoints.EXPORT_VARIABLES_PREFIX))
+  assert export_layout.is_export(first)
+  checkpoints.verify(os.path.join(first, export_layout.VARIABLES_PREFIX))
 
 
 @pytest.fixture(scope="module")

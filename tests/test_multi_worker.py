@@ -1,18 +1,22 @@
 """Multi-worker training on loopback, started by tools/launch_local_cluster.py.
 
 - The launcher itself, with trivial worker commands (fast).
-- One 2-worker `MultiWorkerMirroredStrategy` job, killed mid-run (one
-  worker SIGKILLed) and restarted with the same command: it resumes from the
-  last checkpoint, takes over the dead chief's lock and finishes; both
-  workers end with identical weights; and the whole loss curve and final
-  weights equal those of an uninterrupted in-process 2-replica
-  `MirroredStrategy` run on the same global batches, which shows that no
-  step was lost or repeated.
+- One 2-worker `MultiWorkerMirroredStrategy` job, interrupted twice and
+  restarted with the same command each time. First the chief gets SIGTERM:
+  both workers stop at the same step with a checkpoint and exit 75 (worker 1
+  got no signal). The rerun resumes exactly there; then one worker is
+  SIGKILLed mid-run. The third run resumes from the last checkpoint, takes
+  over the dead chief's lock and finishes; both workers end with identical
+  weights; and the whole loss curve and final weights equal those of an
+  uninterrupted in-process 2-replica `MirroredStrategy` run on the same
+  global batches, which shows that no step was lost or repeated.
 
 Each worker is a separate Python process with its own TensorFlow start-up,
-so these are the slowest tests; steps and models are tiny.
+so these are the slowest tests; steps and models are tiny, and the two
+interruptions share one job so that it starts three times, not four.
 """
 
+import contextlib
 import functools
 import glob
 import json
@@ -28,10 +32,13 @@ import pytest
 import tensorflow as tf
 
 import fault_injection
+from simclr_tf import export_layout
+from simclr_tf import run as run_lib
 from simclr_tf import run_dir
 from simclr_tf import training
 
 import command_line
+from test_preemption import saved_iterations
 from command_line import config_of
 
 REPO = command_line.REPO
@@ -164,6 +171,16 @@ class Output:
     self._thread.join(timeout=10)
     return "\n".join(self.lines)
 
+  def wait_for_line(self, start, process, timeout=200):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      found = [line for line in list(self.lines) if line.startswith(start)]
+      if found:
+        return found[0]
+      assert process.poll() is None, "\n".join(self.lines[-40:])
+      time.sleep(0.02)
+    raise AssertionError(f"no line {start!r} within {timeout} s")
+
   def worker_pid(self, index):
     prefix = f"[launcher] worker {index}: pid "
     for line in list(self.lines):
@@ -172,19 +189,46 @@ class Output:
     return None
 
 
-def start_and_kill_worker_1(command, env, model_dir):
-  """Starts the job; SIGKILLs worker 1 once the first checkpoint exists.
+@contextlib.contextmanager
+def launched(command, env):
+  """Starts the launcher; yields (process, `Output`); stops it on the way out
+  if it is still running (a failed assertion must not leave workers)."""
+  launcher = subprocess.Popen(command, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                              env=env)
+  try:
+    yield launcher, Output(launcher)
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+      launcher.wait()
+
+
+def run_and_stop_the_chief(command, env):
+  """Starts the job; SIGTERMs the chief once it reports step 2.
+
+  Returns:
+    (launcher exit status, output lines).
+  """
+  with launched(command, env) as (launcher, output):
+    output.wait_for_line("[launcher] worker 0: pid ", launcher)
+    output.wait_for_line("[worker 0] [pretrain] step 2/", launcher)
+    os.kill(output.worker_pid(0), signal.SIGTERM)
+    status = launcher.wait(timeout=200)
+  output.text()
+  return status, output.lines
+
+
+def start_and_kill_worker_1(command, env, model_dir, after_step):
+  """Starts the job; SIGKILLs worker 1 once a checkpoint after `after_step`
+  exists (the `checkpoint` state file names it, so it is complete).
 
   Returns:
     (output text, chief pid) after the launcher has stopped the job.
   """
-  launcher = subprocess.Popen(command, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                              env=env)
-  output = Output(launcher)
-  try:
+  with launched(command, env) as (launcher, output):
     deadline = time.time() + 200
-    while tf.train.latest_checkpoint(model_dir) is None:
+    while (command_line.latest_checkpoint_step(model_dir) or 0) <= after_step:
       assert launcher.poll() is None, output.text()[-4000:]
       assert time.time() < deadline, "no checkpoint within 200 s"
       time.sleep(0.1)
@@ -195,10 +239,6 @@ def start_and_kill_worker_1(command, env, model_dir):
       run_dir.RunLock(model_dir).acquire()
     os.kill(output.worker_pid(1), signal.SIGKILL)
     status = launcher.wait(timeout=60)
-  finally:
-    if launcher.poll() is None:
-      launcher.kill()
-      launcher.wait()
   text = output.text()
   assert status == 128 + signal.SIGKILL, text[-4000:]
   assert "[launcher] worker 1 was killed by signal 9; stopping the others." \
@@ -206,37 +246,65 @@ def start_and_kill_worker_1(command, env, model_dir):
   return text, chief
 
 
-def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
+def test_stopped_killed_and_restarted_two_worker_job_matches_mirrored(
     data_dir, tmp_path, two_replica_strategy):
-  steps, every = 8, 4
+  steps, every = 12, 4
   model_dir = str(tmp_path / "workers")
   flags = dict(train_steps=steps, checkpoint_steps=every,
                mode="train_then_eval")
   command = launcher_command(tiny_flags(data_dir, model_dir, **flags))
   env = worker_env(f"deterministic_input=1,"
                    f"dump_weights_to={tmp_path / 'dump'}")
+
+  # 1. SIGTERM to the chief: the job stops with a checkpoint, exit 75.
   start = time.time()
-  first, chief = start_and_kill_worker_1(command, env, model_dir)
-  first_seconds = time.time() - start
+  status, lines = run_and_stop_the_chief(command, env)
+  stopped_seconds = time.time() - start
+  first = "\n".join(lines)
+  assert status == run_lib.STOPPED_BY_SIGNAL, first[-4000:]
   assert "[worker 0] This process is worker 0, the chief" in first
   # Each worker reads its own shard (the shards are disjoint:
   # test_data_pipeline.py, test_data_tfds.py).
   for index in (0, 1):
     assert (f"[worker {index}] [pretrain] this process reads input "
             f"shard(s) [{index}] of 2") in first
-  saved = int(tf.train.latest_checkpoint(model_dir).split("-")[-1])
-  assert every <= saved < steps, first[-3000:]  # killed mid-run
+  chief_steps = progress_steps(first, "[worker 0] ")
+  stopped_at = chief_steps[-1]
+  assert 2 <= stopped_at < steps - every, first[-4000:]
+  prefix = f"{model_dir}/ckpt-{stopped_at}"
+  line = (f"stopped by SIGTERM at step {stopped_at}; checkpoint {prefix}; "
+          "rerun the same command to resume")
+  # Worker 1 got no signal, yet stopped at the same step, with the chief.
+  for index in (0, 1):
+    assert f"[worker {index}] {line}" in lines, first[-4000:]
+    assert progress_steps(first, f"[worker {index}] ") == chief_steps
+  assert "Traceback" not in first
+  assert tf.train.latest_checkpoint(model_dir) == prefix
+  assert saved_iterations(prefix) == stopped_at
+
+  # 2. The same command: resumes exactly there; killed mid-run.
+  start = time.time()
+  second, chief = start_and_kill_worker_1(command, env, model_dir,
+                                          after_step=stopped_at)
+  killed_seconds = time.time() - start
+  for index in (0, 1):
+    assert (f"[worker {index}] Resumed from {prefix} at step "
+            f"{stopped_at}.") in second
+    done = chief_steps + progress_steps(second, f"[worker {index}] ")
+    assert done == list(range(1, len(done) + 1)), done
+  saved = command_line.latest_checkpoint_step(model_dir)
+  assert stopped_at < saved < steps, second[-3000:]  # killed mid-run
   # The chief either noticed its lost peer (one line, lock released) or was
   # stopped by the launcher first (lock left behind): never a traceback.
-  assert "[worker 0] Traceback" not in first, first[-4000:]
+  assert "[worker 0] Traceback" not in second, second[-4000:]
   lock_left = os.path.exists(os.path.join(model_dir, run_dir.LOCK_FILE))
-  killed_at = max(progress_steps(first, "[worker 0] ") or [0])
+  killed_at = max(progress_steps(second, "[worker 0] ") or [0])
 
-  # The same command again: resume and finish.
+  # 3. The same command again: resume and finish.
   start = time.time()
   result = subprocess.run(command, capture_output=True, text=True,
                           timeout=300, cwd=REPO, env=env)
-  second_seconds = time.time() - start
+  finished_seconds = time.time() - start
   assert result.returncode == 0, result.stdout[-4000:]
   out = result.stdout
   if lock_left:
@@ -249,15 +317,16 @@ def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
     assert progress_steps(out, f"[worker {index}] ") == list(
         range(saved + 1, steps + 1))
   assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{steps}")
+  assert saved_iterations(f"{model_dir}/ckpt-{steps}") == steps
   assert not os.path.exists(os.path.join(model_dir, run_dir.LOCK_FILE))
   # Only the chief writes into model_dir; worker 1's files are gone.
-  assert len(glob.glob(os.path.join(model_dir, "events.*"))) == 2  # 2 runs
+  assert len(glob.glob(os.path.join(model_dir, "events.*"))) == 3  # 3 runs
   temporary = out.split("[worker 1] This process is worker 1; it writes "
                         "only temporary files (")[1].split(")")[0]
   assert not os.path.exists(temporary)
   # Both workers export (TensorFlow's rule for savers); only the chief's
   # lands, complete, in model_dir.
-  assert os.listdir(os.path.join(model_dir, "saved_model")) == [str(steps)]
+  assert os.listdir(export_layout.exports_dir(model_dir)) == [str(steps)]
   assert "[worker 0] [pretrain] exported SavedModel" in out
 
   # Identical weights on both workers.
@@ -284,8 +353,9 @@ def test_killed_and_restarted_two_worker_job_matches_mirrored_replicas(
   assert sorted(workers) == sorted(mirrored)
   differences = [abs(value - mirrored[step])
                  for step, values in workers.items() for value in values]
-  print(f"\n2-worker job: {first_seconds:.1f} s until killed at step "
-        f"{killed_at}, {second_seconds:.1f} s to resume from step {saved} "
+  print(f"\n2-worker job: {stopped_seconds:.1f} s until stopped at step "
+        f"{stopped_at}, {killed_seconds:.1f} s until killed at step "
+        f"{killed_at}, {finished_seconds:.1f} s to resume from step {saved} "
         f"and finish; mirrored in process {mirrored_seconds:.1f} s; "
         f"contrast_loss {mirrored}; max |workers - mirrored| = "
         f"{max(differences):.3g}")

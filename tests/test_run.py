@@ -1,13 +1,13 @@
-"""`python -m simclr_tf.run` as a user runs it: flags, errors, kill/resume."""
+"""`python -m simclr_tf.run` as a user runs it: flags, errors, presets.
+
+A run killed mid-way and resumed is in test_preemption.py, which stops,
+kills and resumes one command-line run.
+"""
 
 import dataclasses
 import functools
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from absl import flags
@@ -68,46 +68,6 @@ def test_bad_input_found_at_start_exits_2_without_traceback(
   assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr
   assert "Traceback" not in result.stderr
-
-
-def test_two_replica_run_from_the_command_line(data_dir, tmp_path):
-  result = run_cli(tiny_flags(data_dir, tmp_path) + [
-      "--cpu_replicas=2", "--train_steps=4", "--checkpoint_steps=2",
-      "--linear_eval_after_pretraining", "--linear_eval_train_steps=2",
-      "--linear_eval_train_batch_size=32"])
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "2 replica(s)" in result.stdout
-  assert "==== summary ====" in result.stdout
-  assert "linear eval of the frozen encoder" in result.stdout
-  assert f"tensorboard --logdir {tmp_path}" in result.stdout
-  assert (tmp_path / "linear_eval" / "result.json").exists()
-
-
-def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
-  args = tiny_flags(data_dir, tmp_path) + [
-      "--mode=train", "--train_steps=120", "--checkpoint_steps=4"]
-  env = dict(os.environ, PYTHONPATH=REPO)
-  process = subprocess.Popen([sys.executable, "-m", "simclr_tf.run"] + args,
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  # Race-free: kill only once the `checkpoint` state file names a finished
-  # checkpoint (a ckpt-N.index alone may belong to a save in progress).
-  deadline = time.time() + 240
-  while command_line.latest_checkpoint_step(tmp_path) is None:
-    assert process.poll() is None, "the run ended before its first checkpoint"
-    assert time.time() < deadline, "no checkpoint within 4 minutes"
-    time.sleep(0.2)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  saved = [command_line.latest_checkpoint_step(tmp_path)]
-  assert saved[-1] < 120  # killed mid-run
-
-  result = run_cli(args)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert f"Resumed from {tmp_path}/ckpt-{saved[-1]} at step {saved[-1]}" \
-      in result.stdout
-  assert "[pretrain] step 120/120 (100%)" in result.stdout
-  assert (tmp_path / "ckpt-120.index").exists()
 
 
 def test_no_settings_means_the_demo_preset():

@@ -44,6 +44,21 @@ def fail(message: str, status: int = USAGE_ERROR,
   return status
 
 
+def check_at_least(*bounds) -> None:
+  """Checks integer flags against their lower bounds.
+
+  Args:
+    *bounds: (flag holder, lowest allowed value) pairs.
+
+  Raises:
+    ValueError: naming the first flag below its bound.
+  """
+  for flag, low in bounds:
+    if flag.value < low:
+      raise ValueError(f"--{flag.name} must be at least {low}. Received: "
+                       f"--{flag.name}={flag.value}")
+
+
 def parse_flags(argv: Sequence[str], tool: Optional[str] = None):
   """Parses argv into the global flags; a bad flag exits with one line.
 

@@ -1,28 +1,41 @@
 """The dataset flags that the embedding and probe tools share, and the
-`DataConfig` they describe."""
+`DataConfig` they describe.
+
+The flags are the program's own: derived from `DataConfig`'s declarations
+(name, default, help, choices), and bounds-checked by `DataConfig.validate`
+when `data_config` builds the section.
+"""
 
 from absl import flags
 
-DATASET = flags.DEFINE_string(
-    "dataset", "synthetic_shapes", "A prepared tfds dataset name, "
-    "synthetic_shapes (built in) or image_folder.")
-DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir, or the "
-                               "image folder root.")
-SYNTHETIC_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "synthetic_train_examples", 10000, "synthetic_shapes: train examples "
-    "(as generated for the run).")
-SYNTHETIC_TEST_EXAMPLES = flags.DEFINE_integer(
-    "synthetic_test_examples", 2000, "synthetic_shapes: test examples.")
-SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0,
-                                      "synthetic_shapes: seed.")
+from simclr_tf import config as config_lib
+from simclr_tf.tools import _setting_flags
+
+# The settings a tool reads its images with; the splits and the image size
+# are each tool's own flags (or come from the model).
+NAMES = ("dataset", "data_dir", "synthetic_train_examples",
+         "synthetic_test_examples", "synthetic_seed")
+
+SETTING_FLAGS = _setting_flags.define_setting_flags(
+    [("data", config_lib.DataConfig)], flags.FLAGS, only=NAMES)
+
+# How the tools feed a model: not settings of a run.
+IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 0, "Side images are transformed to; 0 uses the model's "
+    "training size.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
 
 
 def data_config(*, train_split: str, eval_split: str, image_size: int):
-  """The `DataConfig` these flags and the given splits and size describe."""
-  from simclr_tf.config import DataConfig
-  return DataConfig(
-      dataset=DATASET.value, data_dir=DATA_DIR.value,
+  """The `DataConfig` these flags and the given splits and size describe.
+
+  Raises:
+    ConfigError: a setting out of its declared bounds, in the program's
+      words (e.g. "`synthetic_train_examples` must be >= 1. Received: ...").
+  """
+  values = _setting_flags.section_values(SETTING_FLAGS).get("data", {})
+  config = config_lib.DataConfig(
       train_split=train_split, eval_split=eval_split, image_size=image_size,
-      synthetic_train_examples=SYNTHETIC_TRAIN_EXAMPLES.value,
-      synthetic_test_examples=SYNTHETIC_TEST_EXAMPLES.value,
-      synthetic_seed=SYNTHETIC_SEED.value)
+      **values)
+  config.validate()
+  return config

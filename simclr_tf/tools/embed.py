@@ -25,6 +25,11 @@ from absl import flags  # noqa: E402
 
 from simclr_tf.tools import _cli  # noqa: E402
 from simclr_tf.tools import _dataset_flags  # noqa: E402
+from simclr_tf.tools import _setting_flags  # noqa: E402
+
+# The dataset and image flags are listed by --help too.
+flags.adopt_module_key_flags(_setting_flags)
+flags.adopt_module_key_flags(_dataset_flags)
 
 TOOL = "embed"
 
@@ -36,10 +41,8 @@ _OUTPUT_KEY = flags.DEFINE_string(
     "output_key", "final_avg_pool", "Which output to write: final_avg_pool, "
     "proj_head_output, block_group4, logits_sup, ...")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to embed.")
-_IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", 0, "Side images are transformed to; 0 uses the model's "
-    "training size.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
+_IMAGE_SIZE = _dataset_flags.IMAGE_SIZE
+_BATCH_SIZE = _dataset_flags.BATCH_SIZE
 _LOG_EVERY = flags.DEFINE_integer("log_every", 20, "Print progress every "
                                   "this many batches.")
 flags.mark_flags_as_required(["checkpoint", "output"])
@@ -49,10 +52,7 @@ def _check_flags() -> None:
   if not _OUTPUT.value.endswith(".npz"):
     raise ValueError(f"--output must be a .npz file. Received: "
                      f"--output={_OUTPUT.value}")
-  for flag, low in ((_BATCH_SIZE, 1), (_LOG_EVERY, 1), (_IMAGE_SIZE, 0)):
-    if flag.value < low:
-      raise ValueError(f"--{flag.name} must be at least {low}. Received: "
-                       f"--{flag.name}={flag.value}")
+  _cli.check_at_least((_BATCH_SIZE, 1), (_LOG_EVERY, 1), (_IMAGE_SIZE, 0))
 
 
 def embed(model, data_config, augment_config, *, output_key, batch_size,
@@ -115,11 +115,11 @@ def main(argv) -> int:
   np.savez(temp, embeddings=embeddings, labels=labels,
            output_key=_OUTPUT_KEY.value,
            checkpoint=os.path.abspath(_CHECKPOINT.value),
-           dataset=_dataset_flags.DATASET.value, split=_SPLIT.value)
+           dataset=data_config.dataset, split=_SPLIT.value)
   os.replace(temp, output)
   print(f"Wrote {output}: {embeddings.shape[0]} embeddings of shape "
         f"{embeddings.shape[1:]} ({_OUTPUT_KEY.value}) with labels, from "
-        f"{_dataset_flags.DATASET.value}/{_SPLIT.value}.", flush=True)
+        f"{data_config.dataset}/{_SPLIT.value}.", flush=True)
   return 0
 
 

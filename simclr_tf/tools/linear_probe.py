@@ -12,9 +12,12 @@ result.
   python tools/linear_probe.py --checkpoint=runs/demo \
       --dataset=synthetic_shapes --output=runs/demo/probe.json
   python tools/linear_probe.py --checkpoint=runs/demo --baseline=raw_pixels \
-      --output=runs/demo/probe_raw_pixels.json
+      --dataset=synthetic_shapes --output=runs/demo/probe_raw_pixels.json
   python tools/linear_probe.py --checkpoint=runs/demo --baseline=random_init \
-      --output=runs/demo/probe_random_init.json
+      --dataset=synthetic_shapes --output=runs/demo/probe_random_init.json
+
+The dataset flags are the program's (`DataConfig`'s settings), with its
+defaults: --dataset is imagenet2012 unless given.
 
 --baseline=random_init builds the --checkpoint's architecture afresh
 (--seed) and, by default, sets its BatchNorm statistics from
@@ -33,6 +36,11 @@ from absl import flags  # noqa: E402
 
 from simclr_tf.tools import _cli  # noqa: E402
 from simclr_tf.tools import _dataset_flags  # noqa: E402
+from simclr_tf.tools import _setting_flags  # noqa: E402
+
+# The dataset and image flags are listed by --help too.
+flags.adopt_module_key_flags(_setting_flags)
+flags.adopt_module_key_flags(_dataset_flags)
 
 TOOL = "linear_probe"
 _NONE = "none"
@@ -58,10 +66,8 @@ _OUTPUT_KEY = flags.DEFINE_string(
 _TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split the probe "
                                    "is fitted (and its strength chosen) on.")
 _TEST_SPLIT = flags.DEFINE_string("test_split", "test", "Split scored.")
-_IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", 0, "Side images are transformed to; 0 uses the model's "
-    "training size.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
+_IMAGE_SIZE = _dataset_flags.IMAGE_SIZE
+_BATCH_SIZE = _dataset_flags.BATCH_SIZE
 _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
     "max_train_examples", 0, "Use only the first this many train examples; "
     "0 uses all.")
@@ -91,12 +97,9 @@ def _check_flags() -> None:
                                               _IMAGE_SIZE.value):
     raise ValueError("--baseline=raw_pixels needs --image_size (or "
                      "--checkpoint, for its image size).")
-  for flag, low in ((_BATCH_SIZE, 1), (_NUM_STRENGTHS, 1), (_BN_EXAMPLES, 1),
-                    (_MAX_ITER, 1), (_MAX_TRAIN_EXAMPLES, 0),
-                    (_IMAGE_SIZE, 0)):
-    if flag.value < low:
-      raise ValueError(f"--{flag.name} must be at least {low}. Received: "
-                       f"--{flag.name}={flag.value}")
+  _cli.check_at_least((_BATCH_SIZE, 1), (_NUM_STRENGTHS, 1),
+                      (_BN_EXAMPLES, 1), (_MAX_ITER, 1),
+                      (_MAX_TRAIN_EXAMPLES, 0), (_IMAGE_SIZE, 0))
   if not 0 < _MIN_STRENGTH.value <= _MAX_STRENGTH.value:
     raise ValueError("--min_strength and --max_strength must be positive, "
                      f"min <= max. Received: --min_strength="
@@ -166,7 +169,7 @@ def main(argv) -> int:
   result.update(
       features=what, baseline=_BASELINE.value,
       checkpoint=_CHECKPOINT.value and os.path.abspath(_CHECKPOINT.value),
-      dataset=_dataset_flags.DATASET.value, train_split=_TRAIN_SPLIT.value,
+      dataset=data_config.dataset, train_split=_TRAIN_SPLIT.value,
       test_split=_TEST_SPLIT.value, image_size=image_size,
       random_init_bn=(_RANDOM_INIT_BN.value
                       if _BASELINE.value == "random_init" else None),
