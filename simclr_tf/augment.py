@@ -44,7 +44,6 @@ Where this differs from the authors' TF code, on purpose:
 """
 
 import contextlib
-import math
 from typing import Optional, Union
 
 import tensorflow as tf

@@ -501,7 +501,8 @@ def saved_part_shapes(prefix, part_name) -> Optional[List[tuple]]:
     The shapes as a sorted list of tuples, or None if there is no such part.
   """
   reader, graph = _object_graph(prefix)
-  steps = ([export_part_attribute(part_name)] if export_dir_of(prefix)
+  steps = ([export_layout.part_attribute(part_name)]
+           if export_layout.export_dir_of(prefix)
            else ["model", part_name])
   node = _node_at(graph, steps)
   if node is None:

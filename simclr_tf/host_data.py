@@ -243,13 +243,16 @@ class Batches(keras.utils.PyDataset):
     first_epoch: the epoch a resumed run starts at, so its order repeats.
     first_batch: the batch of `first_epoch` it starts at (resumed
       mid-epoch); later epochs start at 0.
+    batches_per_epoch: at most this many training batches per epoch, so
+      that a run can end mid-epoch: Keras' JAX trainer runs
+      `steps_per_execution` steps per call unless the data end first.
   """
 
   def __init__(self, split: Split, batch_size: int, image_size: int,
                augment_config, *, training: bool, num_views: int = 1,
                num_classes: int = 1, seed: int = 0,
                max_pixels: int = 89478485, first_epoch: int = 0,
-               first_batch: int = 0):
+               first_batch: int = 0, batches_per_epoch: Optional[int] = None):
     super().__init__(workers=1, use_multiprocessing=False)
     if batch_size < 1:
       raise ValueError(f"`batch_size` must be positive. Received: "
@@ -266,6 +269,7 @@ class Batches(keras.utils.PyDataset):
     self.skipped = SkippedFiles()
     self._epoch = first_epoch
     self._first_batch = first_batch
+    self._batches_per_epoch = batches_per_epoch
     self._order = self._epoch_order()
 
   @property
@@ -275,7 +279,8 @@ class Batches(keras.utils.PyDataset):
 
   def __len__(self):
     if self.training:
-      return max(1, len(self.split) // self.batch_size) - self._first_batch
+      whole = max(1, len(self.split) // self.batch_size) - self._first_batch
+      return min(whole, self._batches_per_epoch or whole)
     return math.ceil(len(self.split) / self.batch_size)
 
   def _epoch_order(self):

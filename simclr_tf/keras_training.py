@@ -194,7 +194,7 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
           training=True, num_views=train_batches.num_views,
           num_classes=num_classes, seed=run.seed,
           max_pixels=data.max_image_pixels, first_epoch=first_epoch,
-          first_batch=first_batch)
+          first_batch=first_batch, batches_per_epoch=steps)
       model.fit(train_batches, epochs=first_epoch + epochs,
                 initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0,
                 callbacks=callbacks)

@@ -218,7 +218,6 @@ def main(argv):
 
 def _run_keras_trainer(config):
   """The run on a non-TensorFlow backend (`keras_training`)."""
-  from simclr_tf import host_data  # noqa: F401  (TF-free data)
   from simclr_tf import keras_checkpoints
   from simclr_tf import keras_training
   from simclr_tf.data.errors import DataError

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import keras
 import tensorflow as tf
