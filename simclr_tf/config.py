@@ -477,6 +477,20 @@ class ExperimentConfig:
              "--linear_eval_after_pretraining, or use --mode=train.")
     return self
 
+  def train_augment(self) -> "AugmentConfig":
+    """The augmentation settings of this stage's training data.
+
+    Returns:
+      `augment` when pretraining; for fine-tuning and linear evaluation the
+      same with colour distortion and blur off: they see crops and flips
+      only, as the authors' do (colour and blur are pretraining
+      augmentations).
+    """
+    if self.run.train_mode == "pretrain":
+      return self.augment
+    return dataclasses.replace(self.augment, color_jitter_probability=0.0,
+                               grayscale_probability=0.0, use_blur=False)
+
   def for_linear_eval(self, *, model_dir: str,
                       checkpoint: Optional[str]) -> "ExperimentConfig":
     """The config of a linear evaluation of this run's encoder.

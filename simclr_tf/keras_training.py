@@ -152,7 +152,7 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
       num_examples=len(train_split),
       warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
       scaling=config.optimizer.learning_rate_scaling)
-  augment_config = _train_augment_config(config)
+  augment_config = config.train_augment()
   train_batches = host_data.Batches(
       train_split, run.train_batch_size, data.image_size, augment_config,
       training=True, num_views=2 if run.train_mode == "pretrain" else 1,
@@ -247,15 +247,6 @@ def _fit_segments(step, total_steps, steps_per_epoch):
     epoch += 1
     offset = 0
   return segments
-
-
-def _train_augment_config(config):
-  import dataclasses
-  if config.run.train_mode == "pretrain":
-    return config.augment
-  # Crops and flips only, as the TensorFlow path and the authors do.
-  return dataclasses.replace(config.augment, color_jitter_probability=0.0,
-                             grayscale_probability=0.0, use_blur=False)
 
 
 def _step(model) -> int:

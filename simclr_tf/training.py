@@ -4,7 +4,6 @@
 takes an `ExperimentConfig` only; flags never reach this module.
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -289,21 +288,16 @@ def _initialise(model, latest, config, log):
 
 
 def train_augment_config(config):
-  """The augmentation settings of the stage's training data.
+  """The augmentation settings of the stage's training data
+  (`ExperimentConfig.train_augment`).
 
   Args:
     config: the stage's `ExperimentConfig`.
 
   Returns:
-    `config.augment` when pretraining; for fine-tuning and linear
-    evaluation the same with colour distortion and blur off.
+    An `AugmentConfig`.
   """
-  if config.run.train_mode == "pretrain":
-    return config.augment
-  # Fine-tuning and linear evaluation see crops and flips only, as the
-  # authors do: colour distortion and blur are pretraining augmentations.
-  return dataclasses.replace(config.augment, color_jitter_probability=0.0,
-                             grayscale_probability=0.0, use_blur=False)
+  return config.train_augment()
 
 
 def on_device_augmentation(config):
