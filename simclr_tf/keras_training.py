@@ -135,6 +135,15 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
     raise ConfigError(f"train_mode={run.train_mode} needs labels, but "
                       f"{data.data_dir}/{data.train_split} has no class "
                       "folders.")
+  last_eval_batch = len(eval_split) % run.eval_batch_size
+  if "eval" in run.mode and last_eval_batch % devices:
+    # DataParallel shards every batch evenly over the devices.
+    raise ConfigError(
+        f"The {data.eval_split} split's last batch of {last_eval_batch} "
+        f"images ({len(eval_split)} in all) does not split over {devices} "
+        f"devices: choose an eval_batch_size whose last batch is a multiple "
+        f"of {devices}, or run on fewer devices (evaluation covers every "
+        f"image). Received: eval_batch_size={run.eval_batch_size}")
   steps_per_epoch = max(1, len(train_split) // run.train_batch_size)
   total_steps = optimizers.total_train_steps(
       len(train_split), run.train_epochs, run.train_batch_size,
