@@ -25,7 +25,7 @@ get the authors' centre crop (`eval_crop_fraction` of the short side, above
 
 import math
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import keras
 import numpy as np
@@ -135,9 +135,13 @@ class SkippedFiles:
 
   def __init__(self):
     self.paths: List[str] = []
+    self._seen = set()
 
   def add(self, path: str) -> None:
-    self.paths.append(path)
+    # Each epoch reads the file again: count it once.
+    if path not in self._seen:
+      self._seen.add(path)
+      self.paths.append(path)
 
   def report(self) -> Optional[str]:
     if not self.paths:
@@ -246,13 +250,16 @@ class Batches(keras.utils.PyDataset):
     batches_per_epoch: at most this many training batches per epoch, so
       that a run can end mid-epoch: Keras' JAX trainer runs
       `steps_per_execution` steps per call unless the data end first.
+    skipped: where unreadable files are counted; several `Batches` of one
+      stage share one, so the stage reports them all once.
   """
 
   def __init__(self, split: Split, batch_size: int, image_size: int,
                augment_config, *, training: bool, num_views: int = 1,
                num_classes: int = 1, seed: int = 0,
                max_pixels: int = 89478485, first_epoch: int = 0,
-               first_batch: int = 0, batches_per_epoch: Optional[int] = None):
+               first_batch: int = 0, batches_per_epoch: Optional[int] = None,
+               skipped: Optional[SkippedFiles] = None):
     super().__init__(workers=1, use_multiprocessing=False)
     if batch_size < 1:
       raise ValueError(f"`batch_size` must be positive. Received: "
@@ -266,7 +273,7 @@ class Batches(keras.utils.PyDataset):
     self.num_classes = max(num_classes, 1)
     self.seed = seed
     self.max_pixels = max_pixels
-    self.skipped = SkippedFiles()
+    self.skipped = skipped if skipped is not None else SkippedFiles()
     self._epoch = first_epoch
     self._first_batch = first_batch
     self._batches_per_epoch = batches_per_epoch
@@ -353,10 +360,3 @@ class Batches(keras.utils.PyDataset):
           _resize(p[y:y + h, x:x + w], self.image_size)
           for p, (y, x, h, w) in zip(decoded, boxes)]))
     return np.concatenate(views, axis=-1)
-
-
-def shapes_of(split: Split) -> Tuple[int, ...]:
-  """The distinct image shapes of an in-memory split (for the log)."""
-  if split.images is None:
-    return ()
-  return tuple(split.images.shape[1:])

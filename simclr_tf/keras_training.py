@@ -162,17 +162,16 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
       warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
       scaling=config.optimizer.learning_rate_scaling)
   augment_config = config.train_augment()
-  train_batches = host_data.Batches(
-      train_split, run.train_batch_size, data.image_size, augment_config,
-      training=True, num_views=2 if run.train_mode == "pretrain" else 1,
-      num_classes=num_classes, seed=run.seed,
-      max_pixels=data.max_image_pixels)
+  num_views = 2 if run.train_mode == "pretrain" else 1
+  # Same-size images (in memory) go to the device whole, to be cropped
+  # there; files of mixed sizes are cropped on the host.
+  crops_on_device = train_split.images is not None
   model.compile(
       optimizers.build_optimizer(config.optimizer, schedule),
       steps_per_loop=run.steps_per_loop,
       train_augmentation=device_augment.train_augmentation(
-          data.image_size, augment_config, train_batches.num_views,
-          run.seed, crop=train_batches.crops_on_device))
+          data.image_size, augment_config, num_views, run.seed,
+          crop=crops_on_device))
   model.optimizer.build(model.trainable_variables)
 
   latest = keras_checkpoints.latest_step(run.model_dir)
@@ -196,19 +195,20 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
                                  steps_per_epoch))
     callbacks = [_Progress(run, total_steps, log),
                  _Checkpoints(run, checkpoint_epochs, total_steps)]
+    skipped = host_data.SkippedFiles()
     for first_epoch, epochs, first_batch, steps in _fit_segments(
         step, total_steps, steps_per_epoch):
       train_batches = host_data.Batches(
           train_split, run.train_batch_size, data.image_size, augment_config,
-          training=True, num_views=train_batches.num_views,
-          num_classes=num_classes, seed=run.seed,
-          max_pixels=data.max_image_pixels, first_epoch=first_epoch,
-          first_batch=first_batch, batches_per_epoch=steps)
+          training=True, num_views=num_views, num_classes=num_classes,
+          seed=run.seed, max_pixels=data.max_image_pixels,
+          first_epoch=first_epoch, first_batch=first_batch,
+          batches_per_epoch=steps, skipped=skipped)
       model.fit(train_batches, epochs=first_epoch + epochs,
                 initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0,
                 callbacks=callbacks)
-    if train_batches.skipped.report():
-      log(f"[{run.train_mode}] {train_batches.skipped.report()}")
+    if skipped.report():
+      log(f"[{run.train_mode}] {skipped.report()}")
     result.global_step = _step(model)
   if "eval" in run.mode and model.supervised_head is not None:
     eval_batches = host_data.Batches(
@@ -217,6 +217,8 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
         max_pixels=data.max_image_pixels)
     start = time.time()
     metrics = model.evaluate(eval_batches, verbose=0, return_dict=True)
+    if eval_batches.skipped.report():
+      log(f"[{run.train_mode}] eval: {eval_batches.skipped.report()}")
     result.eval_results = {
         simclr.EVAL_TOP_1: float(metrics[simclr.EVAL_TOP_1]),
         simclr.EVAL_TOP_5: float(metrics[simclr.EVAL_TOP_5]),

@@ -104,6 +104,12 @@ def test_training_views_are_cropped_from_the_full_resolution_photo(tmp_path):
   assert np.median(fractions) < 0.8
   assert batches.skipped.report() == ("skipped 1 unreadable files: "
                                       "broken.jpg")
+  # Another epoch reads it again; it is still one file.
+  batches.on_epoch_end()
+  for index in range(len(batches)):
+    batches[index]
+  assert batches.skipped.report() == ("skipped 1 unreadable files: "
+                                      "broken.jpg")
 
 
 def test_builtin_dataset_is_the_tfds_builders_images(tmp_path):
