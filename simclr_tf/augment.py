@@ -59,9 +59,6 @@ _CROP_ATTEMPTS = device_augment.AREA_UNIFORM_CROP_ATTEMPTS
 # At or below this side the evaluation transform only resizes (the authors'
 # `test_crop=False` for CIFAR-sized images).
 EVAL_CENTER_CROP_MIN_SIZE = 33
-_GRAY_WEIGHTS = device_augment.GRAY_WEIGHTS
-_NUM_JITTER_OPS = 4
-_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(_NUM_JITTER_OPS)
 
 SeedType = Optional[Union[int, tf.Tensor]]
 
@@ -170,181 +167,14 @@ def _sample_crop_boxes(num, height, width, area_range, aspect_ratio_range,
   return tuple(tf.cast(v, tf.int32) for v in boxes)
 
 
-def _resize_matrix(offset: tf.Tensor, length: tf.Tensor, in_size,
-                   out_size: int) -> tf.Tensor:
-  """Rows that bicubic-resample the window [offset, offset + length).
-
-  Matches `tf.image.resize(window, method="bicubic")` (half-pixel centres, no
-  antialias, taps outside the window get weight 0 and the rest renormalise),
-  so a crop plus resize becomes two batched matrix products. The math is
-  `device_augment.resize_matrix`'s.
-
-  Args:
-    offset: int32 (B,) window starts.
-    length: int32 (B,) window lengths.
-    in_size: full input side (int or scalar tensor).
-    out_size: output side.
-
-  Returns:
-    float32 (B, out_size, in_size) resampling matrices.
-  """
-  return device_augment.resize_matrix(tf.cast(offset, tf.float32),
-                                      tf.cast(length, tf.float32), in_size,
-                                      out_size)
-
-
-def crop_and_resize_batch(images: tf.Tensor, boxes, size: int,
-                          flip: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """Crops a box per image and resizes it bicubically, vectorised.
-
-  Args:
-    images: float32 (B, H, W, C).
-    boxes: (offset_y, offset_x, crop_height, crop_width), int32 (B,) each.
-    size: output side.
-    flip: optional bool (B,): mirror these outputs left-right.
-
-  Returns:
-    float32 (B, size, size, C), not clipped (bicubic can overshoot).
-  """
-  offset_y, offset_x, crop_h, crop_w = boxes
-  shape = tf.shape(images)
-  rows = _resize_matrix(offset_y, crop_h, shape[1], size)
-  cols = _resize_matrix(offset_x, crop_w, shape[2], size)
-  if flip is not None:
-    cols = tf.where(flip[:, None, None], tf.reverse(cols, axis=[1]), cols)
-  out = tf.einsum("bhwc,bjw->bhjc", images, cols)
-  return tf.einsum("bih,bhjc->bijc", rows, out)
-
-
-def _adjust_contrast(images: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-  return (images - mean) * factor[:, None, None, None] + mean
-
-
-def _adjust_saturation_and_hue(images: tf.Tensor, saturation: tf.Tensor,
-                               hue: tf.Tensor) -> tf.Tensor:
-  """As `tf.image.adjust_saturation` then `adjust_hue`, per-image amounts."""
-  hsv = tf.image.rgb_to_hsv(images)
-  h, s, v = tf.unstack(hsv, axis=-1)
-  h = tf.math.floormod(h + hue[:, None, None], 1.0)
-  s = tf.clip_by_value(s * saturation[:, None, None], 0.0, 1.0)
-  return tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1))
-
-
-def _color_jitter_batch(images: tf.Tensor, strength: float,
-                        rng: _Random) -> tf.Tensor:
-  """Brightness, contrast, saturation, hue in a random order per image."""
-  num = tf.shape(images)[0]
-  amount = 0.8 * strength
-  low = max(0.0, 1.0 - amount)
-  brightness = rng.uniform([num], low, 1.0 + amount)
-  contrast = rng.uniform([num], low, 1.0 + amount)
-  saturation = rng.uniform([num], low, 1.0 + amount)
-  hue = rng.uniform([num], -0.2 * strength, 0.2 * strength)
-  order = tf.argsort(rng.uniform(tf.stack([num, _NUM_JITTER_OPS])), axis=1)
-  # Each slot applies one op per image: the others get identity amounts, so
-  # every image follows its own order without per-image control flow.
-  for slot in range(_NUM_JITTER_OPS):
-    op = order[:, slot]
-    images = images * tf.where(op == _BRIGHTNESS, brightness, 1.0)[
-        :, None, None, None]
-    images = tf.clip_by_value(images, 0.0, 1.0)
-    images = _adjust_contrast(images,
-                              tf.where(op == _CONTRAST, contrast, 1.0))
-    images = tf.clip_by_value(images, 0.0, 1.0)
-    images = _adjust_saturation_and_hue(
-        images, tf.where(op == _SATURATION, saturation, 1.0),
-        tf.where(op == _HUE, hue, 0.0))
-    images = tf.clip_by_value(images, 0.0, 1.0)
-  return images
-
-
-def to_grayscale(images: tf.Tensor) -> tf.Tensor:
-  """Luma replicated to 3 channels.
-
-  Args:
-    images: float (..., 3).
-
-  Returns:
-    Same shape; all three channels equal the luma.
-  """
-  gray = tf.reduce_sum(images * tf.constant(_GRAY_WEIGHTS, images.dtype),
-                       axis=-1, keepdims=True)
-  return tf.concat([gray] * 3, axis=-1)
-
-
-def blur_kernel_radius(size: int, kernel_fraction: float) -> int:
-  """Radius of the blur kernel: the authors' `(size * fraction) // 2`.
-
-  Args:
-    size: image side in pixels.
-    kernel_fraction: kernel side as a fraction of the image side.
-
-  Returns:
-    The radius r; the kernel has 2r + 1 taps. 0 means no blur.
-  """
-  return int(size * kernel_fraction) // 2
-
-
-def gaussian_blur_batch(images: tf.Tensor, sigma: tf.Tensor,
-                        radius: int) -> tf.Tensor:
-  """Separable Gaussian blur with one sigma per image, reflect padding.
-
-  The batch is folded into the channel axis so one depthwise convolution
-  applies every image's own kernel.
-
-  Args:
-    images: float32 (B, H, W, C) with H, W > radius.
-    sigma: float32 (B,) standard deviations in pixels.
-    radius: kernel radius r (2r + 1 taps); 0 returns the images.
-
-  Returns:
-    float32 (B, H, W, C).
-  """
-  if radius <= 0:
-    return images
-  taps = tf.range(-radius, radius + 1, dtype=tf.float32)
-  kernel = tf.exp(-tf.square(taps)[None, :] /
-                  (2.0 * tf.square(sigma)[:, None]))
-  kernel /= tf.reduce_sum(kernel, axis=1, keepdims=True)        # (B, K)
-  shape = tf.shape(images)
-  batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-  # (B, H, W, C) -> (1, H, W, B*C), and a (K, B*C) kernel to match.
-  folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]),
-                      tf.stack([1, height, width, batch * channels]))
-  kernel = tf.reshape(tf.repeat(tf.transpose(kernel), channels, axis=1),
-                      tf.stack([2 * radius + 1, batch * channels]))
-  folded = tf.pad(folded, [[0, 0], [radius, radius], [radius, radius], [0, 0]],
-                  mode="REFLECT")
-  horizontal = kernel[None, :, :, None]
-  vertical = kernel[:, None, :, None]
-  folded = tf.nn.depthwise_conv2d(folded, horizontal, [1, 1, 1, 1], "VALID")
-  folded = tf.nn.depthwise_conv2d(folded, vertical, [1, 1, 1, 1], "VALID")
-  out = tf.reshape(folded, tf.stack([height, width, batch, channels]))
-  return tf.transpose(out, [2, 0, 1, 3])
-
-
-def _distort_batch(images: tf.Tensor, size: int, augment_config,
-                   rng: _Random) -> tf.Tensor:
-  """Colour jitter, grayscale and blur on float (B, size, size, 3) images."""
-  cfg = augment_config
-  num = tf.shape(images)[0]
-  mask = lambda p: rng.bernoulli([num], p)[:, None, None, None]  # noqa: E731
-  # Strength 0 means no colour distortion at all, grayscale included, as the
-  # authors' `if color_jitter_strength > 0`.
-  if cfg.color_jitter_strength > 0:
-    jitter = mask(cfg.color_jitter_probability)
-    images = tf.where(
-        jitter, _color_jitter_batch(images, cfg.color_jitter_strength, rng),
-        images)
-    gray = mask(cfg.grayscale_probability)
-    images = tf.where(gray, to_grayscale(images), images)
-  radius = blur_kernel_radius(size, cfg.blur_kernel_fraction)
-  if cfg.use_blur and radius > 0:
-    blur = mask(cfg.blur_probability)
-    sigma = rng.uniform([num], cfg.blur_sigma_range[0], cfg.blur_sigma_range[1])
-    images = tf.where(blur, gaussian_blur_batch(images, sigma, radius), images)
-  return tf.clip_by_value(images, 0.0, 1.0)
+# The crop-resize, colour jitter, grayscale and blur are `device_augment`'s
+# keras.ops code, the one implementation for every backend: on TensorFlow
+# it runs as tf ops and draws from this module's `_Random`.
+crop_and_resize_batch = device_augment.crop_and_resize
+to_grayscale = device_augment.to_grayscale
+blur_kernel_radius = device_augment.blur_kernel_radius
+gaussian_blur_batch = device_augment.gaussian_blur
+_distort_batch = device_augment.distort
 
 
 def augment_batch(images: tf.Tensor, size: int, augment_config,

@@ -1,10 +1,12 @@
 """The batched SimCLR train transform in `keras.ops`, for any Keras backend.
 
-This is the on-device augmentation of the JAX path: a whole (B, H, W, 3)
-batch of same-size images in, per-image random parameters, vectorised so it
-compiles into the train step. It follows `simclr_tf.augment`'s batched
-transform (the TensorFlow path) step for step and draws from the same
-distributions; tests compare the two.
+A whole (B, H, W, 3) batch of same-size images in, per-image random
+parameters, vectorised so it compiles into the train step. The crop
+samplers, the crop-resize, colour jitter, grayscale and blur here are the
+only implementation: `simclr_tf.augment` (the TensorFlow path) calls them
+with its own draws (stateful or seeded, ThreeFry under XLA), and on the
+TensorFlow backend they run as the same tf ops. The JAX path uses the
+whole transform below, seeded per step.
 
 1. random crop, sampled as the authors' `sample_distorted_bounding_box`
    (or area-uniform), then bicubic resize to `size` (two batched matrix
@@ -279,17 +281,19 @@ def crop_and_resize(images, boxes, size: int, flip=None):
   """Crops a box per image and resizes it bicubically to (size, size).
 
   Args:
-    images: float32 (B, H, W, C) with static H and W.
-    boxes: (offset_y, offset_x, crop_height, crop_width), (B,) each.
+    images: float32 (B, H, W, C).
+    boxes: (offset_y, offset_x, crop_height, crop_width), (B,) each, whole
+      pixels (integer or float).
     size: output side.
     flip: optional bool (B,): mirror these outputs left-right.
 
   Returns:
     float32 (B, size, size, C), not clipped (bicubic overshoots).
   """
-  offset_y, offset_x, crop_h, crop_w = boxes
-  rows = resize_matrix(offset_y, crop_h, images.shape[1], size)
-  cols = resize_matrix(offset_x, crop_w, images.shape[2], size)
+  offset_y, offset_x, crop_h, crop_w = (ops.cast(v, "float32") for v in boxes)
+  shape = ops.shape(images)
+  rows = resize_matrix(offset_y, crop_h, shape[1], size)
+  cols = resize_matrix(offset_x, crop_w, shape[2], size)
   if flip is not None:
     cols = ops.where(flip[:, None, None], ops.flip(cols, axis=1), cols)
   out = ops.einsum("bhwc,bjw->bhjc", images, cols)
@@ -302,25 +306,28 @@ def _adjust_contrast(images, factor):
 
 
 def _adjust_saturation_and_hue(images, saturation, hue):
-  hsv = ops.image.rgb_to_hsv(images)
+  """As `tf.image.adjust_saturation` then `adjust_hue`, per-image amounts."""
+  hsv = ops.image.rgb_to_hsv(images, data_format="channels_last")
   h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
   h = ops.mod(h + hue[:, None, None], 1.0)
   s = ops.clip(s * saturation[:, None, None], 0.0, 1.0)
-  return ops.image.hsv_to_rgb(ops.stack([h, s, v], axis=-1))
+  return ops.image.hsv_to_rgb(ops.stack([h, s, v], axis=-1),
+                              data_format="channels_last")
 
 
-def color_jitter(images, strength: float, rng: _Random):
+def color_jitter(images, strength: float, rng):
   """Brightness, contrast, saturation and hue, in a random order per image.
 
   Args:
     images: float32 (B, H, W, 3) in [0, 1].
     strength: the colour jitter strength s.
-    rng: the draws.
+    rng: the draws: an object with `uniform(shape, minval, maxval)`, as
+      `_Random` here or `simclr_tf.augment`'s.
 
   Returns:
     float32 (B, H, W, 3) in [0, 1].
   """
-  num = images.shape[0]
+  num = ops.shape(images)[0]
   amount = 0.8 * strength
   low = max(0.0, 1.0 - amount)
   brightness = rng.uniform((num,), low, 1.0 + amount)
@@ -373,7 +380,7 @@ def gaussian_blur(images, sigma, radius: int):
   """
   if radius <= 0:
     return images
-  batch, height, width, channels = images.shape
+  batch, height, width, channels = ops.shape(images)
   taps = ops.arange(-radius, radius + 1, dtype="float32")
   kernel = ops.exp(-ops.square(taps)[None, :] /
                    (2.0 * ops.square(sigma)[:, None]))
@@ -383,16 +390,28 @@ def gaussian_blur(images, sigma, radius: int):
                        (1, height, width, batch * channels))
   folded = ops.pad(folded, [[0, 0], [radius, radius], [radius, radius],
                             [0, 0]], mode="reflect")
-  folded = ops.depthwise_conv(folded, kernel[None, :, :, None], 1, "valid")
-  folded = ops.depthwise_conv(folded, kernel[:, None, :, None], 1, "valid")
+  folded = ops.depthwise_conv(folded, kernel[None, :, :, None], 1, "valid",
+                              data_format="channels_last")
+  folded = ops.depthwise_conv(folded, kernel[:, None, :, None], 1, "valid",
+                              data_format="channels_last")
   out = ops.reshape(folded, (height, width, batch, channels))
   return ops.transpose(out, (2, 0, 1, 3))
 
 
-def distort(images, size: int, augment_config, rng: _Random):
-  """Colour jitter, grayscale and blur of float (B, size, size, 3) images."""
+def distort(images, size: int, augment_config, rng):
+  """Colour jitter, grayscale and blur of float (B, size, size, 3) images.
+
+  Args:
+    images: float32 (B, size, size, 3) in [0, 1].
+    size: their side (sets the blur kernel).
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    rng: the draws, as for `color_jitter`.
+
+  Returns:
+    float32 (B, size, size, 3) in [0, 1].
+  """
   cfg = augment_config
-  num = images.shape[0]
+  num = ops.shape(images)[0]
 
   def mask(probability):
     return rng.bernoulli((num,), probability)[:, None, None, None]
