@@ -17,6 +17,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from simclr_tf import write_errors
+
 STATE_FILE = "checkpoint.json"
 
 
@@ -60,30 +62,54 @@ def _steps(model_dir: str) -> List[int]:
 def save(model, model_dir: str, step: int, *, keep: int = 5) -> None:
   """Writes the step's checkpoint and keeps the newest `keep`.
 
+  The files are written under temporary names and renamed into place, the
+  state file last, and older checkpoints are deleted only after the state
+  file no longer names them: a write that fails (a full disk) leaves the
+  previous checkpoints and the state file as they were.
+
   Args:
     model: a compiled model with a built optimizer.
     model_dir: the run's directory.
     step: the optimizer step it is at.
     keep: checkpoints to keep.
+
+  Raises:
+    write_errors.WriteFailedError: a file could not be written; nothing
+      partial is left.
   """
+  previous = latest_step(model_dir)
   weights = weights_path(model_dir, step)
-  model.save_weights(weights + ".tmp.weights.h5", overwrite=True)
-  os.replace(weights + ".tmp.weights.h5", weights)
   optimizer = _optimizer_path(model_dir, step)
-  with open(optimizer + ".tmp", "wb") as handle:
-    np.savez(handle, **{v.path: np.asarray(v.value)
-                        for v in model.optimizer.variables})
-  os.replace(optimizer + ".tmp", optimizer)
+  state = os.path.join(model_dir, STATE_FILE)
   steps = [s for s in _steps(model_dir) if s != step] + [step]
+  temporary = (weights + ".tmp.weights.h5", optimizer + ".tmp",
+               state + ".tmp")
+  try:
+    model.save_weights(temporary[0], overwrite=True)
+    with open(temporary[1], "wb") as handle:
+      np.savez(handle, **{v.path: np.asarray(v.value)
+                          for v in model.optimizer.variables})
+    with open(temporary[2], "w") as handle:
+      json.dump({"latest": step, "steps": steps[-keep:]}, handle)
+    os.replace(temporary[0], weights)
+    os.replace(temporary[1], optimizer)
+    os.replace(temporary[2], state)
+  except OSError as error:
+    for path in temporary:
+      if os.path.exists(path):
+        os.remove(path)
+    kept = ("(none yet)" if previous is None else
+            weights_path(model_dir, previous))
+    raise write_errors.WriteFailedError(
+        f"could not write checkpoint {weights} ({write_errors.reason(error)})"
+        f"; the previous checkpoint {kept} is intact and nothing partial was "
+        "left. Free space (or fix the disk) and rerun the same command to "
+        "resume" + (" from it." if previous is not None else ".")) from error
   for old in steps[:-keep]:
     for path in (weights_path(model_dir, old), _optimizer_path(model_dir,
                                                                old)):
       if os.path.exists(path):
         os.remove(path)
-  state = os.path.join(model_dir, STATE_FILE)
-  with open(state + ".tmp", "w") as handle:
-    json.dump({"latest": step, "steps": steps[-keep:]}, handle)
-  os.replace(state + ".tmp", state)
 
 
 def restore_weights(model, model_dir: str, step: int) -> None:
