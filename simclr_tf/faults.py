@@ -1,4 +1,4 @@
-"""Faults that stop training: a non-finite loss.
+"""Faults that stop training: a non-finite loss (or, on JAX, weights).
 
 A NaN or infinite loss poisons the weights of every later step. Training
 stops at the end of the loop that produced it, before anything is saved, so
@@ -50,22 +50,52 @@ class NonFiniteLossError(RuntimeError):
 
   def message(self) -> str:
     """One line: where the loss went non-finite and what is still good."""
-    if self.first_step >= self.step:
-      where = f"at step {self.step}"
-    else:
-      # Losses are seen once per loop; --steps_per_loop=1 pins the step.
-      where = (f"at step {self.step} (in the loop of steps "
-               f"{self.first_step}-{self.step})")
     shown = ", ".join(f"{name} {value}" for name, value in
                       sorted(self.losses.items()))
+    return self._line(f"non-finite loss {self._where()}: {shown}")
+
+  def _where(self) -> str:
+    if self.first_step >= self.step:
+      return f"at step {self.step}"
+    # Losses are seen once per loop; --steps_per_loop=1 pins the step.
+    return (f"at step {self.step} (in the loop of steps {self.first_step}-"
+            f"{self.step})")
+
+  def _line(self, fault: str) -> str:
     good = (self.last_good_checkpoint or
             "none (no checkpoint was written before it)")
-    return (f"non-finite loss {where}: {shown}; the last good checkpoint is "
-            f"{good}. Nothing was saved after it; rerunning resumes from it "
-            "(a lower --learning_rate may help).")
+    return (f"{fault}; the last good checkpoint is {good}. Nothing was saved "
+            "after it; rerunning resumes from it (a lower --learning_rate "
+            "may help).")
 
   def __str__(self):
     return self.message()
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+  """The weights went NaN or infinite while the logged losses stayed finite.
+
+  XLA on the CPU computes max and min (ReLU, max-pooling) without
+  propagating NaN, so a NaN from the input or an overflow can reach the
+  weights while every layer's output, and so the loss, stays finite. The
+  JAX train step reports whether the weights after the update are finite.
+
+  Args:
+    first_step: first step of the loop after which the weights were bad.
+    step: last step of that loop.
+    losses: the (finite) loss metrics logged for that loop.
+    last_good_checkpoint: the newest checkpoint, written before the fault.
+  """
+
+  def with_checkpoint(self, path: Optional[str]) -> "NonFiniteWeightsError":
+    return NonFiniteWeightsError(self.first_step, self.step, self.losses,
+                                 path)
+
+  def message(self) -> str:
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in
+                      sorted(self.losses.items()))
+    return self._line(f"non-finite weights {self._where()} (the losses "
+                      f"were finite: {shown})")
 
 
 def _lost_tasks(text: str) -> str:

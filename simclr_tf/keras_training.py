@@ -10,7 +10,9 @@ compiles the whole step. Nothing here imports TensorFlow:
 - every local device trains one global batch through
   `keras.distribution.DataParallel`: the loss' negatives and BatchNorm's
   statistics span the whole batch, as under `MirroredStrategy` with sync BN;
-- checkpoints are Keras' own weights files (`keras_checkpoints`);
+- checkpoints are Keras' own weights files (`keras_checkpoints`); a NaN
+  loss stops training without saving after it, and SIGTERM or SIGINT stops
+  it with a checkpoint of the step it reached, as on TensorFlow;
 - TensorBoard scalars are written where TensorFlow is installed, and
   `metrics.csv` always.
 
@@ -29,9 +31,11 @@ import keras
 import numpy as np
 
 from simclr_tf import device_augment
+from simclr_tf import faults
 from simclr_tf import host_data
 from simclr_tf import keras_checkpoints
 from simclr_tf import optimizers
+from simclr_tf import preemption
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
@@ -61,6 +65,11 @@ def run_experiment(config: ExperimentConfig,
     ConfigError: a setting this backend does not support.
     data.DataError: missing or unreadable data.
     keras_checkpoints.CheckpointError: a damaged or mismatched checkpoint.
+    faults.NonFiniteLossError: the loss went NaN or infinite (nothing was
+      saved after the last good checkpoint).
+    write_errors.WriteFailedError: a checkpoint could not be written.
+    preemption.StoppedBySignal: SIGTERM or SIGINT while training; the
+      step it stopped at is saved.
   """
   config.validate()
   run = config.run
@@ -149,18 +158,11 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
       len(train_split), run.train_epochs, run.train_batch_size,
       run.train_steps)
   keras.utils.set_random_seed(run.seed)
-  model = simclr.build_simclr_model(
-      config.model, image_size=data.image_size, num_classes=num_classes,
-      train_mode=run.train_mode, with_supervised_head=with_head,
-      temperature=config.loss.temperature,
-      hidden_norm=config.loss.hidden_norm,
-      weight_decay=config.optimizer.weight_decay,
-      optimizer_name=config.optimizer.optimizer)
-  schedule = optimizers.WarmUpAndCosineDecay(
-      config.optimizer.learning_rate, batch_size=run.train_batch_size,
-      num_examples=len(train_split),
-      warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
-      scaling=config.optimizer.learning_rate_scaling)
+  model = simclr.build_from_experiment(config, num_classes=num_classes,
+                                      with_supervised_head=with_head)
+  schedule = optimizers.schedule_from_config(
+      config.optimizer, batch_size=run.train_batch_size,
+      num_examples=len(train_split), total_steps=total_steps)
   augment_config = config.train_augment()
   num_views = 2 if run.train_mode == "pretrain" else 1
   # Same-size images (in memory) go to the device whole, to be cropped
@@ -193,20 +195,28 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
     every = run.checkpoint_steps or run.checkpoint_epochs * steps_per_epoch
     checkpoint_epochs = max(1, -(-(every or steps_per_epoch) //
                                  steps_per_epoch))
-    callbacks = [_Progress(run, total_steps, log),
-                 _Checkpoints(run, checkpoint_epochs, total_steps)]
     skipped = host_data.SkippedFiles()
-    for first_epoch, epochs, first_batch, steps in _fit_segments(
-        step, total_steps, steps_per_epoch):
-      train_batches = host_data.Batches(
-          train_split, run.train_batch_size, data.image_size, augment_config,
-          training=True, num_views=num_views, num_classes=num_classes,
-          seed=run.seed, max_pixels=data.max_image_pixels,
-          first_epoch=first_epoch, first_batch=first_batch,
-          batches_per_epoch=steps, skipped=skipped)
-      model.fit(train_batches, epochs=first_epoch + epochs,
-                initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0,
-                callbacks=callbacks)
+    with preemption.StopOnSignal() as stop:
+      saver = _Checkpoints(run, checkpoint_epochs, total_steps, stop)
+      callbacks = [_Progress(run, total_steps, log), saver]
+      for first_epoch, epochs, first_batch, steps in _fit_segments(
+          step, total_steps, steps_per_epoch):
+        train_batches = host_data.Batches(
+            train_split, run.train_batch_size, data.image_size,
+            augment_config, training=True, num_views=num_views,
+            num_classes=num_classes, seed=run.seed,
+            max_pixels=data.max_image_pixels, first_epoch=first_epoch,
+            first_batch=first_batch, batches_per_epoch=steps,
+            skipped=skipped)
+        model.fit(train_batches, epochs=first_epoch + epochs,
+                  initial_epoch=first_epoch, steps_per_epoch=steps,
+                  verbose=0, callbacks=callbacks)
+        if saver.fault is not None:
+          raise saver.fault
+        if saver.signal_name:
+          raise preemption.StoppedBySignal(
+              saver.signal_name, _step(model),
+              keras_checkpoints.weights_path(run.model_dir, _step(model)))
     if skipped.report():
       log(f"[{run.train_mode}] {skipped.report()}")
     result.global_step = _step(model)
@@ -348,7 +358,8 @@ class _Progress(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     step = _step(self.model)
     self._last_line = time.time()
-    logs = {k: float(v) for k, v in (logs or {}).items()}
+    logs = {k: float(v) for k, v in (logs or {}).items()
+            if k != simclr.WEIGHTS_FINITE}
     logs["learning_rate"] = float(np.asarray(
         self.model.optimizer.learning_rate))
     rate = (step - self._start_step) / max(time.time() - self._start, 1e-9)
@@ -386,28 +397,69 @@ def _summary_writer(logdir):
 
 
 class _Checkpoints(keras.callbacks.Callback):
-  """Saves every `every_epochs` epochs and at the last step."""
+  """Saves on schedule and at the end; stops on a NaN loss or a signal.
 
-  def __init__(self, run, every_epochs, total_steps):
+  A non-finite loss, or weights (`simclr.WEIGHTS_FINITE`), stops training
+  at the end of the loop that produced it and nothing is saved after it, so
+  the newest checkpoint is the last good state (`fault`). SIGTERM or SIGINT, recorded by `stop`, ends the loop in
+  flight, which is then saved (`signal_name`); rerunning resumes there.
+
+  Args:
+    run: the stage's `RunConfig`.
+    every_epochs: save after every this many epochs.
+    total_steps: the stage's last step; training stops exactly there.
+    stop: a `preemption.StopOnSignal`, installed while training.
+  """
+
+  def __init__(self, run, every_epochs, total_steps, stop):
     super().__init__()
     self._run = run
     self._every = every_epochs
     self._total = total_steps
+    self._stop = stop
+    self._loop_start = 0
+    self.fault = None
+    self.signal_name = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._loop_start = _step(self.model) + 1
 
   def on_train_batch_end(self, batch, logs=None):
+    step = _step(self.model)
+    losses = {name: float(value) for name, value in (logs or {}).items()
+              if name in faults.LOSS_METRICS}
+    bad = faults.non_finite_losses(losses)
+    if bad:
+      self.fault = faults.NonFiniteLossError(self._loop_start, step, bad,
+                                             self._latest_checkpoint())
+    elif float((logs or {}).get(simclr.WEIGHTS_FINITE, 1.0)) < 1.0:
+      self.fault = faults.NonFiniteWeightsError(
+          self._loop_start, step, losses, self._latest_checkpoint())
+    if self.fault is not None:
+      self.model.stop_training = True
+      return
+    self.signal_name = self._stop.agreed_signal()
     # `train_steps` need not be whole epochs: stop exactly there.
-    if _step(self.model) >= self._total:
+    if self.signal_name or step >= self._total:
       self.model.stop_training = True
 
   def on_epoch_end(self, epoch, logs=None):
     step = _step(self.model)
-    if (epoch + 1) % self._every == 0 or step >= self._total:
-      keras_checkpoints.save(self.model, self._run.model_dir, step,
-                             keep=self._run.keep_checkpoint_max)
+    if self.fault is None and ((epoch + 1) % self._every == 0 or
+                               step >= self._total):
+      self._save(step)
 
   def on_train_end(self, logs=None):
     step = _step(self.model)
-    if step >= self._total and keras_checkpoints.latest_step(
-        self._run.model_dir) != step:
-      keras_checkpoints.save(self.model, self._run.model_dir, step,
-                             keep=self._run.keep_checkpoint_max)
+    if (self.fault is None and (step >= self._total or self.signal_name)
+        and keras_checkpoints.latest_step(self._run.model_dir) != step):
+      self._save(step)
+
+  def _save(self, step):
+    keras_checkpoints.save(self.model, self._run.model_dir, step,
+                           keep=self._run.keep_checkpoint_max)
+
+  def _latest_checkpoint(self):
+    latest = keras_checkpoints.latest_step(self._run.model_dir)
+    return (None if latest is None else
+            keras_checkpoints.weights_path(self._run.model_dir, latest))

@@ -516,6 +516,27 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     }
 
 
+def schedule_from_config(optimizer_config, *, batch_size: int,
+                         num_examples: int,
+                         total_steps: int) -> "WarmUpAndCosineDecay":
+  """The learning-rate schedule an `OptimizerConfig` describes.
+
+  Args:
+    optimizer_config: a `simclr_tf.config.OptimizerConfig`.
+    batch_size: the global train batch size.
+    num_examples: training examples (warm-up epochs are counted in them).
+    total_steps: the run's last step.
+
+  Returns:
+    A `WarmUpAndCosineDecay`.
+  """
+  return WarmUpAndCosineDecay(
+      optimizer_config.learning_rate, batch_size=batch_size,
+      num_examples=num_examples,
+      warmup_epochs=optimizer_config.warmup_epochs, total_steps=total_steps,
+      scaling=optimizer_config.learning_rate_scaling)
+
+
 def total_train_steps(num_examples, train_epochs, batch_size,
                       train_steps=0) -> int:
   """The authors' number of training steps.

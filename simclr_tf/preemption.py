@@ -37,8 +37,6 @@ import signal
 import threading
 from typing import Optional
 
-import tensorflow as tf
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -132,14 +130,19 @@ class StopOnSignal:
     """
     counts = [sum(1 for s in self.received if s == signum)
               for signum in self.signals]
-    if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
-      counts = self._summed_over_workers(counts)
+    if self.strategy is not None:
+      # Only a strategy needs TensorFlow; the JAX path passes none.
+      import tensorflow as tf
+      if isinstance(self.strategy,
+                    tf.distribute.MultiWorkerMirroredStrategy):
+        counts = self._summed_over_workers(counts)
     for signum, count in zip(self.signals, counts):
       if count:
         return signal.Signals(signum).name
     return None
 
   def _summed_over_workers(self, counts):
+    import tensorflow as tf
     strategy = self.strategy
     local = tf.constant(counts, tf.float32)
     # Every replica holds its worker's counts, so each sum is the workers'

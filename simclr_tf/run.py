@@ -206,30 +206,39 @@ def main(argv):
     print(stop, file=sys.stderr, flush=True)
     return STOPPED_BY_SIGNAL
   except KeyboardInterrupt:
-    # Ctrl-C outside the training steps (start-up, evaluation, export): no
-    # step was taken since the last checkpoint, so none is lost.
-    print("stopped by SIGINT outside training; the last checkpoint is "
-          "kept; rerun the same command to resume", file=sys.stderr,
-          flush=True)
-    return STOPPED_BY_SIGNAL
+    return _stopped_outside_training()
   _say(format_summary(config, results))
   return 0
 
 
+def _stopped_outside_training():
+  # Ctrl-C outside the training steps (start-up, evaluation, export): no
+  # step was taken since the last checkpoint, so none is lost.
+  print("stopped by SIGINT outside training; the last checkpoint is kept; "
+        "rerun the same command to resume", file=sys.stderr, flush=True)
+  return STOPPED_BY_SIGNAL
+
+
 def _run_keras_trainer(config):
   """The run on a non-TensorFlow backend (`keras_training`)."""
+  from simclr_tf import faults
   from simclr_tf import keras_checkpoints
   from simclr_tf import keras_training
+  from simclr_tf import preemption
+  from simclr_tf import write_errors
   from simclr_tf.data.errors import DataError
   try:
     results = keras_training.run_experiment(config, log=_say)
   except (config_lib.ConfigError, DataError,
           keras_checkpoints.CheckpointError) as error:
     return _fail(str(error))
-  except KeyboardInterrupt:
-    print("stopped by SIGINT; rerun the same command to resume from the "
-          "last checkpoint", file=sys.stderr, flush=True)
+  except (faults.NonFiniteLossError, write_errors.WriteFailedError) as error:
+    return _fail(str(error), TRAINING_FAILED)
+  except preemption.StoppedBySignal as stop:
+    print(stop, file=sys.stderr, flush=True)
     return STOPPED_BY_SIGNAL
+  except KeyboardInterrupt:
+    return _stopped_outside_training()
   _say(format_summary(config, results, saved_models=False))
   return 0
 

@@ -231,19 +231,12 @@ def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
   run = config.run
   # Layers take the dtype policy when built; variables stay float32.
   with strategy.scope(), precision.policy_scope(run.precision):
-    model = simclr.build_simclr_model(
-        config.model, image_size=config.data.image_size,
-        num_classes=max(info.num_classes, 1), train_mode=run.train_mode,
-        with_supervised_head=run.lineareval_while_pretraining,
-        temperature=config.loss.temperature,
-        hidden_norm=config.loss.hidden_norm,
-        weight_decay=config.optimizer.weight_decay,
-        optimizer_name=config.optimizer.optimizer)
-    schedule = optimizers.WarmUpAndCosineDecay(
-        config.optimizer.learning_rate, batch_size=run.train_batch_size,
-        num_examples=info.num_train_examples,
-        warmup_epochs=config.optimizer.warmup_epochs, total_steps=total_steps,
-        scaling=config.optimizer.learning_rate_scaling)
+    model = simclr.build_from_experiment(
+        config, num_classes=max(info.num_classes, 1),
+        with_supervised_head=run.lineareval_while_pretraining)
+    schedule = optimizers.schedule_from_config(
+        config.optimizer, batch_size=run.train_batch_size,
+        num_examples=info.num_train_examples, total_steps=total_steps)
     optimizer = precision.wrap_optimizer(
         optimizers.build_optimizer(config.optimizer, schedule), run.precision)
     # With `augment.on_device` the pipeline yields uint8 images and the

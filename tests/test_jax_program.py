@@ -1,18 +1,23 @@
 """`python -m simclr_tf.run --backend=jax`: the program on Keras' JAX trainer.
 
 A tiny pretraining with a linear evaluation after it, its weights read by
-the TensorFlow model, a resumed run on 2 devices, the benchmark's FLOP
-count, and the one-line errors for what JAX does not run.
+the TensorFlow model, a resumed run on 2 devices, a stop on SIGTERM and on
+a NaN loss, the benchmark's FLOP count, and the one-line errors for what
+JAX does not run.
 """
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 
+import command_line
+import jax_fault_program
 from command_line import run_program
 from command_line import tiny_flags
+from simclr_tf import run as run_lib
 
 pytest.importorskip("jax", reason="the JAX backend needs `pip install jax` "
                     "(in the test extras)")
@@ -65,6 +70,54 @@ def test_pretrain_linear_eval_and_resume_on_two_devices(tmp_path):
   assert json.loads((model_dir / "checkpoint.json").read_text())[
       "latest"] == 9
 
+
+
+def test_sigterm_saves_and_stops_then_a_nan_stops_without_saving(tmp_path):
+  """Faults on the JAX path, from the command line, with test-only faults
+  (tests/jax_fault_program.py): SIGTERM mid-run saves the step reached and
+  exits 75; the rerun resumes exactly there, and a NaN loss at a later step
+  exits 1 naming the last good checkpoint, with nothing saved after it."""
+  model_dir = tmp_path / "run"
+  args = _flags(tmp_path, model_dir, train_epochs=3, steps_per_loop=1,
+                linear_eval_after_pretraining="false")
+  program = [sys.executable,
+             os.path.join(command_line.REPO, "tests", "jax_fault_program.py")]
+
+  def run_with(faults):
+    return run_program(args, program=program, env={
+        "KERAS_BACKEND": "jax", jax_fault_program.ENV_VAR: faults})
+
+  # 2 steps an epoch, a checkpoint each epoch. The signal comes as step 2
+  # is saved; step 3 is in flight, finishes, and is saved.
+  stopped = run_with("sigterm_after_saving=2")
+  assert stopped.returncode == run_lib.STOPPED_BY_SIGNAL, stopped.stderr[
+      -3000:]
+  checkpoint = model_dir / "ckpt-3.weights.h5"
+  assert stopped.stderr.splitlines()[-1] == (
+      f"stopped by SIGTERM at step 3; checkpoint {checkpoint}; rerun the "
+      "same command to resume")
+  assert "Traceback" not in stopped.stderr
+  assert json.loads((model_dir / "checkpoint.json").read_text())[
+      "latest"] == 3
+
+  failed = run_with("nan_at_step=5")
+  assert failed.returncode == run_lib.TRAINING_FAILED, failed.stderr[-3000:]
+  assert "Resumed from" in failed.stdout and "at step 3." in failed.stdout
+  last_line = failed.stderr.splitlines()[-1]
+  # XLA on the CPU maps NaN to 0 in ReLU, so the NaN views poison the
+  # weights while the loss stays finite; where max propagates NaN (GPUs),
+  # the loss itself is NaN.
+  assert (last_line.startswith("error: non-finite weights at step 5 (the "
+                               "losses were finite: contrast_loss ") or
+          last_line.startswith("error: non-finite loss at step 5: "
+                               "contrast_loss nan")), last_line
+  assert (f"the last good checkpoint is {model_dir / 'ckpt-4.weights.h5'}"
+          in last_line)
+  assert "Traceback" not in failed.stderr
+  # Step 4 ended an epoch and was saved; nothing after the NaN was.
+  assert json.loads((model_dir / "checkpoint.json").read_text())[
+      "latest"] == 4
+  assert not list(model_dir.glob("ckpt-5*"))
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -27,6 +27,9 @@ SUPERVISED_LOSS = "supervised_loss"
 SUPERVISED_ACC = "supervised_acc"
 WEIGHT_DECAY = "weight_decay"
 TOTAL_LOSS = "total_loss"
+# Logged by the JAX train step: 1.0 while every weight and moving statistic
+# is finite after the update, else 0.0 (see faults.NonFiniteWeightsError).
+WEIGHTS_FINITE = "weights_finite"
 EVAL_TOP_1 = "label_top_1_accuracy"
 EVAL_TOP_5 = "label_top_5_accuracy"
 
@@ -354,6 +357,7 @@ class SimCLRModel(keras.Model):
     Keras differentiates `compute_loss` and applies the optimizer. The
     augmentation's seed is the optimizer's step count, which is part of the
     step's state, so a resumed run draws the views it would have drawn.
+    The logs add `WEIGHTS_FINITE`.
     """
     if self._train_augmentation is not None:
       images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(
@@ -363,7 +367,15 @@ class SimCLRModel(keras.Model):
       images = self._train_augmentation(images, 0, step)
       data = (images, labels) if sample_weight is None else (
           images, labels, sample_weight)
-    return super().train_step(state, data)
+    logs, state = super().train_step(state, data)
+    # XLA on the CPU maps NaN to a number in max and min (ReLU), so a fault
+    # can poison the weights while the loss stays finite: report them too.
+    trainable, non_trainable = state[0], state[1]
+    finite = ops.all(ops.stack([ops.all(ops.isfinite(value)) for value in
+                                list(trainable) + list(non_trainable)]))
+    logs = dict(logs)
+    logs[WEIGHTS_FINITE] = ops.cast(finite, "float32")
+    return logs, state
 
   def _iterations_index(self):
     paths = [variable.path for variable in self.optimizer.variables]
@@ -482,6 +494,31 @@ class SimCLRModel(keras.Model):
       if config.get(key) is not None:
         config[key] = keras.saving.deserialize_keras_object(config[key])
     return cls(**config)
+
+
+def build_from_experiment(config, *, num_classes: int,
+                          with_supervised_head: bool) -> SimCLRModel:
+  """`build_simclr_model` with the rest taken from an `ExperimentConfig`.
+
+  The training programs of both backends build their model this way.
+
+  Args:
+    config: a `simclr_tf.config.ExperimentConfig`: model, image size, train
+      mode, loss and weight decay settings.
+    num_classes: classes of the supervised head.
+    with_supervised_head: add the supervised head.
+
+  Returns:
+    A built `SimCLRModel`.
+  """
+  return build_simclr_model(
+      config.model, image_size=config.data.image_size,
+      num_classes=num_classes, train_mode=config.run.train_mode,
+      with_supervised_head=with_supervised_head,
+      temperature=config.loss.temperature,
+      hidden_norm=config.loss.hidden_norm,
+      weight_decay=config.optimizer.weight_decay,
+      optimizer_name=config.optimizer.optimizer)
 
 
 def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
