@@ -93,13 +93,27 @@ def test_runs_as_a_script_and_reports_bad_flags_in_one_line(tmp_path):
       ("--benchmark_variant=precision=float8", "float8"),
       (f"--peer_authors_dir={tmp_path / 'absent'}", "no tf2/run.py there"),
       (f"--peer_authors_dir={tmp_path}", "checkout of google-research"),
-      (f"--peer_authors_dir={fake_checkout}", "width_multiplier=0.25")):
+      (f"--peer_authors_dir={fake_checkout}", "width_multiplier=0.25"),
+      ("--preset=nope", "--preset must be none or one of")):
     result = _run([script, flag], cwd=str(tmp_path))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines()
               if line.startswith("benchmark: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_a_preset_is_measured_with_the_command_line_over_it():
+  # The program's --preset flag is defined here too; it must not be
+  # accepted and then ignored (it was: the tiny default was measured).
+  from simclr_tf import run as run_lib
+  from tools import benchmark
+  argv = ["benchmark", "--preset=demo", "--train_batch_size=8"]
+  assert benchmark._with_preset_flagfile(argv) == [
+      "benchmark", f"--flagfile={run_lib.preset_path('demo')}",
+      "--preset=demo", "--train_batch_size=8"]
+  for unchanged in (["benchmark"], ["benchmark", "--preset=none"]):
+    assert benchmark._with_preset_flagfile(unchanged) == unchanged
 
 
 # A checkout of google-research/simclr to time as a peer; without one (CI)

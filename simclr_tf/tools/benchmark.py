@@ -9,7 +9,8 @@ r"""Measures SimCLR training speed on this machine, one JSON line each.
 The configuration is given with the training program's own flags
 (`simclr_tf/run.py`: depth, width, image size, batch, --precision,
 --jit_compile, --steps_per_loop, --strategy, --cpu_replicas,
---augment_on_device, the dataset, ...), so any preset flagfile works. This
+--augment_on_device, the dataset, ...), so any preset works
+(`--preset=NAME`, the other flags overriding it, or a flagfile). This
 tool's defaults differ from the program's in the model size only (a small
 ResNet-18 on 32 px synthetic_shapes), so that a bare run finishes in under
 two minutes on 2 CPU cores.
@@ -811,7 +812,23 @@ def _measure(benches, selected, peers=None):
 def _parse_flags(argv):
   for name, value in _DEFAULTS.items():
     FLAGS.set_default(name, value)
-  return _cli.parse_flags(argv, tool=TOOL)
+  return _cli.parse_flags(_with_preset_flagfile(argv), tool=TOOL)
+
+
+def _with_preset_flagfile(argv):
+  """`--preset=NAME` read as the program reads it: the preset's flagfile
+  first, so the rest of the command line overrides it. Unlike the program,
+  a command line without it measures this tool's small default, not the
+  demo."""
+  presets = [a.split("=", 1)[1] for a in argv[1:]
+             if a.startswith("--preset=")]
+  if not presets or presets[-1] == "none":
+    return list(argv)
+  try:
+    path = run_lib.preset_path(presets[-1])
+  except config_lib.ConfigError as error:
+    sys.exit(_cli.fail(str(error), tool=TOOL))
+  return [argv[0], f"--flagfile={path}"] + list(argv[1:])
 
 
 def entry():
