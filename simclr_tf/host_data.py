@@ -31,13 +31,13 @@ import keras
 import numpy as np
 
 from simclr_tf import device_augment
+from simclr_tf.data import folder_layout
 from simclr_tf.data import shapes_render
 from simclr_tf.data.errors import DataError
 
 SYNTHETIC_SHAPES = "synthetic_shapes"
 IMAGE_FOLDER = "image_folder"
 DATASETS = (SYNTHETIC_SHAPES, IMAGE_FOLDER)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # The built-in dataset's random streams, as its tfds builder's.
 _SPLIT_STREAMS = {"train": 0, "test": 1}
 # At or below this side the evaluation transform only resizes (the authors'
@@ -100,34 +100,13 @@ def load_split(data_config, split: str) -> Split:
       f"Received: dataset={cfg.dataset!r}")
 
 
-def _is_image(name: str) -> bool:
-  return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
 def _folder_split(root: str, split: str) -> Split:
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    raise DataError(f"Image folder split not found: {split_dir}. Expected "
-                    f"{root}/<split>/<class>/<image>.")
-  entries = sorted((e for e in os.scandir(split_dir)
-                    if not e.name.startswith(".")), key=lambda e: e.name)
-  classes = [e.name for e in entries if e.is_dir()]
-  paths: List[str] = []
-  labels: List[int] = []
-  if classes:
-    for label, name in enumerate(classes):
-      for entry in sorted(os.scandir(os.path.join(split_dir, name)),
-                          key=lambda e: e.name):
-        if entry.is_file() and _is_image(entry.name):
-          paths.append(entry.path)
-          labels.append(label)
-  else:
-    paths = [e.path for e in entries if e.is_file() and _is_image(e.name)]
-    labels = [-1] * len(paths)
-  if not paths:
-    raise DataError(f"No images (ending in {', '.join(IMAGE_EXTENSIONS)}) in "
-                    f"{split_dir}.")
-  return Split(labels, len(classes), paths=np.array(paths))
+  # The listing and class ids are the tf.data path's (`folder_layout`).
+  layout = folder_layout.FolderLayout(root)
+  paths, labels = layout.scan(split)
+  if labels is None:
+    return Split([-1] * len(paths), 0, paths=np.array(paths))
+  return Split(labels, len(layout.class_names), paths=np.array(paths))
 
 
 class SkippedFiles:

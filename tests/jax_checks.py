@@ -25,11 +25,13 @@ import numpy as np  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import device_augment  # noqa: E402
+from simclr_tf import host_data  # noqa: E402,F401  (imported for the check)
+from simclr_tf import keras_training  # noqa: E402,F401  (likewise)
 from simclr_tf import losses  # noqa: E402
 from simclr_tf import optimizers  # noqa: E402
 from simclr_tf.models import build_simclr_model  # noqa: E402
 
-# Whether importing the core pulled TensorFlow in. (Keras itself imports it
+# Whether importing the core and the JAX trainer pulled TensorFlow in. (Keras itself imports it
 # later where it is installed, e.g. in `set_random_seed` and `fit`'s data
 # adapters; on a host without it, Keras does without.)
 TENSORFLOW_IMPORTED_BY_CORE = "tensorflow" in sys.modules

@@ -134,6 +134,29 @@ def test_unsupported_dataset_and_missing_split_are_one_line_errors(tmp_path):
   with pytest.raises(DataError, match="tfds datasets need the TensorFlow "
                      "backend"):
     host_data.load_split(config_lib.DataConfig(dataset="cifar10"), "train")
-  with pytest.raises(DataError, match="split not found"):
+  with pytest.raises(DataError, match="has no split subfolders"):
     host_data.load_split(config_lib.DataConfig(
         dataset="image_folder", data_dir=str(tmp_path)), "train")
+  (tmp_path / "test").mkdir()
+  with pytest.raises(DataError, match="split 'train' not found"):
+    host_data.load_split(config_lib.DataConfig(
+        dataset="image_folder", data_dir=str(tmp_path)), "train")
+
+
+def test_class_ids_come_from_every_splits_folders(tmp_path):
+  # tfds ImageFolder's rule: ids are the sorted class folder names of all
+  # splits, so a split that lacks a class keeps the others' ids.
+  tiny = Image.new("RGB", (6, 4), (10, 20, 30))
+  for split, classes in (("train", "abc"), ("test", "ac")):
+    for name in classes:
+      os.makedirs(tmp_path / split / name)
+      tiny.save(tmp_path / split / name / f"{name}.png")
+  os.makedirs(tmp_path / "unlabeled")
+  tiny.save(tmp_path / "unlabeled" / "x.png")
+  (tmp_path / "unlabeled" / "notes.png.txt").write_text("not an image")
+  cfg = config_lib.DataConfig(dataset="image_folder", data_dir=str(tmp_path))
+  test = host_data.load_split(cfg, "test")
+  assert [os.path.basename(p) for p in test.paths] == ["a.png", "c.png"]
+  assert list(test.labels) == [0, 2] and test.num_classes == 3
+  unlabeled = host_data.load_split(cfg, "unlabeled")
+  assert list(unlabeled.labels) == [-1] and unlabeled.num_classes == 0

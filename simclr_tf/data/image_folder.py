@@ -1,55 +1,32 @@
-"""Images in folders, in the tfds ImageFolder layout.
+"""Images in folders, in the tfds ImageFolder layout, for `tf.data`.
 
     root/<split>/<class>/<image>    labeled split; class names sorted -> ids
     root/<split>/<image>            unlabeled split (labels are NO_LABEL)
 
-Files ending in .jpg, .jpeg, .png, .bmp or .gif (any case) are images; other
-files are ignored. Opening a split only lists its files (remembered for the
-process), so a folder of any size opens in seconds; a few files are checked
-so that a folder of nothing but bad files fails at once. Files that turn out
-unreadable are skipped when the pipeline reads them, counted and reported
-once per stage (`simclr_tf.data.skipped_files`).
+`folder_layout` lists the files, for this module and for the JAX backend's
+input (`host_data`); this module checks and reads them. Opening a split
+only lists its files (remembered for the process), so a folder of any size
+opens in seconds; a few files are checked so that a folder of nothing but
+bad files fails at once. Files that turn out unreadable are skipped when
+the pipeline reads them, counted and reported once per stage
+(`simclr_tf.data.skipped_files`).
 """
 
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 import tensorflow as tf
 
 from simclr_tf.data import encoded_image
+from simclr_tf.data import folder_layout
 from simclr_tf.data import source as source_lib
 from simclr_tf.data.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Files checked when a split is opened, spread over the list.
 _SAMPLE_CHECKED = 16
 # Files whose sizes estimate the split's bytes (for the auto cache).
 _SAMPLE_SIZED = 256
-
-
-def _layout_help(root: str) -> str:
-  return (f"Expected layout: {root}/<split>/<class>/<image> for a labeled "
-          f"split or {root}/<split>/<image> for an unlabeled one, images "
-          f"ending in {', '.join(IMAGE_EXTENSIONS)}.")
-
-
-def _is_image(name: str) -> bool:
-  return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def _list_dir(path: str) -> Tuple[List[str], List[str]]:
-  """Sorted (subfolder names, image file names) of `path`."""
-  folders, images = [], []
-  with os.scandir(path) as entries:
-    for entry in entries:
-      if entry.name.startswith("."):
-        continue
-      if entry.is_dir():
-        folders.append(entry.name)
-      elif entry.is_file() and _is_image(entry.name):
-        images.append(entry.name)
-  return sorted(folders), sorted(images)
 
 
 class _SplitScan:
@@ -94,31 +71,18 @@ class ImageFolderSource(source_lib.Source):
 
   def __init__(self, root: str):
     self.name = "image_folder"
-    self._root = os.path.abspath(os.path.expanduser(root))
-    if not os.path.isdir(self._root):
-      raise DataError(f"Image folder data_dir={root} does not exist or is "
-                      f"not a folder. {_layout_help(root)}")
-    self._splits, _ = _list_dir(self._root)
-    if not self._splits:
-      raise DataError(f"Image folder {self._root} has no split subfolders. "
-                      f"{_layout_help(self._root)}")
-    # Class ids come from every split's class folders, as tfds ImageFolder,
-    # so an unlabeled train split and a labeled eval split agree.
-    names = set()
-    for split in self._splits:
-      names.update(_list_dir(os.path.join(self._root, split))[0])
-    self._class_names = sorted(names)
+    self._layout = folder_layout.FolderLayout(root)
     self._scans: Dict[str, _SplitScan] = {}
     self._sizes: Dict[str, float] = {}
 
   @property
   def class_names(self) -> List[str]:
     """Class folder names; index = label id."""
-    return list(self._class_names)
+    return list(self._layout.class_names)
 
   @property
   def num_classes(self) -> int:
-    return len(self._class_names)
+    return len(self._layout.class_names)
 
   @property
   def image_shape(self):
@@ -138,31 +102,11 @@ class ImageFolderSource(source_lib.Source):
   def _scan(self, split: str) -> _SplitScan:
     if split in self._scans:
       return self._scans[split]
-    split_dir = os.path.join(self._root, split)
-    if not os.path.isdir(split_dir):
-      raise DataError(f"Image folder split {split!r} not found: {split_dir} "
-                      f"does not exist. Splits in {self._root}: "
-                      f"{', '.join(self._splits)}.")
-    folders, loose = _list_dir(split_dir)
-    paths, labels = [], []
-    class_folders = []
-    for name in folders:
-      files = _list_dir(os.path.join(split_dir, name))[1]
-      if files:
-        class_folders.append(name)
-      paths += [os.path.join(split_dir, name, f) for f in files]
-      labels += [self._class_names.index(name)] * len(files)
-    if class_folders and loose:
-      raise DataError(f"Image folder split {split_dir} mixes images and "
-                      f"class folders; use one or the other. "
-                      f"{_layout_help(self._root)}")
-    labeled = bool(class_folders)
+    paths, labels = self._layout.scan(split)
+    labeled = labels is not None
     if not labeled:
-      paths = [os.path.join(split_dir, f) for f in loose]
       labels = [source_lib.NO_LABEL] * len(paths)
-    if not paths:
-      raise DataError(f"No images in image folder split {split_dir}. "
-                      f"{_layout_help(self._root)}")
+    split_dir = os.path.join(self._layout.root, split)
     _check_sample(split_dir, paths)
     self._scans[split] = _SplitScan(np.array(paths, dtype=object),
                                     np.array(labels, np.int64), labeled)
