@@ -104,6 +104,8 @@ def _folder_split(root: str, split: str) -> Split:
   # The listing and class ids are the tf.data path's (`folder_layout`).
   layout = folder_layout.FolderLayout(root)
   paths, labels = layout.scan(split)
+  folder_layout.check_sample(os.path.join(layout.root, split), paths,
+                             _header_is_usable)
   if labels is None:
     return Split([-1] * len(paths), 0, paths=np.array(paths))
   return Split(labels, len(layout.class_names), paths=np.array(paths))
@@ -140,6 +142,15 @@ def _decode(path: str, max_pixels: int):
       return np.asarray(image.convert("RGB"))
   except (OSError, ValueError, Image.DecompressionBombError):
     return None
+
+
+def _header_is_usable(path: str) -> bool:
+  from PIL import Image
+  try:
+    with Image.open(path):  # Reads the header; decodes nothing.
+      return True
+  except (OSError, ValueError, Image.DecompressionBombError):
+    return False
 
 
 def _cubic(distance: np.ndarray) -> np.ndarray:
@@ -210,7 +221,9 @@ def center_crop(pixels: np.ndarray, size: int,
 
 
 class Batches(keras.utils.PyDataset):
-  """(images, one-hot labels) batches of a split, for `fit`/`evaluate`.
+  """Batches of a split: (images, one-hot labels) for `fit`, and for
+  `evaluate` (images, one-hot labels, weights), weight 0 marking a gray
+  stand-in for an unreadable file (training keeps it in the batch).
 
   Args:
     split: a `Split`.
@@ -289,24 +302,31 @@ class Batches(keras.utils.PyDataset):
     one_hot = np.zeros((len(rows), self.num_classes), np.float32)
     labeled = labels >= 0
     one_hot[np.nonzero(labeled)[0], labels[labeled]] = 1.0
-    images = self._images(rows, index)
-    return images, one_hot
+    images, unreadable = self._images(rows, index)
+    if self.training:
+      return images, one_hot
+    # Evaluation weighs each example: 0 leaves a stand-in for an unreadable
+    # file out of the metrics, as the TensorFlow path drops the file.
+    return images, one_hot, (~unreadable).astype(np.float32)
 
   def _images(self, rows, index):
+    """The batch's images, and which rows are stand-ins for bad files."""
     size = self.image_size
     if self.split.images is not None:
       images = self.split.images[rows]
+      unreadable = np.zeros(len(rows), bool)
       if self.training:
-        return images
+        return images, unreadable
       return np.stack([center_crop(image, size,
                                    self.augment_config.eval_crop_fraction)
-                       for image in images]).astype(np.float32) / 255.0
-    decoded = self._decode_rows(rows)
+                       for image in images]).astype(np.float32) / 255.0, (
+                           unreadable)
+    decoded, unreadable = self._decode_rows(rows)
     if not self.training:
       return np.stack([center_crop(
           pixels, size, self.augment_config.eval_crop_fraction)
-          for pixels in decoded]).astype(np.float32) / 255.0
-    return self._host_crops(decoded, index)
+          for pixels in decoded]).astype(np.float32) / 255.0, unreadable
+    return self._host_crops(decoded, index), unreadable
 
   def _decode_rows(self, rows):
     from concurrent import futures
@@ -321,7 +341,7 @@ class Batches(keras.utils.PyDataset):
         pixels = np.full((self.image_size, self.image_size, 3), 128,
                          np.uint8)
       out.append(pixels)
-    return out
+    return out, np.array([pixels is None for pixels in decoded], bool)
 
   def _host_crops(self, decoded, index) -> np.ndarray:
     """Crops per view from each full-resolution image, resized to size."""

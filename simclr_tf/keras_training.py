@@ -234,12 +234,15 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
         simclr.EVAL_TOP_5: float(metrics[simclr.EVAL_TOP_5]),
         "eval_loss": float(metrics[simclr.SUPERVISED_LOSS]),
         "global_step": result.global_step,
-        "num_eval_examples": len(eval_split)}
+        # Unreadable files weigh 0 in the metrics (host_data.Batches).
+        "num_eval_examples": (len(eval_split) -
+                              len(eval_batches.skipped.paths))}
     with open(os.path.join(run.model_dir, RESULT_FILE), "w") as handle:
       json.dump(result.eval_results, handle, indent=2)
     log(f"[{run.train_mode}] eval top-1 "
         f"{100 * result.eval_results[simclr.EVAL_TOP_1]:.2f}% on "
-        f"{len(eval_split)} images ({time.time() - start:.0f} s).")
+        f"{result.eval_results['num_eval_examples']} images "
+        f"({time.time() - start:.0f} s).")
   return result
 
 

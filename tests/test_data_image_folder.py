@@ -11,6 +11,7 @@ from simclr_tf.config import AugmentConfig
 from simclr_tf.config import DataConfig
 from simclr_tf.data import DataError
 from simclr_tf.data import build_input_fn
+from simclr_tf.data import folder_layout
 from simclr_tf.data import get_dataset_info
 from simclr_tf.data import registry
 from simclr_tf.data import take_skipped_files_report
@@ -226,7 +227,6 @@ def test_one_line_errors(tmp_path):
 def test_opening_a_folder_reads_a_few_files_and_decodes_none(tmp_path,
                                                               monkeypatch):
   from simclr_tf.data import encoded_image
-  from simclr_tf.data import image_folder
   root = tmp_path / "many"
   (root / "train" / "a").mkdir(parents=True)
   png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy()
@@ -249,6 +249,6 @@ def test_opening_a_folder_reads_a_few_files_and_decodes_none(tmp_path,
                                      data_dir=str(root), eval_split="train"))
   assert info.num_train_examples == 300
   assert calls["decode"] == 0
-  assert 1 <= calls["inspect"] <= image_folder._SAMPLE_CHECKED
+  assert 1 <= calls["inspect"] <= folder_layout.SAMPLE_CHECKED
   # All 300 files are 8x8, but only reading them all could prove it.
   assert info.image_shape is None

@@ -124,7 +124,8 @@ def test_builtin_dataset_is_the_tfds_builders_images(tmp_path):
   batches = host_data.Batches(split, 8, 16, config_lib.AugmentConfig(),
                               training=False, num_classes=10)
   assert len(batches) == 3
-  last, one_hot = batches[2]
+  last, one_hot, weights = batches[2]
+  assert list(weights) == [1.0] * 4
   assert last.shape == (4, 16, 16, 3) and last.dtype == np.float32
   np.testing.assert_allclose(last, images[16:] / 255.0, atol=1e-7)
   np.testing.assert_array_equal(one_hot.argmax(1), labels[16:])
@@ -141,6 +142,27 @@ def test_unsupported_dataset_and_missing_split_are_one_line_errors(tmp_path):
   with pytest.raises(DataError, match="split 'train' not found"):
     host_data.load_split(config_lib.DataConfig(
         dataset="image_folder", data_dir=str(tmp_path)), "train")
+
+
+def test_a_folder_of_bad_files_fails_and_bad_eval_files_weigh_nothing(
+    tmp_path):
+  for name in ("1.jpg", "2.png"):
+    os.makedirs(tmp_path / "bad" / "a", exist_ok=True)
+    (tmp_path / "bad" / "a" / name).write_bytes(b"not an image")
+  cfg = config_lib.DataConfig(dataset="image_folder", data_dir=str(tmp_path))
+  with pytest.raises(DataError, match="None of 2 image files checked in "):
+    host_data.load_split(cfg, "bad")
+  # One good photo-sized image beside the bad ones: the split opens, and
+  # evaluation gives the bad file a gray stand-in of weight 0.
+  Image.new("RGB", (500, 375), (200, 10, 10)).save(
+      tmp_path / "bad" / "a" / "3.jpg")
+  split = host_data.load_split(cfg, "bad")
+  batches = host_data.Batches(split, 3, 32, config_lib.AugmentConfig(),
+                              training=False, num_classes=1)
+  images, labels, weights = batches[0]
+  assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 1)
+  assert list(weights) == [0.0, 0.0, 1.0]
+  assert batches.skipped.report() == "skipped 2 unreadable files: 1.jpg, 2.png"
 
 
 def test_class_ids_come_from_every_splits_folders(tmp_path):

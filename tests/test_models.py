@@ -360,6 +360,28 @@ def test_evaluate_reports_top_1_and_top_5():
   assert results["supervised_loss"] == pytest.approx(np.log(4), rel=1e-5)
 
 
+def test_eval_metrics_leave_out_examples_of_weight_zero():
+  # The JAX path's evaluation weighs stand-ins for unreadable files 0.
+  model = tiny_model("finetune", with_head=True, optimizer_name="momentum")
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(6, 4)).astype("float32")
+  labels = np.eye(4, dtype="float32")[[0, 1, 2, 3, 1, 2]]
+  weights = np.array([1, 0, 1, 1, 0, 1], "float32")
+  loss = model._update_eval_metrics(labels, logits, weights)
+  kept = weights > 0
+  shifted = logits - logits.max(1, keepdims=True)
+  per_example = -(shifted - np.log(np.exp(shifted).sum(1, keepdims=True)))[
+      np.arange(6), labels.argmax(1)]
+  np.testing.assert_allclose(float(loss), per_example[kept].mean(),
+                             rtol=1e-5)
+  results = {m.name: float(m.result()) for m in (
+      model._eval_loss, model._top_1, model._top_5)}
+  assert results[simclr.EVAL_TOP_1] == pytest.approx(
+      np.mean(logits.argmax(1)[kept] == labels.argmax(1)[kept]))
+  assert results[simclr.SUPERVISED_LOSS] == pytest.approx(
+      per_example[kept].mean(), rel=1e-5)
+
+
 def test_model_config_round_trip():
   model = tiny_model(with_head=True)
   clone = simclr.SimCLRModel.from_config(model.get_config())

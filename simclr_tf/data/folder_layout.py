@@ -13,11 +13,13 @@ Both input paths read folders through this module: the `tf.data` source
 """
 
 import os
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from simclr_tf.data.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Files whose headers are checked when a split is opened, spread over it.
+SAMPLE_CHECKED = 16
 
 
 def layout_help(root: str) -> str:
@@ -109,3 +111,28 @@ class FolderLayout:
       raise DataError(f"No images in image folder split {split_dir}. "
                       f"{layout_help(self.root)}")
     return paths, labels
+
+
+def check_sample(split_dir: str, paths: List[str],
+                 readable: Callable[[str], bool]) -> None:
+  """Raises DataError when no file of a sample spread over `paths` is usable.
+
+  A folder of nothing but bad files fails when it is opened, not after
+  training on stand-ins; the sample is small, so opening costs the same
+  whatever the folder's size.
+
+  Args:
+    split_dir: the split's folder, for the message.
+    paths: its image files.
+    readable: whether a file's header says it is an image to use (each
+      input path reads headers its own way; neither decodes).
+
+  Raises:
+    DataError: none of the sample is readable.
+  """
+  step = max(1, len(paths) // SAMPLE_CHECKED)
+  sample = paths[::step][:SAMPLE_CHECKED]
+  if not any(readable(path) for path in sample):
+    raise DataError(f"None of {len(sample)} image files checked in "
+                    f"{split_dir} is a readable image, e.g. {sample[0]}. "
+                    "Check the folder holds JPEG, PNG, GIF or BMP files.")

@@ -21,10 +21,7 @@ import tensorflow as tf
 from simclr_tf.data import encoded_image
 from simclr_tf.data import folder_layout
 from simclr_tf.data import source as source_lib
-from simclr_tf.data.errors import DataError
 
-# Files checked when a split is opened, spread over the list.
-_SAMPLE_CHECKED = 16
 # Files whose sizes estimate the split's bytes (for the auto cache).
 _SAMPLE_SIZED = 256
 
@@ -38,25 +35,13 @@ class _SplitScan:
     self.labeled = labeled
 
 
-def _check_sample(split_dir: str, paths: List[str]) -> None:
-  """Raises DataError when none of a few files spread over `paths` is usable.
-
-  Reads at most `_SAMPLE_CHECKED` files' bytes and decodes none, so opening a
-  split costs the same whatever its size.
-  """
-  step = max(1, len(paths) // _SAMPLE_CHECKED)
-  sample = paths[::step][:_SAMPLE_CHECKED]
-  for path in sample:
-    try:
-      encoded = tf.io.read_file(path)
-      # Only the header: a decompression bomb stays undecoded.
-      if int(encoded_image.inspect(encoded, 2 ** 62)[2]) == encoded_image.OK:
-        return
-    except tf.errors.OpError:
-      continue
-  raise DataError(f"None of {len(sample)} image files checked in {split_dir} "
-                  f"is a readable image, e.g. {sample[0]}. Check the folder "
-                  f"holds JPEG, PNG, GIF or BMP files.")
+def _header_is_usable(path: str) -> bool:
+  try:
+    encoded = tf.io.read_file(path)
+    # Only the header: a decompression bomb stays undecoded.
+    return int(encoded_image.inspect(encoded, 2 ** 62)[2]) == encoded_image.OK
+  except tf.errors.OpError:
+    return False
 
 
 class ImageFolderSource(source_lib.Source):
@@ -107,7 +92,7 @@ class ImageFolderSource(source_lib.Source):
     if not labeled:
       labels = [source_lib.NO_LABEL] * len(paths)
     split_dir = os.path.join(self._layout.root, split)
-    _check_sample(split_dir, paths)
+    folder_layout.check_sample(split_dir, paths, _header_is_usable)
     self._scans[split] = _SplitScan(np.array(paths, dtype=object),
                                     np.array(labels, np.int64), labeled)
     return self._scans[split]

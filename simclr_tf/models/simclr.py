@@ -394,15 +394,16 @@ class SimCLRModel(keras.Model):
       x: the images given to `call`.
       y: (B, C) one-hot labels.
       y_pred: what `call` returned for `x`.
-      sample_weight: unused (unlabeled examples have all-zero labels).
+      sample_weight: evaluation: optional (B,) weights, 0 for examples
+        to leave out (stand-ins for unreadable files). Training ignores
+        it (unlabeled examples have all-zero labels).
       training: whether this is a training step.
 
     Returns:
       A scalar float32 loss.
     """
-    del sample_weight
     if not training or self._is_evaluating:
-      return self._update_eval_metrics(y, y_pred[LOGITS_SUP])
+      return self._update_eval_metrics(y, y_pred[LOGITS_SUP], sample_weight)
     terms = self.compute_losses(x, y, y_pred)
     self._update_train_metrics(terms)
     return terms[TOTAL_LOSS] / replicas.num_replicas_in_sync()
@@ -412,14 +413,17 @@ class SimCLRModel(keras.Model):
     del x, y, y_pred, sample_weight
     return {metric.name: metric.result() for metric in self.metrics}
 
-  def _update_eval_metrics(self, labels, logits):
+  def _update_eval_metrics(self, labels, logits, sample_weight=None):
     targets = ops.cast(labels, "float32")
     per_example = keras.losses.categorical_crossentropy(
         targets, ops.cast(logits, "float32"), from_logits=True)
-    self._eval_loss.update_state(per_example)
-    self._top_1.update_state(targets, logits)
-    self._top_5.update_state(targets, logits)
-    return ops.mean(per_example)
+    self._eval_loss.update_state(per_example, sample_weight=sample_weight)
+    self._top_1.update_state(targets, logits, sample_weight=sample_weight)
+    self._top_5.update_state(targets, logits, sample_weight=sample_weight)
+    if sample_weight is None:
+      return ops.mean(per_example)
+    weight = ops.cast(sample_weight, "float32")
+    return ops.sum(per_example * weight) / ops.maximum(ops.sum(weight), 1.0)
 
   def _tf_train_step(self, data):
     import tensorflow as tf  # Gradient tapes are the TF backend's.
