@@ -75,10 +75,12 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteWeightsError(NonFiniteLossError):
   """The weights went NaN or infinite while the logged losses stayed finite.
 
-  XLA on the CPU computes max and min (ReLU, max-pooling) without
-  propagating NaN, so a NaN from the input or an overflow can reach the
-  weights while every layer's output, and so the loss, stays finite. The
-  JAX train step reports whether the weights after the update are finite.
+  XLA's vectorised CPU code for max and min does not propagate NaN (under
+  `jax.jit`, `maximum(x, 0)` of a 4,096-element array maps NaN to 0; a
+  3-element one keeps it), so ReLU can turn a NaN from the input or an
+  overflow into a number: the weights go bad while the loss stays finite.
+  The JAX train step reports whether the weights after the update are
+  finite.
 
   Args:
     first_step: first step of the loop after which the weights were bad.

@@ -404,8 +404,9 @@ class _Checkpoints(keras.callbacks.Callback):
 
   A non-finite loss, or weights (`simclr.WEIGHTS_FINITE`), stops training
   at the end of the loop that produced it and nothing is saved after it, so
-  the newest checkpoint is the last good state (`fault`). SIGTERM or SIGINT, recorded by `stop`, ends the loop in
-  flight, which is then saved (`signal_name`); rerunning resumes there.
+  the newest checkpoint is the last good state (`fault`). SIGTERM or
+  SIGINT, recorded by `stop`, ends the loop in flight, which is then saved
+  (`signal_name`); rerunning resumes there.
 
   Args:
     run: the stage's `RunConfig`.

@@ -368,8 +368,8 @@ class SimCLRModel(keras.Model):
       data = (images, labels) if sample_weight is None else (
           images, labels, sample_weight)
     logs, state = super().train_step(state, data)
-    # XLA on the CPU maps NaN to a number in max and min (ReLU), so a fault
-    # can poison the weights while the loss stays finite: report them too.
+    # XLA's vectorised CPU max (ReLU) maps NaN to a number, so a fault can
+    # poison the weights while the loss stays finite: report them too.
     trainable, non_trainable = state[0], state[1]
     finite = ops.all(ops.stack([ops.all(ops.isfinite(value)) for value in
                                 list(trainable) + list(non_trainable)]))
