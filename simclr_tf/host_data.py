@@ -45,6 +45,9 @@ _SPLIT_STREAMS = {"train": 0, "test": 1}
 EVAL_CENTER_CROP_MIN_SIZE = 33
 # Worker threads decoding image files.
 _DECODE_WORKERS = 4
+# Files tried in place of an unreadable training file before a gray
+# stand-in is used instead.
+_REPLACEMENT_TRIES = 8
 
 
 class Split:
@@ -116,12 +119,12 @@ class SkippedFiles:
 
   def __init__(self):
     self.paths: List[str] = []
-    self._seen = set()
+    self.seen = set()
 
   def add(self, path: str) -> None:
     # Each epoch reads the file again: count it once.
-    if path not in self._seen:
-      self._seen.add(path)
+    if path not in self.seen:
+      self.seen.add(path)
       self.paths.append(path)
 
   def report(self) -> Optional[str]:
@@ -222,8 +225,9 @@ def center_crop(pixels: np.ndarray, size: int,
 
 class Batches(keras.utils.PyDataset):
   """Batches of a split: (images, one-hot labels) for `fit`, and for
-  `evaluate` (images, one-hot labels, weights), weight 0 marking a gray
-  stand-in for an unreadable file (training keeps it in the batch).
+  `evaluate` (images, one-hot labels, weights). An unreadable training file
+  is replaced by the next readable one of the epoch; in evaluation it is a
+  gray stand-in of weight 0, so the metrics cover the readable images.
 
   Args:
     split: a `Split`.
@@ -295,53 +299,75 @@ class Batches(keras.utils.PyDataset):
 
   def __getitem__(self, index):
     index += self._first_batch
-    rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+    start = index * self.batch_size
+    rows = self._order[start:start + self.batch_size]
     if self.training and len(rows) < self.batch_size:
       rows = self._order[:self.batch_size]
+    images, rows, unreadable = self._images(rows, index, start)
     labels = self.split.labels[rows]
     one_hot = np.zeros((len(rows), self.num_classes), np.float32)
     labeled = labels >= 0
     one_hot[np.nonzero(labeled)[0], labels[labeled]] = 1.0
-    images, unreadable = self._images(rows, index)
     if self.training:
       return images, one_hot
     # Evaluation weighs each example: 0 leaves a stand-in for an unreadable
     # file out of the metrics, as the TensorFlow path drops the file.
     return images, one_hot, (~unreadable).astype(np.float32)
 
-  def _images(self, rows, index):
-    """The batch's images, and which rows are stand-ins for bad files."""
+  def _images(self, rows, index, start):
+    """The batch's images, its rows (training replaces unreadable files),
+    and which rows are stand-ins for unreadable files."""
     size = self.image_size
     if self.split.images is not None:
       images = self.split.images[rows]
       unreadable = np.zeros(len(rows), bool)
       if self.training:
-        return images, unreadable
-      return np.stack([center_crop(image, size,
-                                   self.augment_config.eval_crop_fraction)
-                       for image in images]).astype(np.float32) / 255.0, (
-                           unreadable)
-    decoded, unreadable = self._decode_rows(rows)
+        return images, rows, unreadable
+      images = np.stack([center_crop(image, size,
+                                     self.augment_config.eval_crop_fraction)
+                         for image in images])
+      return images.astype(np.float32) / 255.0, rows, unreadable
+    rows = np.array(rows)
+    decoded = self._decode_rows(rows)
+    if self.training:
+      self._replace_unreadable(rows, decoded, start + self.batch_size)
+    unreadable = np.array([pixels is None for pixels in decoded], bool)
+    # A gray stand-in keeps the batch's shape; it is counted and named.
+    decoded = [np.full((size, size, 3), 128, np.uint8) if pixels is None
+               else pixels for pixels in decoded]
     if not self.training:
-      return np.stack([center_crop(
+      images = np.stack([center_crop(
           pixels, size, self.augment_config.eval_crop_fraction)
-          for pixels in decoded]).astype(np.float32) / 255.0, unreadable
-    return self._host_crops(decoded, index), unreadable
+          for pixels in decoded])
+      return images.astype(np.float32) / 255.0, rows, unreadable
+    return self._host_crops(decoded, index), rows, unreadable
 
   def _decode_rows(self, rows):
+    """Each row's pixels, None for a file that cannot be read (counted)."""
     from concurrent import futures
     paths = self.split.paths[rows]
     with futures.ThreadPoolExecutor(_DECODE_WORKERS) as pool:
       decoded = list(pool.map(lambda p: _decode(p, self.max_pixels), paths))
-    out = []
     for path, pixels in zip(paths, decoded):
       if pixels is None:
         self.skipped.add(str(path))
-        # A gray stand-in keeps the batch full; it is counted and named.
-        pixels = np.full((self.image_size, self.image_size, 3), 128,
-                         np.uint8)
-      out.append(pixels)
-    return out, np.array([pixels is None for pixels in decoded], bool)
+    return decoded
+
+  def _replace_unreadable(self, rows, decoded, after):
+    """Fills training rows of unreadable files with the next readable files
+    of this epoch's order after the batch, as the TensorFlow path, which
+    drops bad files, fills its batches from the files that follow."""
+    candidate = after
+    for slot in [i for i, pixels in enumerate(decoded) if pixels is None]:
+      for _ in range(_REPLACEMENT_TRIES):
+        row = self._order[candidate % len(self._order)]
+        candidate += 1
+        if str(self.split.paths[row]) in self.skipped.seen:
+          continue
+        pixels = self._decode_rows(np.array([row]))[0]
+        if pixels is not None:
+          rows[slot], decoded[slot] = row, pixels
+          break
 
   def _host_crops(self, decoded, index) -> np.ndarray:
     """Crops per view from each full-resolution image, resized to size."""

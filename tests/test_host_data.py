@@ -165,6 +165,30 @@ def test_a_folder_of_bad_files_fails_and_bad_eval_files_weigh_nothing(
   assert batches.skipped.report() == "skipped 2 unreadable files: 1.jpg, 2.png"
 
 
+def test_an_unreadable_training_file_is_replaced_by_a_readable_one(
+    tmp_path):
+  # Red photos in class a, blue in b, one broken file in b: every training
+  # view must be a real photo whose colour matches its label (no gray
+  # stand-in), as the TF path drops the file and reads on.
+  for name, colour in (("a/1.jpg", (230, 0, 0)), ("a/2.jpg", (230, 0, 0)),
+                       ("b/3.jpg", (0, 0, 230)), ("b/4.jpg", (0, 0, 230))):
+    os.makedirs(tmp_path / "train" / os.path.dirname(name), exist_ok=True)
+    Image.new("RGB", (500, 375), colour).save(tmp_path / "train" / name)
+  (tmp_path / "train" / "b" / "bad.jpg").write_bytes(b"not an image")
+  cfg = config_lib.DataConfig(dataset="image_folder", data_dir=str(tmp_path))
+  split = host_data.load_split(cfg, "train")
+  batches = host_data.Batches(split, 5, 16, config_lib.AugmentConfig(),
+                              training=True, num_classes=2, seed=3)
+  for epoch in range(3):
+    views, one_hot = batches[0]
+    red = views[..., 0].mean(axis=(1, 2)) > views[..., 2].mean(axis=(1, 2))
+    assert views.shape == (5, 16, 16, 3)
+    assert np.all(np.abs(views.astype(int) - 128).max(axis=(1, 2, 3)) > 60)
+    np.testing.assert_array_equal(red, one_hot[:, 0] == 1, err_msg=epoch)
+    batches.on_epoch_end()
+  assert batches.skipped.report() == "skipped 1 unreadable files: bad.jpg"
+
+
 def test_class_ids_come_from_every_splits_folders(tmp_path):
   # tfds ImageFolder's rule: ids are the sorted class folder names of all
   # splits, so a split that lacks a class keeps the others' ids.
