@@ -4,12 +4,14 @@ The faults come from the `SIMCLR_TF_JAX_TEST_FAULTS` environment variable
 (comma-separated name=value) and are installed by patching the library, as
 `fault_program.py` does for the TensorFlow path; the library has no hook:
 
-  nan_at_step=S: every view of step S is NaN, so its loss is NaN.
+  nan_at_step=S: every view of step S is NaN, so its loss is NaN, or on
+    XLA's CPU code (whose ReLU maps NaN to a number) its updated weights.
   sigterm_after_saving=S: once checkpoint S is saved, the process sends
     itself SIGTERM, so the stop lands mid-run however fast training is.
 
 This file imports no TensorFlow (`fault_injection.py` does), so the JAX
-program starts as it would on a host without it.
+program starts as it would on a host without it. Run it with
+KERAS_BACKEND=jax: it imports Keras before the program reads --backend.
 """
 
 import os
