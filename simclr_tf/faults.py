@@ -45,8 +45,9 @@ class NonFiniteLossError(RuntimeError):
     super().__init__(self.message())
 
   def with_checkpoint(self, path: Optional[str]) -> "NonFiniteLossError":
-    """The same error, naming `path` as the last good checkpoint."""
-    return NonFiniteLossError(self.first_step, self.step, self.losses, path)
+    """The same error (same class), naming `path` as the last good
+    checkpoint."""
+    return type(self)(self.first_step, self.step, self.losses, path)
 
   def message(self) -> str:
     """One line: where the loss went non-finite and what is still good."""
@@ -88,10 +89,6 @@ class NonFiniteWeightsError(NonFiniteLossError):
     losses: the (finite) loss metrics logged for that loop.
     last_good_checkpoint: the newest checkpoint, written before the fault.
   """
-
-  def with_checkpoint(self, path: Optional[str]) -> "NonFiniteWeightsError":
-    return NonFiniteWeightsError(self.first_step, self.step, self.losses,
-                                 path)
 
   def message(self) -> str:
     shown = ", ".join(f"{name} {value:.4g}" for name, value in

@@ -319,54 +319,55 @@ class Batches(keras.utils.PyDataset):
     and which rows are stand-ins for unreadable files."""
     size = self.image_size
     if self.split.images is not None:
-      images = self.split.images[rows]
+      pixels = self.split.images[rows]
       unreadable = np.zeros(len(rows), bool)
       if self.training:
-        return images, rows, unreadable
-      images = np.stack([center_crop(image, size,
-                                     self.augment_config.eval_crop_fraction)
-                         for image in images])
-      return images.astype(np.float32) / 255.0, rows, unreadable
-    rows = np.array(rows)
-    decoded = self._decode_rows(rows)
-    if self.training:
-      self._replace_unreadable(rows, decoded, start + self.batch_size)
-    unreadable = np.array([pixels is None for pixels in decoded], bool)
-    # A gray stand-in keeps the batch's shape; it is counted and named.
-    decoded = [np.full((size, size, 3), 128, np.uint8) if pixels is None
-               else pixels for pixels in decoded]
-    if not self.training:
-      images = np.stack([center_crop(
-          pixels, size, self.augment_config.eval_crop_fraction)
-          for pixels in decoded])
-      return images.astype(np.float32) / 255.0, rows, unreadable
-    return self._host_crops(decoded, index), rows, unreadable
+        return pixels, rows, unreadable
+    else:
+      rows = np.array(rows)  # A copy: replacements must not edit the order.
+      pixels = self._decode_rows(rows)
+      if self.training:
+        self._replace_unreadable(rows, pixels, start + self.batch_size)
+      unreadable = np.array([p is None for p in pixels], bool)
+      # A gray stand-in keeps the batch's shape; it is counted and named.
+      pixels = [np.full((size, size, 3), 128, np.uint8) if p is None else p
+                for p in pixels]
+      if self.training:
+        return self._host_crops(pixels, index), rows, unreadable
+    images = np.stack([center_crop(p, size,
+                                   self.augment_config.eval_crop_fraction)
+                       for p in pixels])
+    return images.astype(np.float32) / 255.0, rows, unreadable
 
   def _decode_rows(self, rows):
     """Each row's pixels, None for a file that cannot be read (counted)."""
-    from concurrent import futures
-    paths = self.split.paths[rows]
-    with futures.ThreadPoolExecutor(_DECODE_WORKERS) as pool:
-      decoded = list(pool.map(lambda p: _decode(p, self.max_pixels), paths))
+    paths = [str(path) for path in self.split.paths[rows]]
+    if len(paths) > 1:
+      from concurrent import futures
+      with futures.ThreadPoolExecutor(_DECODE_WORKERS) as pool:
+        decoded = list(pool.map(lambda p: _decode(p, self.max_pixels),
+                                paths))
+    else:
+      decoded = [_decode(path, self.max_pixels) for path in paths]
     for path, pixels in zip(paths, decoded):
       if pixels is None:
-        self.skipped.add(str(path))
+        self.skipped.add(path)
     return decoded
 
-  def _replace_unreadable(self, rows, decoded, after):
+  def _replace_unreadable(self, rows, pixels, after):
     """Fills training rows of unreadable files with the next readable files
     of this epoch's order after the batch, as the TensorFlow path, which
     drops bad files, fills its batches from the files that follow."""
     candidate = after
-    for slot in [i for i, pixels in enumerate(decoded) if pixels is None]:
+    for slot in [i for i, p in enumerate(pixels) if p is None]:
       for _ in range(_REPLACEMENT_TRIES):
         row = self._order[candidate % len(self._order)]
         candidate += 1
         if str(self.split.paths[row]) in self.skipped.seen:
           continue
-        pixels = self._decode_rows(np.array([row]))[0]
-        if pixels is not None:
-          rows[slot], decoded[slot] = row, pixels
+        replacement = self._decode_rows([row])[0]
+        if replacement is not None:
+          rows[slot], pixels[slot] = row, replacement
           break
 
   def _host_crops(self, decoded, index) -> np.ndarray:

@@ -272,12 +272,14 @@ def _named_flags(argv):
   return names
 
 
-def _preset_of(argv):
+def _preset_of(argv, demo_by_default):
   """The preset a command line asks for, or None; see the --preset help."""
   for argument in argv[1:]:
     if argument.startswith("--preset="):
       value = argument.split("=", 1)[1]
       return None if value == "none" else value
+  if not demo_by_default:
+    return None
   named = _named_flags(argv)
   if "flagfile" in named:
     return None
@@ -287,11 +289,14 @@ def _preset_of(argv):
   return None
 
 
-def argv_with_preset(argv):
+def argv_with_preset(argv, demo_by_default: bool = True):
   """Puts the preset's flagfile first, so the command line overrides it.
 
   Args:
     argv: the command line, program name first.
+    demo_by_default: without --preset, a command line of run-location flags
+      only runs the demo preset (the program); False: only an explicit
+      --preset applies (tools with their own defaults).
 
   Returns:
     The command line to parse.
@@ -299,7 +304,7 @@ def argv_with_preset(argv):
   Raises:
     config_lib.ConfigError: for an unknown preset.
   """
-  preset = _preset_of(argv)
+  preset = _preset_of(argv, demo_by_default)
   if preset is None:
     return list(argv)
   path = preset_path(preset)

@@ -816,19 +816,13 @@ def _parse_flags(argv):
 
 
 def _with_preset_flagfile(argv):
-  """`--preset=NAME` read as the program reads it: the preset's flagfile
-  first, so the rest of the command line overrides it. Unlike the program,
-  a command line without it measures this tool's small default, not the
+  """`--preset=NAME` read as the program reads it. Unlike the program, a
+  command line without it measures this tool's small default, not the
   demo."""
-  presets = [a.split("=", 1)[1] for a in argv[1:]
-             if a.startswith("--preset=")]
-  if not presets or presets[-1] == "none":
-    return list(argv)
   try:
-    path = run_lib.preset_path(presets[-1])
+    return run_lib.argv_with_preset(argv, demo_by_default=False)
   except config_lib.ConfigError as error:
     sys.exit(_cli.fail(str(error), tool=TOOL))
-  return [argv[0], f"--flagfile={path}"] + list(argv[1:])
 
 
 def entry():
