@@ -179,7 +179,6 @@ def main(argv):
   from simclr_tf import data as data_lib
   from simclr_tf import distribute
   from simclr_tf import faults
-  from simclr_tf import preemption
   from simclr_tf import run_dir
   from simclr_tf import training
   from simclr_tf import write_errors
@@ -187,36 +186,49 @@ def main(argv):
   _cli.quiet_library_logs()
   # Keras warns when an evaluation dataset ends, which is how ours end.
   warnings.filterwarnings("ignore", message="Your input ran out of data")
-  try:
+
+  def train():
     # The authors' checkpoints carry their architecture: flags given on
     # purpose must agree with it, the others take it.
     from simclr_tf import authors_checkpoint
-    config = authors_checkpoint.adopt_architecture(config, given=[
+    adopted = authors_checkpoint.adopt_architecture(config, given=[
         name for name in authors_checkpoint.ARCHITECTURE_SETTINGS +
         ("ft_proj_selector",) if FLAGS[name].present])
-    results = training.run_experiment(config, log=_say)
-  except (config_lib.ConfigError, data_lib.DataError,
-          checkpoints.CheckpointError, distribute.StrategyError,
-          run_dir.RunDirError) as error:
+    return adopted, training.run_experiment(adopted, log=_say)
+
+  return _train_and_report(
+      train,
+      user_errors=(config_lib.ConfigError, data_lib.DataError,
+                   checkpoints.CheckpointError, distribute.StrategyError,
+                   run_dir.RunDirError),
+      training_errors=(faults.NonFiniteLossError, faults.WorkerLostError,
+                       write_errors.WriteFailedError))
+
+
+def _train_and_report(train, user_errors, training_errors, **summary):
+  """Runs `train() -> (config, results)` and turns its end into a status.
+
+  Bad input is one line and exit 2; a fault in training one line and exit
+  1; a stop on a signal its line and exit 75; else the summary and 0.
+  """
+  from simclr_tf import preemption
+  try:
+    config, results = train()
+  except user_errors as error:
     return _fail(str(error))
-  except (faults.NonFiniteLossError, faults.WorkerLostError,
-          write_errors.WriteFailedError) as error:
+  except training_errors as error:
     return _fail(str(error), TRAINING_FAILED)
   except preemption.StoppedBySignal as stop:
     print(stop, file=sys.stderr, flush=True)
     return STOPPED_BY_SIGNAL
   except KeyboardInterrupt:
-    return _stopped_outside_training()
-  _say(format_summary(config, results))
+    # Ctrl-C outside the training steps (start-up, evaluation, export): no
+    # step was taken since the last checkpoint, so none is lost.
+    print("stopped by SIGINT outside training; the last checkpoint is kept; "
+          "rerun the same command to resume", file=sys.stderr, flush=True)
+    return STOPPED_BY_SIGNAL
+  _say(format_summary(config, results, **summary))
   return 0
-
-
-def _stopped_outside_training():
-  # Ctrl-C outside the training steps (start-up, evaluation, export): no
-  # step was taken since the last checkpoint, so none is lost.
-  print("stopped by SIGINT outside training; the last checkpoint is kept; "
-        "rerun the same command to resume", file=sys.stderr, flush=True)
-  return STOPPED_BY_SIGNAL
 
 
 def _run_keras_trainer(config):
@@ -224,23 +236,15 @@ def _run_keras_trainer(config):
   from simclr_tf import faults
   from simclr_tf import keras_checkpoints
   from simclr_tf import keras_training
-  from simclr_tf import preemption
   from simclr_tf import write_errors
   from simclr_tf.data.errors import DataError
-  try:
-    results = keras_training.run_experiment(config, log=_say)
-  except (config_lib.ConfigError, DataError,
-          keras_checkpoints.CheckpointError) as error:
-    return _fail(str(error))
-  except (faults.NonFiniteLossError, write_errors.WriteFailedError) as error:
-    return _fail(str(error), TRAINING_FAILED)
-  except preemption.StoppedBySignal as stop:
-    print(stop, file=sys.stderr, flush=True)
-    return STOPPED_BY_SIGNAL
-  except KeyboardInterrupt:
-    return _stopped_outside_training()
-  _say(format_summary(config, results, saved_models=False))
-  return 0
+  return _train_and_report(
+      lambda: (config, keras_training.run_experiment(config, log=_say)),
+      user_errors=(config_lib.ConfigError, DataError,
+                   keras_checkpoints.CheckpointError),
+      training_errors=(faults.NonFiniteLossError,
+                       write_errors.WriteFailedError),
+      saved_models=False)
 
 
 def preset_path(name: str) -> pathlib.Path:
