@@ -141,7 +141,7 @@ def format_summary(config, results, saved_models=True):
     lines.append("SavedModel export is a TensorFlow-backend feature; see "
                  "README: JAX backend.")
     return "\n".join(lines)
-  from simclr_tf import export_layout  # pylint: disable=g-import-not-at-top
+  from simclr_tf.storage import export_layout  # pylint: disable=g-import-not-at-top
   lines.append("SavedModel exports: " + ", ".join(
       export_layout.step_export_dir(result.model_dir, result.global_step)
       for result in results) + " (README: Use your pretrained encoder)")
@@ -175,13 +175,13 @@ def main(argv):
     return _run_keras_trainer(config)
   # Imported late: TensorFlow starts here, after flag errors are reported.
   import tensorflow_datasets as tfds
-  from simclr_tf import checkpoints
+  from simclr_tf.checkpoints import ours as checkpoints
   from simclr_tf import data as data_lib
-  from simclr_tf import distribute
-  from simclr_tf import faults
-  from simclr_tf import run_dir
-  from simclr_tf import training
-  from simclr_tf import write_errors
+  from simclr_tf.training import distribute
+  from simclr_tf.training import faults
+  from simclr_tf.storage import run_dir
+  from simclr_tf.training import tf_trainer as training
+  from simclr_tf.storage import write_errors
   tfds.disable_progress_bar()
   _cli.quiet_library_logs()
   # Keras warns when an evaluation dataset ends, which is how ours end.
@@ -190,7 +190,7 @@ def main(argv):
   def train():
     # The authors' checkpoints carry their architecture: flags given on
     # purpose must agree with it, the others take it.
-    from simclr_tf import authors_checkpoint
+    from simclr_tf.checkpoints import authors as authors_checkpoint
     adopted = authors_checkpoint.adopt_architecture(config, given=[
         name for name in authors_checkpoint.ARCHITECTURE_SETTINGS +
         ("ft_proj_selector",) if FLAGS[name].present])
@@ -211,7 +211,7 @@ def _train_and_report(train, user_errors, training_errors, **summary):
   Bad input is one line and exit 2; a fault in training one line and exit
   1; a stop on a signal its line and exit 75; else the summary and 0.
   """
-  from simclr_tf import preemption
+  from simclr_tf.training import preemption
   try:
     config, results = train()
   except user_errors as error:
@@ -233,10 +233,10 @@ def _train_and_report(train, user_errors, training_errors, **summary):
 
 def _run_keras_trainer(config):
   """The run on a non-TensorFlow backend (`keras_training`)."""
-  from simclr_tf import faults
-  from simclr_tf import keras_checkpoints
-  from simclr_tf import keras_training
-  from simclr_tf import write_errors
+  from simclr_tf.training import faults
+  from simclr_tf.checkpoints import keras_weights as keras_checkpoints
+  from simclr_tf.training import keras_trainer as keras_training
+  from simclr_tf.storage import write_errors
   from simclr_tf.data.errors import DataError
   return _train_and_report(
       lambda: (config, keras_training.run_experiment(config, log=_say)),

@@ -38,8 +38,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import checkpoints
-from simclr_tf import training
+from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.training import tf_trainer as training
 
 ENV_VAR = "SIMCLR_TF_TEST_FAULTS"
 

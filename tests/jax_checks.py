@@ -24,9 +24,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
-from simclr_tf import device_augment  # noqa: E402
-from simclr_tf import host_data  # noqa: E402,F401  (imported for the check)
-from simclr_tf import keras_training  # noqa: E402,F401  (likewise)
+from simclr_tf.augment import batched as device_augment  # noqa: E402
+from simclr_tf.data import host_batches as host_data  # noqa: E402,F401  (imported for the check)
+from simclr_tf.training import keras_trainer as keras_training  # noqa: E402,F401  (likewise)
 from simclr_tf import losses  # noqa: E402
 from simclr_tf import optimizers  # noqa: E402
 from simclr_tf.models import build_simclr_model  # noqa: E402

@@ -36,8 +36,8 @@ def parse(spec):
 
 def install(faults):
   from keras import ops
-  from simclr_tf import device_augment
-  from simclr_tf import keras_checkpoints
+  from simclr_tf.augment import batched as device_augment
+  from simclr_tf.checkpoints import keras_weights as keras_checkpoints
 
   if "nan_at_step" in faults:
     # The step function sees the optimizer's iterations before the update:

@@ -1,4 +1,4 @@
-"""Tests of simclr_tf.augment against numpy and the paper's definitions."""
+"""Tests of simclr_tf.augment.host against numpy and the paper's definitions."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import augment
-from simclr_tf import device_augment
+from simclr_tf.augment import host as augment
+from simclr_tf.augment import batched as device_augment
 from simclr_tf.config import AugmentConfig
 
 SAMPLES = 2000

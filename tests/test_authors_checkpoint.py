@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import authors_checkpoint
-from simclr_tf import checkpoints
+from simclr_tf.checkpoints import authors as authors_checkpoint
+from simclr_tf.checkpoints import pretrained
 from simclr_tf import config as config_lib
 from simclr_tf import export
-from simclr_tf import export_layout
-from simclr_tf import training
+from simclr_tf.storage import export_layout
+from simclr_tf.training import tf_trainer as training
 from simclr_tf.models import heads
 from simclr_tf.models import resnet_encoder
 from simclr_tf.models import simclr
@@ -315,7 +315,7 @@ def _our_model(path):
       config.model, image_size=32, num_classes=10, train_mode="pretrain",
       with_supervised_head=True)
   lines = []
-  checkpoints.restore_for_eval(model, path, log=lines.append)
+  pretrained.restore_for_eval(model, path, log=lines.append)
   assert len(lines) == 1 and "From it: encoder, supervised head, " \
       "projection head" in lines[0], lines
   return model

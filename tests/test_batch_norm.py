@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import precision
+from simclr_tf.training import precision
 from simclr_tf.models import batch_norm
 from simclr_tf.models import layers as layers_lib
 

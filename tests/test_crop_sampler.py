@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import augment
+from simclr_tf.augment import host as augment
 from simclr_tf.config import AugmentConfig
 
 DRAWS = 1500

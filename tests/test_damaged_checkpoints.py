@@ -12,9 +12,9 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from simclr_tf import checkpoints
+from simclr_tf.checkpoints import ours as checkpoints
 from simclr_tf import run as run_lib
-from simclr_tf import training
+from simclr_tf.training import tf_trainer as training
 
 import command_line
 from command_line import config_of

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import augment
+from simclr_tf.augment import host as augment
 from simclr_tf.config import AugmentConfig
 from simclr_tf.config import DataConfig
 from simclr_tf.data import build_input_fn

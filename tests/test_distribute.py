@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from simclr_tf import distribute
+from simclr_tf.training import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

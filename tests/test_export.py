@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import augment
-from simclr_tf import checkpoints
+from simclr_tf.augment import host as augment
+from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.checkpoints import pretrained
 from simclr_tf import config as config_lib
 from simclr_tf import data as data_lib
 from simclr_tf import export
-from simclr_tf import export_layout
-from simclr_tf import training
-from simclr_tf import write_errors
+from simclr_tf.storage import export_layout
+from simclr_tf.training import tf_trainer as training
+from simclr_tf.storage import write_errors
 from simclr_tf.models import resnet_encoder
 from simclr_tf.models import simclr
 
@@ -331,7 +332,7 @@ def test_finetuning_from_an_export_starts_from_its_weights(
     model = simclr.build_simclr_model(
         config.model, image_size=SIZE, num_classes=NUM_CLASSES,
         train_mode="finetune", with_supervised_head=True)
-    prefix = checkpoints.load_pretrained(model, path, config.model,
+    prefix = pretrained.load_pretrained(model, path, config.model,
                                          image_size=SIZE)
     # The supervised head too: fine-tuning keeps the pretraining head.
     return prefix, [w.numpy() for w in model.encoder.weights +
@@ -389,7 +390,7 @@ def test_an_export_of_another_architecture_is_refused(pretrained_dir,
   with pytest.raises(checkpoints.CheckpointError,
                      match="width_multiplier: checkpoint 0.125, this run "
                      "0.25"):
-    checkpoints.load_pretrained(model, export_dir, model_config,
+    pretrained.load_pretrained(model, export_dir, model_config,
                                 image_size=SIZE)
 
 
@@ -408,7 +409,7 @@ def test_bad_paths_and_images_get_one_clear_line(exported, tmp_path):
   (foreign / "saved_model.pb").write_bytes(b"")
   with pytest.raises(checkpoints.CheckpointError,
                      match="not one written by simclr_tf"):
-    checkpoints.resolve(str(foreign))
+    pretrained.resolve(str(foreign))
 
   model = export.load(exported["path"])
   for bad, shown in ((images(2)[0], r"\(16, 16, 3\)"),

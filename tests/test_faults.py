@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 import fault_injection
-from simclr_tf import faults
+from simclr_tf.training import faults
 from simclr_tf import run as run_lib
-from simclr_tf import run_dir
-from simclr_tf import training
+from simclr_tf.storage import run_dir
+from simclr_tf.training import tf_trainer as training
 from simclr_tf.models import simclr
 
 import command_line

@@ -14,13 +14,13 @@ import time
 import pytest
 import tensorflow as tf
 
-from simclr_tf import checkpoints
+from simclr_tf.checkpoints import ours as checkpoints
 from simclr_tf import data as data_lib
 from simclr_tf import export
-from simclr_tf import export_layout
+from simclr_tf.storage import export_layout
 from simclr_tf import run as run_lib
-from simclr_tf import training
-from simclr_tf import write_errors
+from simclr_tf.training import tf_trainer as training
+from simclr_tf.storage import write_errors
 
 import command_line
 from command_line import config_of

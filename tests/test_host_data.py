@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from simclr_tf import config as config_lib
-from simclr_tf import host_data
+from simclr_tf.data import host_batches as host_data
 from simclr_tf.data.errors import DataError
 
 

@@ -27,7 +27,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from simclr_tf import augment
+from simclr_tf.augment import host as augment
 from simclr_tf import config as config_lib
 from simclr_tf.models import build_simclr_model
 from test_losses import numpy_nt_xent

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from simclr_tf import keras_checkpoints
-from simclr_tf import write_errors
+from simclr_tf.checkpoints import keras_weights as keras_checkpoints
+from simclr_tf.storage import write_errors
 
 
 def _trained_model(seed):

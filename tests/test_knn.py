@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
-from simclr_tf import features as features_lib
-from simclr_tf import knn
+from simclr_tf.evaluation import features as features_lib
+from simclr_tf.evaluation import knn
 from simclr_tf.models import resnet_encoder as resnet_lib
 
 

@@ -11,8 +11,8 @@ import pytest
 from sklearn import linear_model
 from sklearn import model_selection
 
-from simclr_tf import baselines
-from simclr_tf import linear_probe
+from simclr_tf.evaluation import baselines
+from simclr_tf.evaluation import linear_probe
 
 import command_line
 

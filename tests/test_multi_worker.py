@@ -32,10 +32,10 @@ import pytest
 import tensorflow as tf
 
 import fault_injection
-from simclr_tf import export_layout
+from simclr_tf.storage import export_layout
 from simclr_tf import run as run_lib
-from simclr_tf import run_dir
-from simclr_tf import training
+from simclr_tf.storage import run_dir
+from simclr_tf.training import tf_trainer as training
 
 import command_line
 from test_preemption import saved_iterations

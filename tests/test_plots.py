@@ -1,4 +1,4 @@
-"""simclr_tf.plots and tools/plot_run.py: PNGs that open, with labels."""
+"""simclr_tf.evaluation.plots and tools/plot_run.py: PNGs that open, with labels."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
-from simclr_tf import plots
+from simclr_tf.evaluation import plots
 
 
 def _write_events(directory, tags_steps):

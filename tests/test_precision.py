@@ -9,7 +9,7 @@ import tensorflow as tf
 from simclr_tf import config as config_lib
 from simclr_tf import losses
 from simclr_tf import optimizers
-from simclr_tf import precision
+from simclr_tf.training import precision
 from simclr_tf.models import simclr
 from test_losses import numpy_nt_xent
 

@@ -20,10 +20,10 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr_tf import checkpoints
-from simclr_tf import preemption
+from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.training import preemption
 from simclr_tf import run as run_lib
-from simclr_tf import training
+from simclr_tf.training import tf_trainer as training
 
 import command_line
 import fault_injection

@@ -7,7 +7,7 @@ import PIL.Image
 
 from simclr_tf import config as config_lib
 from simclr_tf import run as run_lib
-from simclr_tf import training
+from simclr_tf.training import tf_trainer as training
 
 
 def test_pretraining_probes_both_baselines_and_writes_plots(tmp_path):

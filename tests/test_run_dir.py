@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
-from simclr_tf import run_dir
-from simclr_tf import training
+from simclr_tf.storage import run_dir
+from simclr_tf.training import tf_trainer as training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,7 @@ def run(config):
 
 HOLDER = """
 import sys, time
-from simclr_tf import run_dir
+from simclr_tf.storage import run_dir
 lock = run_dir.RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)

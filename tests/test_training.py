@@ -14,9 +14,11 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr_tf import checkpoints
+from simclr_tf.checkpoints import ours as checkpoints
+
+from simclr_tf.checkpoints import pretrained
 from simclr_tf import config as config_lib
-from simclr_tf import training
+from simclr_tf.training import tf_trainer as training
 from simclr_tf.models import simclr
 
 TRAIN_TAGS = {"train/contrast_loss", "train/contrast_acc",
@@ -161,7 +163,7 @@ def test_finetune_starts_from_the_pretrained_encoder(pretrained_dir, data_dir,
     model = simclr.build_simclr_model(
         config.model, image_size=16, num_classes=10, train_mode="finetune",
         with_supervised_head=True)
-  checkpoints.load_pretrained(model, pretrained_dir, config.model,
+  pretrained.load_pretrained(model, pretrained_dir, config.model,
                               image_size=16)
   expected = encoder_weights_of_checkpoint(pretrained_dir, config.model)
   for variable in model.encoder.weights:
@@ -200,7 +202,7 @@ def test_finetune_restores_the_pretraining_head_unless_zero_init(
         model_config, image_size=16, num_classes=num_classes,
         train_mode=train_mode, with_supervised_head=True)
     lines = []
-    checkpoints.load_pretrained(model, pretrained_dir, model_config,
+    pretrained.load_pretrained(model, pretrained_dir, model_config,
                                 log=lines.append, image_size=16)
     return model.supervised_head.linear_layer.dense, lines[0]
 

@@ -46,7 +46,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import augment
+from simclr_tf.augment import host as augment
 from simclr_tf.data import encoded_image
 from simclr_tf.data import registry
 from simclr_tf.data import skipped_files

@@ -11,7 +11,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from simclr_tf import augment
+from simclr_tf.augment import host as augment
 from simclr_tf.config import AugmentConfig
 
 IMAGE_KEY = "image"

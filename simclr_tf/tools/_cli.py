@@ -86,11 +86,11 @@ def model_tool_errors() -> Tuple[Type[BaseException], ...]:
   Imports TensorFlow, so call it only once something was raised."""
   import tensorflow as tf
 
-  from simclr_tf import checkpoints
+  from simclr_tf.checkpoints import ours as checkpoints
   from simclr_tf import data as data_lib
   from simclr_tf import export
-  from simclr_tf import run_dir
-  from simclr_tf import write_errors
+  from simclr_tf.storage import run_dir
+  from simclr_tf.storage import write_errors
   from simclr_tf.config import ConfigError
   return (checkpoints.CheckpointError, export.ExportError, ConfigError,
           data_lib.DataError, run_dir.RunDirError,

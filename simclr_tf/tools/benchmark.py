@@ -167,8 +167,8 @@ class Benchmark:
     # TensorFlow starts here, after flag errors are reported.
     import tensorflow as tf
     from simclr_tf import data as data_lib
-    from simclr_tf import distribute
-    from simclr_tf import training
+    from simclr_tf.training import distribute
+    from simclr_tf.training import tf_trainer as training
     self.tf, self.data_lib, self.training = tf, data_lib, training
     self.config = config
     run = config.run
@@ -244,10 +244,10 @@ class Benchmark:
   def make_handwritten_loop(self):
     """The baseline: forward, loss, gradient, update; nothing else."""
     tf = self.tf
-    from simclr_tf import distribute
+    from simclr_tf.training import distribute
     from simclr_tf import losses
     from simclr_tf import optimizers
-    from simclr_tf import train_loop
+    from simclr_tf.training import train_loop
     from simclr_tf.models import simclr
     model, strategy = self.model, self.strategy
     optimizer = model.optimizer
@@ -305,7 +305,7 @@ class Benchmark:
 
   def _fit_timed(self, dataset):
     """`fit` with the program's callback; steady-state views per second."""
-    from simclr_tf import callbacks as callbacks_lib
+    from simclr_tf.training import callbacks as callbacks_lib
     tf, model = self.tf, self.model
     writer = tf.summary.create_file_writer(self.summary_dir)
     monitor = callbacks_lib.TrainingMonitor(
@@ -497,7 +497,7 @@ class AuthorsPeer:
 def _config_record(bench):
   import keras
   import tensorflow as tf
-  from simclr_tf import precision as precision_lib
+  from simclr_tf.training import precision as precision_lib
   cfg = bench.config
   return {
       "measurement": "config",
@@ -594,7 +594,7 @@ def main(argv):
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   from simclr_tf import data as data_lib
-  from simclr_tf import distribute
+  from simclr_tf.training import distribute
   benches = {}
   try:
     # tfds prints while it generates synthetic_shapes: keep stdout JSON.

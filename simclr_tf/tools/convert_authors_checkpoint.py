@@ -1,7 +1,7 @@
 r"""Converts an authors' TF2 SavedModel or training checkpoint to ours.
 
 The architecture is read from the authors' variables (see
-`simclr_tf/authors_checkpoint.py`). `--to=export` writes one of our
+`simclr_tf/checkpoints/authors.py`). `--to=export` writes one of our
 SavedModels (every loader of the README's "Use your pretrained encoder");
 `--to=checkpoint` writes a model_dir holding `ckpt-<step>` and `config.json`,
 which `--checkpoint` of `simclr_tf.run` takes with any of our flags and
@@ -45,8 +45,8 @@ class ConvertError(ValueError):
 def main(argv) -> int:
   del argv  # Checked by _cli.
   # Imported here so flag errors are reported before TensorFlow starts.
-  from simclr_tf import authors_checkpoint
-  from simclr_tf import checkpoints
+  from simclr_tf.checkpoints import authors as authors_checkpoint
+  from simclr_tf.checkpoints import ours as checkpoints
   from simclr_tf import export
 
   start = time.time()

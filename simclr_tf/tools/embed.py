@@ -71,7 +71,7 @@ def embed(model, data_config, augment_config, *, output_key, batch_size,
   Returns:
     (embeddings float32 (N, ...), labels int64 (N,), -1 where unlabeled).
   """
-  from simclr_tf import features as features_lib
+  from simclr_tf.evaluation import features as features_lib
 
   input_fn, num_examples = features_lib.split_input_fn(
       data_config, augment_config, split=data_config.eval_split,

@@ -3,7 +3,7 @@ r"""Exports a checkpoint or run directory as a reusable SavedModel.
 Takes what `--checkpoint` of `simclr_tf.run` takes: a run's model_dir (its
 latest checkpoint), a checkpoint prefix, or an export. Pretraining,
 fine-tuning and linear-evaluation runs all export; the architecture comes
-from the run's `config.json`. See `simclr_tf/export.py` for what the
+from the run's `config.json`. See `simclr_tf/export/__init__.py` for what the
 SavedModel holds, and the README for loading it.
 
   python tools/export_saved_model.py --checkpoint=runs/demo \
@@ -36,11 +36,11 @@ flags.mark_flags_as_required(["checkpoint", "export_dir"])
 def main(argv) -> int:
   del argv  # Checked by _cli.
   # Imported here so flag errors are reported before TensorFlow starts.
-  from simclr_tf import checkpoints
+  from simclr_tf.checkpoints import pretrained
   from simclr_tf import export
 
   start = time.time()
-  prefix = checkpoints.resolve(_CHECKPOINT.value)
+  prefix = pretrained.resolve(_CHECKPOINT.value)
   print(f"Exporting {prefix} ...", flush=True)
   meta = export.export_checkpoint(_CHECKPOINT.value, _EXPORT_DIR.value,
                                   overwrite=_OVERWRITE.value)

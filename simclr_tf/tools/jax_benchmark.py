@@ -51,7 +51,7 @@ class _KerasJaxStep:
     import jax
     import keras
     import numpy as np
-    from simclr_tf import device_augment
+    from simclr_tf.augment import batched as device_augment
     from simclr_tf import optimizers
     from simclr_tf.models import simclr
 

@@ -1,12 +1,12 @@
 r"""The paper's linear probe (appendix B.8) of a model, or of a baseline.
 
 Extracts frozen features of the train and test splits (the evaluation
-transform, as `tools/embed.py` does, through `simclr_tf.features`), fits an
+transform, as `tools/embed.py` does, through `simclr_tf.evaluation.features`), fits an
 l2-regularised multinomial logistic regression with L-BFGS
-(`simclr_tf.linear_probe`), with the l2 strength chosen from 45 log-spaced
+(`simclr_tf.evaluation.linear_probe`), with the l2 strength chosen from 45 log-spaced
 values in [1e-6, 1e5] on a held-out 20% of the train split, refits on the
 whole train split and reports test top-1 / top-5, the chosen strength and C
-(C = 1 / (strength * n), see `simclr_tf.linear_probe`), and writes a JSON
+(C = 1 / (strength * n), see `simclr_tf.evaluation.linear_probe`), and writes a JSON
 result.
 
   python tools/linear_probe.py --checkpoint=runs/demo \
@@ -113,11 +113,11 @@ def main(argv) -> int:
   import numpy as np
   import tensorflow_datasets as tfds
 
-  from simclr_tf import baselines
+  from simclr_tf.evaluation import baselines
   from simclr_tf import export
-  from simclr_tf import features as features_lib
-  from simclr_tf import linear_probe
-  from simclr_tf import run_dir
+  from simclr_tf.evaluation import features as features_lib
+  from simclr_tf.evaluation import linear_probe
+  from simclr_tf.storage import run_dir
   from simclr_tf.config import AugmentConfig
   from simclr_tf.config import ExperimentConfig
 

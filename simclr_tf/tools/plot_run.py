@@ -40,8 +40,8 @@ def main(argv) -> int:
                      f"--max_points={_MAX_POINTS.value}")
   import dataclasses
 
-  from simclr_tf import plots
-  from simclr_tf import run_dir as run_dir_lib
+  from simclr_tf.evaluation import plots
+  from simclr_tf.storage import run_dir as run_dir_lib
   from simclr_tf.config import ExperimentConfig
 
   run_dir = _RUN_DIR.value

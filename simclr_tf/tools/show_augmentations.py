@@ -20,7 +20,7 @@ from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from simclr_tf import augment  # noqa: E402
+from simclr_tf.augment import host as augment  # noqa: E402
 from simclr_tf.config import AugmentConfig  # noqa: E402
 from simclr_tf.config import DataConfig  # noqa: E402
 from simclr_tf.data import registry  # noqa: E402

@@ -19,11 +19,11 @@ from typing import Dict
 
 import numpy as np
 
-from simclr_tf import baselines
+from simclr_tf.evaluation import baselines
 from simclr_tf import export
-from simclr_tf import features as features_lib
-from simclr_tf import linear_probe
-from simclr_tf import run_dir as run_dir_lib
+from simclr_tf.evaluation import features as features_lib
+from simclr_tf.evaluation import linear_probe
+from simclr_tf.storage import run_dir as run_dir_lib
 from simclr_tf.models import simclr
 
 PROBE_FILE = "probe.json"

@@ -32,8 +32,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import checkpoints
-from simclr_tf import export_layout
+from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.storage import export_layout
 from simclr_tf.models import blocks as blocks_lib
 from simclr_tf.models import heads as heads_lib
 from simclr_tf.models import layers as layers_lib

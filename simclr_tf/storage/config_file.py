@@ -65,7 +65,7 @@ def write(directory: str, config: ExperimentConfig) -> str:
   Raises:
     write_errors.WriteFailedError: the file could not be written.
   """
-  from simclr_tf import run_dir  # It owns atomic writes and imports us.
+  from simclr_tf.storage import run_dir  # It owns atomic writes and imports us.
   path = path_in(directory)
   run_dir.atomic_write_text(path, config.to_json())
   return path

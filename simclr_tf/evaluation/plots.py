@@ -218,7 +218,7 @@ def write_for_run(config, checkpoint: Optional[str] = None, *, log=None,
   """
   # Imported here so that drawing curves alone needs no model code.
   from simclr_tf import export  # pylint: disable=g-import-not-at-top
-  from simclr_tf import features as features_lib  # pylint: disable=g-import-not-at-top
+  from simclr_tf.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
   from simclr_tf.models import simclr  # pylint: disable=g-import-not-at-top
 
   run_dir = config.run.model_dir

@@ -49,9 +49,9 @@ from typing import Callable, Dict, Optional
 import keras
 import tensorflow as tf
 
-from simclr_tf import augment
-from simclr_tf import export_layout
-from simclr_tf.export_layout import ExportError
+from simclr_tf.augment import host as augment
+from simclr_tf.storage import export_layout
+from simclr_tf.storage.export_layout import ExportError
 from simclr_tf.models import resnet_encoder as resnet_lib
 from simclr_tf.models import simclr
 

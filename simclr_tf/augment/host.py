@@ -48,7 +48,7 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
-from simclr_tf import device_augment
+from simclr_tf.augment import batched as device_augment
 
 # Crop samplers (`AugmentConfig.crop_sampler`), and the constants the
 # batched math shares with the keras.ops implementation it runs on.

@@ -14,14 +14,14 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from simclr_tf import atomic_dir
-from simclr_tf import export_layout
-from simclr_tf import export_weights
-from simclr_tf import hub_module
-from simclr_tf import run_dir
-from simclr_tf import write_errors
+from simclr_tf.storage import atomic_dir
+from simclr_tf.storage import export_layout
+from simclr_tf.export import weights as export_weights
+from simclr_tf.export import hub_module
+from simclr_tf.storage import run_dir
+from simclr_tf.storage import write_errors
 from simclr_tf.config import ExperimentConfig
-from simclr_tf.export_layout import ExportError
+from simclr_tf.storage.export_layout import ExportError
 
 
 def metadata(module: hub_module.SimCLRExport, config: ExperimentConfig,

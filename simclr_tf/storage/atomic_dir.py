@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
-from simclr_tf import run_dir
+from simclr_tf.storage import run_dir
 
 
 def _pid_of(name: str) -> Optional[int]:

@@ -103,7 +103,7 @@ def read_metadata(export_dir: str) -> dict:
     export_dir: a directory for which `is_export` holds.
 
   Returns:
-    The metadata dict (see `simclr_tf.export_writer.metadata`).
+    The metadata dict (see `simclr_tf.export.writer.metadata`).
 
   Raises:
     ExportError: if the file cannot be read or parsed.

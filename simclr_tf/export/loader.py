@@ -10,19 +10,20 @@ from typing import Optional
 
 import tensorflow as tf
 
-from simclr_tf import authors_checkpoint
-from simclr_tf import checkpoints
-from simclr_tf import config_file
-from simclr_tf import export_layout
-from simclr_tf import export_weights
-from simclr_tf import export_writer
-from simclr_tf import hub_module
+from simclr_tf.checkpoints import authors as authors_checkpoint
+from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.checkpoints import pretrained
+from simclr_tf.storage import config_file
+from simclr_tf.storage import export_layout
+from simclr_tf.export import weights as export_weights
+from simclr_tf.export import writer as export_writer
+from simclr_tf.export import hub_module
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 
 
 def _config_of(prefix) -> ExperimentConfig:
-  stored = checkpoints.stored_config(prefix)
+  stored = pretrained.stored_config(prefix)
   if stored is None:
     raise checkpoints.CheckpointError(
         f"{prefix}: no {config_file.CONFIG_FILE} beside it, so its "
@@ -52,7 +53,7 @@ def module_from_checkpoint(path: str):
   saved variables.
 
   Args:
-    path: what `--checkpoint` accepts (see `checkpoints.resolve`).
+    path: what `--checkpoint` accepts (see `pretrained.resolve`).
 
   Returns:
     (module, metadata dict).
@@ -63,7 +64,7 @@ def module_from_checkpoint(path: str):
   authors = authors_checkpoint.open_source(path)
   if authors is not None:
     return _module_from_authors(authors)
-  prefix = checkpoints.resolve(path)
+  prefix = pretrained.resolve(path)
   config = _config_of(prefix)
   export_dir = export_layout.export_dir_of(prefix)
   if export_dir is not None:

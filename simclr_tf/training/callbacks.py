@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import checkpoints
-from simclr_tf import faults
-from simclr_tf import preemption
+from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.training import faults
+from simclr_tf.training import preemption
 
 LEARNING_RATE_TAG = "learning_rate"
 TRAIN_PREFIX = "train/"

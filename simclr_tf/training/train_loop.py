@@ -77,7 +77,7 @@ def _with_augmentation(step, augmentation, iterations):
 
 def _traced_with_threefry(augmentation):
   """`augmentation` tracing its stateless draws with ThreeFry (XLA only)."""
-  from simclr_tf import augment  # Only the compiled path needs it.
+  from simclr_tf.augment import host as augment  # Only the compiled path needs it.
 
   def traced(*args):
     with augment.xla_random():

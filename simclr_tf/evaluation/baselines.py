@@ -104,7 +104,7 @@ def train_image_batches(data_config, augment_config, *, split, batch_size,
   Returns:
     A `tf.data.Dataset` of float (B, H, W, 3) image batches.
   """
-  from simclr_tf import features as features_lib  # pylint: disable=g-import-not-at-top
+  from simclr_tf.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
   input_fn, _ = features_lib.split_input_fn(
       data_config, augment_config, split=split, batch_size=batch_size)
   return input_fn(None).unbatch().take(num_examples).batch(batch_size).map(

@@ -13,24 +13,25 @@ from typing import Callable, List, Optional
 import keras
 import tensorflow as tf
 
-from simclr_tf import augment
-from simclr_tf import callbacks as callbacks_lib
-from simclr_tf import checkpoints
+from simclr_tf.augment import host as augment
+from simclr_tf.training import callbacks as callbacks_lib
+from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.checkpoints import pretrained
 from simclr_tf import data as data_lib
-from simclr_tf import distribute
+from simclr_tf.training import distribute
 from simclr_tf import export as export_lib
-from simclr_tf import faults
-from simclr_tf import knn
+from simclr_tf.training import faults
+from simclr_tf.evaluation import knn
 from simclr_tf import optimizers
-from simclr_tf import precision
-from simclr_tf import preemption
-from simclr_tf import run_dir as run_dir_lib
-from simclr_tf import train_loop
+from simclr_tf.training import precision
+from simclr_tf.training import preemption
+from simclr_tf.storage import run_dir as run_dir_lib
+from simclr_tf.training import train_loop
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
-from simclr_tf.stage_result import RESULT_FILE
-from simclr_tf.stage_result import StageResult
+from simclr_tf.training.stage_result import RESULT_FILE
+from simclr_tf.training.stage_result import StageResult
 
 # Each replica's next batches are copied to its device while it computes
 # (a buffer of one batch per replica, TensorFlow's default, made explicit).
@@ -92,7 +93,7 @@ def run_experiment(config: ExperimentConfig,
     if (config.run.probe_baselines and config.run.train_mode == "pretrain"
         and "train" in config.run.mode and run_dir.is_chief):
       # Imported here: it needs scikit-learn, which nothing else does.
-      from simclr_tf import probe_baselines  # pylint: disable=g-import-not-at-top
+      from simclr_tf.evaluation import probe_baselines  # pylint: disable=g-import-not-at-top
       start = time.time()
       results[0].probe = probe_baselines.compare(
           config, config.run.model_dir, log=log)
@@ -101,7 +102,7 @@ def run_experiment(config: ExperimentConfig,
     if (config.run.write_plots and config.run.train_mode == "pretrain"
         and "train" in config.run.mode and run_dir.is_chief):
       # Imported here: it needs matplotlib, which nothing else does.
-      from simclr_tf import plots  # pylint: disable=g-import-not-at-top
+      from simclr_tf.evaluation import plots  # pylint: disable=g-import-not-at-top
       start = time.time()
       plots.write_for_run(config, log=log)
       log(f"[plots] written in {time.time() - start:.0f} s.")
@@ -197,7 +198,7 @@ def run_stage(config: ExperimentConfig, strategy,
           raise checkpoints.CheckpointError(
               f"Nothing to evaluate: {run.model_dir} holds no checkpoint "
               "and no --checkpoint was given.")
-        checkpoints.restore_for_eval(model, run.checkpoint, log=log)
+        pretrained.restore_for_eval(model, run.checkpoint, log=log)
       result.eval_results = evaluate(
           model, config, strategy, writer, log,
           num_eval_examples=info.num_eval_examples,
@@ -269,7 +270,7 @@ def _initialise(model, latest, config, log):
   if run.mode == "eval" or run.train_mode == "pretrain":
     return run.train_mode == "pretrain" and run.mode == "eval"
   if run.checkpoint:
-    checkpoints.load_pretrained(model, run.checkpoint, config.model,
+    pretrained.load_pretrained(model, run.checkpoint, config.model,
                                 log=log, image_size=config.data.image_size)
     return False
   if run.train_mode == "linear_eval":
@@ -297,7 +298,7 @@ def on_device_augmentation(config):
   """What the train step runs on each batch with `augment.on_device`.
 
   The host pipeline takes the crops from the full-resolution images; this
-  is the rest of the batched transform of `simclr_tf.augment`, with the
+  is the rest of the batched transform of `simclr_tf.augment.host`, with the
   same settings as the tf.data path of this train mode: flip, colour
   distortion and blur when pretraining (two views), flips only when
   fine-tuning or training a linear head (one view).

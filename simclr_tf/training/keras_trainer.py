@@ -30,17 +30,17 @@ from typing import Callable, List
 import keras
 import numpy as np
 
-from simclr_tf import device_augment
-from simclr_tf import faults
-from simclr_tf import host_data
-from simclr_tf import keras_checkpoints
+from simclr_tf.augment import batched as device_augment
+from simclr_tf.training import faults
+from simclr_tf.data import host_batches as host_data
+from simclr_tf.checkpoints import keras_weights as keras_checkpoints
 from simclr_tf import optimizers
-from simclr_tf import preemption
+from simclr_tf.training import preemption
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
-from simclr_tf.stage_result import RESULT_FILE
-from simclr_tf.stage_result import StageResult
+from simclr_tf.training.stage_result import RESULT_FILE
+from simclr_tf.training.stage_result import StageResult
 
 LINEAR_EVAL_DIR = "linear_eval"
 METRICS_FILE = "metrics.csv"

@@ -3,7 +3,7 @@
 A whole (B, H, W, 3) batch of same-size images in, per-image random
 parameters, vectorised so it compiles into the train step. The crop
 samplers, the crop-resize, colour jitter, grayscale and blur here are the
-only implementation: `simclr_tf.augment` (the TensorFlow path) calls them
+only implementation: `simclr_tf.augment.host` (the TensorFlow path) calls them
 with its own draws (stateful or seeded, ThreeFry under XLA), and on the
 TensorFlow backend they run as the same tf ops. The JAX path uses the
 whole transform below, seeded per step.
@@ -129,7 +129,7 @@ def sample_boxes(num, height, width, area_range, aspect_ratio_range,
                  sampler, rng):
   """`sample_crop_boxes` with the ranges given one by one.
 
-  The one implementation of both samplers: `simclr_tf.augment` (the
+  The one implementation of both samplers: `simclr_tf.augment.host` (the
   TensorFlow path, with its own draws) calls it too. `num`, `height` and
   `width` may be tensors of a traced TensorFlow function.
 
@@ -322,7 +322,7 @@ def color_jitter(images, strength: float, rng):
     images: float32 (B, H, W, 3) in [0, 1].
     strength: the colour jitter strength s.
     rng: the draws: an object with `uniform(shape, minval, maxval)`, as
-      `_Random` here or `simclr_tf.augment`'s.
+      `_Random` here or `simclr_tf.augment.host`'s.
 
   Returns:
     float32 (B, H, W, 3) in [0, 1].

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf import data as data_lib
-from simclr_tf import features as features_lib
+from simclr_tf.evaluation import features as features_lib
 
 KNN_TOP_1 = "knn_top_1"
 KNN_TOP_5 = "knn_top_5"

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from simclr_tf import hub_module
+from simclr_tf.export import hub_module
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
 

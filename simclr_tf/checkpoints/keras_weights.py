@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from simclr_tf import write_errors
+from simclr_tf.storage import write_errors
 
 STATE_FILE = "checkpoint.json"
 

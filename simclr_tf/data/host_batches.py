@@ -30,7 +30,7 @@ from typing import List, Optional
 import keras
 import numpy as np
 
-from simclr_tf import device_augment
+from simclr_tf.augment import batched as device_augment
 from simclr_tf.data import folder_layout
 from simclr_tf.data import shapes_render
 from simclr_tf.data.errors import DataError

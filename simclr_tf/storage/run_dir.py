@@ -30,9 +30,9 @@ from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from simclr_tf import config_file
-from simclr_tf import write_errors
-from simclr_tf.config_file import CONFIG_FILE
+from simclr_tf.storage import config_file
+from simclr_tf.storage import write_errors
+from simclr_tf.storage.config_file import CONFIG_FILE
 from simclr_tf.config import ConfigError
 
 LOCK_FILE = "simclr.lock"
@@ -354,7 +354,7 @@ class RunDirectory:
   @classmethod
   def for_strategy(cls, model_dir: str, strategy) -> "RunDirectory":
     """The `RunDirectory` of this process under `strategy`."""
-    from simclr_tf import distribute  # Only for the chief test.
+    from simclr_tf.training import distribute  # Only for the chief test.
     return cls(model_dir, is_chief=distribute.is_chief(strategy),
                task_name=distribute.task_name(strategy))
 
