@@ -15,7 +15,8 @@ def attributes(package: str, table: Dict[str, Tuple[str, str]]) -> Callable:
 
   Args:
     package: the package's `__name__`.
-    table: attribute name to (submodule, attribute in it).
+    table: attribute name to (module, attribute in it); the module is a
+      submodule's name, or a full name starting with "simclr_tf.".
 
   Returns:
     The function to assign to the package's `__getattr__`.
@@ -24,7 +25,9 @@ def attributes(package: str, table: Dict[str, Tuple[str, str]]) -> Callable:
     if name not in table:
       raise AttributeError(f"module {package!r} has no attribute {name!r}")
     module, attribute = table[name]
-    value = getattr(importlib.import_module(f"{package}.{module}"), attribute)
+    if not module.startswith("simclr_tf."):
+      module = f"{package}.{module}"
+    value = getattr(importlib.import_module(module), attribute)
     setattr(importlib.import_module(package), name, value)
     return value
   return load

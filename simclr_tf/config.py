@@ -13,7 +13,11 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
+from simclr_tf.settings import ARCHITECTURE
 from simclr_tf.settings import ConfigError
+from simclr_tf.settings import FIXED_ON_RESUME
+from simclr_tf.settings import READS_IMAGES
+from simclr_tf.settings import RUN_LOCATION
 from simclr_tf.settings import check as _check_declared
 from simclr_tf.settings import section
 from simclr_tf.settings import setting
@@ -51,15 +55,19 @@ class DataConfig:
   """Where the images come from and how they are batched."""
   dataset: str = setting(
       "imagenet2012", "A tfds name (e.g. cifar10, imagenet2012_subset/1pct), "
-      "synthetic_shapes (built in, offline) or image_folder.")
+      "synthetic_shapes (built in, offline) or image_folder.",
+      roles=(FIXED_ON_RESUME, READS_IMAGES))
   data_dir: Optional[str] = setting(
       None, "tfds data directory; for image_folder, the folder's root "
-      "(root/<split>/<class>/<image>).")
+      "(root/<split>/<class>/<image>).",
+      roles=(RUN_LOCATION, READS_IMAGES))
   train_split: str = setting("train", "Split to train on (e.g. train, "
-                             "unlabelled).")
+                             "unlabelled).",
+                             roles=(FIXED_ON_RESUME,))
   eval_split: str = setting("test", "Split to evaluate on.")
   image_size: int = setting(224, "Side of the square images fed to the "
-                            "network.", at_least=8)
+                            "network.", at_least=8,
+                            roles=(FIXED_ON_RESUME,))
   cache_dataset: Optional[bool] = setting(
       None, "Cache decoded images in memory; auto (None) turns it on for "
       "datasets small enough to fit comfortably.")
@@ -71,19 +79,25 @@ class DataConfig:
   label_fraction: Optional[float] = setting(
       None, "Keep this fraction of each class's training labels "
       "(semi-supervised fine-tuning); unset keeps all.", above=0.0,
-      at_most=1.0)
+      at_most=1.0,
+      roles=(FIXED_ON_RESUME,))
   labels_per_class: Optional[int] = setting(
-      None, "Keep this many training labels per class instead.", at_least=1)
+      None, "Keep this many training labels per class instead.", at_least=1,
+      roles=(FIXED_ON_RESUME,))
   label_seed: int = setting(0, "Seed of the label subset, so it is "
-                            "repeatable.")
+                            "repeatable.",
+                            roles=(FIXED_ON_RESUME,))
   synthetic_train_examples: int = setting(
       10000, "Train examples of the built-in synthetic_shapes dataset.",
-      at_least=1)
+      at_least=1,
+      roles=(FIXED_ON_RESUME, READS_IMAGES))
   synthetic_test_examples: int = setting(
       2000, "Test examples of the built-in synthetic_shapes dataset.",
-      at_least=1)
+      at_least=1,
+      roles=(READS_IMAGES,))
   synthetic_seed: int = setting(0, "Seed synthetic_shapes is generated "
-                                "from.")
+                                "from.",
+                                roles=(FIXED_ON_RESUME, READS_IMAGES))
   max_image_pixels: int = setting(
       89478485, "Image files with more pixels than this (read from the "
       "header, before decoding) are skipped and counted; the default is "
@@ -160,45 +174,56 @@ class AugmentConfig:
 class ModelConfig:
   """Encoder and heads."""
   resnet_depth: int = setting(50, "ResNet depth: 18, 34, 50, 101, 152 or "
-                              "200.", choices=RESNET_DEPTHS)
+                              "200.", choices=RESNET_DEPTHS,
+                              roles=(ARCHITECTURE,))
   width_multiplier: float = setting(
       1.0, "ResNet channel multiplier; below 1 only for small models.",
-      above=0.0)
+      above=0.0,
+      roles=(ARCHITECTURE,))
   sk_ratio: float = setting(
       0.0, "Selective-kernel ratio (0.0625 in SimCLRv2); 0 turns SK (and "
-      "ResNet-D) off.", at_least=0.0, at_most=1.0)
+      "ResNet-D) off.", at_least=0.0, at_most=1.0,
+      roles=(ARCHITECTURE,))
   se_ratio: float = setting(0.0, "Squeeze-excite ratio; 0 turns SE off.",
-                            at_least=0.0, at_most=1.0)
+                            at_least=0.0, at_most=1.0,
+                            roles=(ARCHITECTURE,))
   cifar_stem: Optional[bool] = setting(
       None, "ResNet stem: true is the CIFAR stem (3x3 stride-1 conv, no "
       "max-pool), false the ImageNet one (7x7 stride-2 conv and max-pool, "
       "16x fewer activations); auto picks the CIFAR stem for image_size <= "
-      "32, as the authors do.")
+      "32, as the authors do.",
+      roles=(ARCHITECTURE,))
   global_bn: bool = setting(True, "Synchronise BatchNorm statistics across "
                             "replicas.")
   batch_norm_decay: float = setting(0.9, "BatchNorm moving-average decay.",
                                     at_least=0.0, at_most=1.0)
   proj_head_mode: str = setting("nonlinear", "Projection head: none, linear "
-                                "or nonlinear.", choices=PROJ_HEAD_MODES)
+                                "or nonlinear.", choices=PROJ_HEAD_MODES,
+                                roles=(ARCHITECTURE,))
   proj_out_dim: int = setting(128, "Output size of the projection head.",
-                              at_least=1)
+                              at_least=1,
+                              roles=(ARCHITECTURE,))
   num_proj_layers: int = setting(3, "Layers of the nonlinear projection "
                                  "head (2 for SimCLR v1, 3 for v2).",
-                                 at_least=1)
+                                 at_least=1,
+                                 roles=(ARCHITECTURE,))
   ft_proj_selector: int = setting(
       0, "Projection-head layer that fine-tuning starts from: 0 is the "
-      "encoder output, -1 the head's last layer.", at_least=-1)
+      "encoder output, -1 the head's last layer.", at_least=-1,
+      roles=(FIXED_ON_RESUME,))
   zero_init_logits_layer: bool = setting(
       False, "Fine-tuning: start the supervised head at zero instead of "
       "restoring the one trained beside pretraining (the authors' rule).")
   supervised_head_feature_norm: bool = setting(
       False, "Normalise features with a parameter-free BatchNorm before the "
       "supervised head (MAE's linear probe). Off matches the authors; on "
-      "makes linear evaluation insensitive to feature scale.")
+      "makes linear evaluation insensitive to feature scale.",
+      roles=(FIXED_ON_RESUME,))
   fine_tune_after_block: int = setting(
       -1, "Freeze the encoder up to this block when fine-tuning: -1 trains "
       "all, 0 freezes the stem, 4 the whole encoder.", at_least=-1,
-      at_most=4)
+      at_most=4,
+      roles=(FIXED_ON_RESUME,))
 
   def validate(self) -> None:
     _check_declared(self)
@@ -249,7 +274,8 @@ class LossConfig:
 class OptimizerConfig:
   """Optimizer and learning-rate schedule."""
   optimizer: str = setting("lars", "Optimizer: lars, momentum or adam.",
-                           choices=OPTIMIZERS)
+                           choices=OPTIMIZERS,
+                           roles=(FIXED_ON_RESUME,))
   learning_rate: float = setting(
       0.3, "Base learning rate, before batch scaling (lr * batch / 256, or "
       "lr * sqrt(batch)).", above=0.0)
@@ -330,9 +356,11 @@ class RunConfig:
                       choices=RUN_MODES)
   train_mode: str = setting(
       "pretrain", "pretrain (contrastive), finetune, or linear_eval (frozen "
-      "encoder, linear head).", choices=TRAIN_MODES)
+      "encoder, linear head).", choices=TRAIN_MODES,
+      roles=(FIXED_ON_RESUME,))
   model_dir: str = setting("runs/simclr", "Where checkpoints, TensorBoard "
-                           "logs, results and exports go.")
+                           "logs, results and exports go.",
+                           roles=(RUN_LOCATION,))
   checkpoint: Optional[str] = setting(
       None, "Checkpoint to start fine-tuning or linear eval from (a "
       "pretraining model_dir, checkpoint prefix or SavedModel export), or "
@@ -341,7 +369,8 @@ class RunConfig:
                                "initialisation: the supervised baseline.")
   lineareval_while_pretraining: bool = setting(
       True, "Train a linear head on stop_gradient features beside the "
-      "contrastive loss.")
+      "contrastive loss.",
+      roles=(FIXED_ON_RESUME,))
   train_batch_size: int = setting(
       512, "Global training batch (images; pretraining sees two views of "
       "each).", at_least=1)
@@ -368,23 +397,29 @@ class RunConfig:
   seed: int = setting(0, "Random seed.")
   strategy: str = setting("auto", "tf.distribute strategy: auto, "
                           "one_device, mirrored, multi_worker or tpu.",
-                          choices=STRATEGIES)
+                          choices=STRATEGIES,
+                          roles=(RUN_LOCATION,))
   tpu: Optional[str] = setting(None, "TPU name or address for "
-                               "strategy=tpu (--tpu=local on a TPU VM).")
+                               "strategy=tpu (--tpu=local on a TPU VM).",
+                               roles=(RUN_LOCATION,))
   cpu_replicas: int = setting(0, "Split the host CPU into this many logical "
                               "devices to try multi-replica runs.",
-                              at_least=0)
+                              at_least=0,
+                              roles=(RUN_LOCATION,))
   precision: str = setting(
       "float32", "Keras dtype policy: float32, mixed_bfloat16, "
       "mixed_float16 (with dynamic loss scaling), or auto (mixed_bfloat16 "
       "on hardware with native bfloat16, else float32). Losses, BatchNorm "
-      "statistics and LARS stay float32.", choices=PRECISIONS)
-  jit_compile: bool = setting(False, "Compile the train step with XLA.")
+      "statistics and LARS stay float32.", choices=PRECISIONS,
+      roles=(RUN_LOCATION,))
+  jit_compile: bool = setting(False, "Compile the train step with XLA.",
+      roles=(RUN_LOCATION,))
   backend: Optional[str] = setting(
       None, "Keras backend: tensorflow (every feature) or jax (pretrain and "
       "linear_eval with Keras' JAX trainer, on the built-in dataset or an "
       "image folder; README: JAX backend). Unset: the KERAS_BACKEND "
-      "environment variable, else tensorflow.", choices=BACKENDS)
+      "environment variable, else tensorflow.", choices=BACKENDS,
+      roles=(RUN_LOCATION,))
   knn_eval_every_epochs: int = setting(
       0, "While pretraining, report the weighted kNN accuracy of the encoder "
       "(eval/knn_top_1, eval/knn_top_5) every this many epochs and at the "

@@ -15,6 +15,7 @@ library takes it from there. Bad input ends the program with one line on
 stderr and exit code 2.
 """
 
+import dataclasses
 import os
 import pathlib
 import sys
@@ -26,6 +27,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
+from simclr_tf import settings  # noqa: E402
 from simclr_tf.tools import _cli  # noqa: E402
 from simclr_tf.tools import _setting_flags  # noqa: E402
 
@@ -45,8 +47,11 @@ PRESETS_DIR = pathlib.Path(__file__).resolve().parent / "presets"
 DEMO_PRESET = "demo"
 # Settings that say where and on what a run happens, not what it trains:
 # with only these (or nothing) on the command line the demo preset runs.
-RUN_LOCATION_FLAGS = ("model_dir", "data_dir", "strategy", "tpu",
-                      "cpu_replicas", "precision", "jit_compile", "backend")
+RUN_LOCATION_FLAGS = tuple(
+    settings.flag_name(section.type, field)
+    for section in dataclasses.fields(config_lib.ExperimentConfig)
+    for field in settings.fields(section.type)
+    if settings.has_role(field, settings.RUN_LOCATION))
 
 flags.DEFINE_string(
     "preset", None, "A shipped preset (simclr_tf/presets/NAME.cfg, also "
@@ -232,16 +237,17 @@ def _train_and_report(train, user_errors, training_errors, **summary):
 
 
 def _run_keras_trainer(config):
-  """The run on a non-TensorFlow backend (`keras_training`)."""
-  from simclr_tf.training import faults
+  """The run on a non-TensorFlow backend (`training.keras_trainer`)."""
   from simclr_tf.checkpoints import keras_weights as keras_checkpoints
-  from simclr_tf.training import keras_trainer as keras_training
-  from simclr_tf.storage import write_errors
   from simclr_tf.data.errors import DataError
+  from simclr_tf.storage import run_dir
+  from simclr_tf.storage import write_errors
+  from simclr_tf.training import faults
+  from simclr_tf.training import keras_trainer as keras_training
   return _train_and_report(
       lambda: (config, keras_training.run_experiment(config, log=_say)),
       user_errors=(config_lib.ConfigError, DataError,
-                   keras_checkpoints.CheckpointError),
+                   keras_checkpoints.CheckpointError, run_dir.RunDirError),
       training_errors=(faults.NonFiniteLossError,
                        write_errors.WriteFailedError),
       saved_models=False)

@@ -25,6 +25,15 @@ _AT_LEAST = "at_least"
 _ABOVE = "above"
 _AT_MOST = "at_most"
 _BELOW = "below"
+_ROLES = "roles"
+
+# What a setting is for, beyond its value: declared with the setting, so
+# that every list of such settings is derived, not written out.
+ARCHITECTURE = "architecture"  # Decides the model's variables' shapes.
+FIXED_ON_RESUME = "fixed_on_resume"  # A run's checkpoints fix it.
+RUN_LOCATION = "run_location"  # Where and on what a run runs, not what.
+READS_IMAGES = "reads_images"  # How a tool finds and reads a dataset.
+ROLES = (ARCHITECTURE, FIXED_ON_RESUME, RUN_LOCATION, READS_IMAGES)
 
 
 class ConfigError(ValueError):
@@ -36,7 +45,8 @@ def setting(default: Any, help: str, *,  # pylint: disable=redefined-builtin
             choices: Optional[Sequence[Any]] = None,
             at_least: Optional[float] = None, above: Optional[float] = None,
             at_most: Optional[float] = None,
-            below: Optional[float] = None) -> Any:
+            below: Optional[float] = None,
+            roles: Sequence[str] = ()) -> Any:
   """Declares one setting as a dataclass field.
 
   Args:
@@ -49,16 +59,25 @@ def setting(default: Any, help: str, *,  # pylint: disable=redefined-builtin
     above: exclusive lower bound.
     at_most: inclusive upper bound.
     below: exclusive upper bound.
+    roles: what the setting is for, from `ROLES`; an architecture setting is
+      also fixed on resume.
 
   Returns:
     A `dataclasses.Field` carrying the declaration in its metadata.
   """
   if not help:
     raise ValueError("Every setting needs a help text.")
+  unknown = set(roles) - set(ROLES)
+  if unknown:
+    raise ValueError(f"`roles` must be among {', '.join(ROLES)}. "
+                     f"Received: roles={tuple(roles)}")
+  roles = set(roles)
+  if ARCHITECTURE in roles:
+    roles.add(FIXED_ON_RESUME)
   metadata = {_HELP: help, _FLAG: flag,
               _CHOICES: tuple(choices) if choices is not None else None,
               _AT_LEAST: at_least, _ABOVE: above, _AT_MOST: at_most,
-              _BELOW: below}
+              _BELOW: below, _ROLES: frozenset(roles)}
   return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -91,6 +110,17 @@ def fields(section_type) -> Iterator[dataclasses.Field]:
   for field in dataclasses.fields(section_type):
     if _HELP in field.metadata:
       yield field
+
+
+def has_role(field: dataclasses.Field, role: str) -> bool:
+  """Whether a setting was declared with `role` (see `ROLES`)."""
+  return role in field.metadata[_ROLES]
+
+
+def names_with(section_type, role: str) -> Tuple[str, ...]:
+  """The field names of a section's settings declared with `role`."""
+  return tuple(field.name for field in fields(section_type)
+               if has_role(field, role))
 
 
 def help_of(field: dataclasses.Field) -> str:

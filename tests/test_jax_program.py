@@ -234,3 +234,34 @@ def _taps_inside(size_in, size_out, kernel, stride, padding):
 def _all_layers(layer):
   for sub in layer._flatten_layers(include_self=False, recursive=True):
     yield sub
+
+
+def test_the_run_directory_contract_holds_on_jax(tmp_path):
+  """The lock, the resume check and atomic writes of the TF trainer, on JAX."""
+  from simclr_tf.storage import run_dir
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  # A lock held by a live process (this one, through flock) refuses a run.
+  with run_dir.RunLock(str(model_dir), log=lambda line: None):
+    locked = run_program(_flags(tmp_path, model_dir,
+                                linear_eval_after_pretraining="false"))
+  assert locked.returncode == 2, locked.stderr[-2000:]
+  lines = [line for line in locked.stderr.splitlines()
+           if f"model_dir {model_dir} is in use by process {os.getpid()}"
+           in line]
+  assert len(lines) == 1 and "Traceback" not in locked.stderr
+
+  first = run_program(_flags(tmp_path, model_dir, train_epochs=1,
+                             linear_eval_after_pretraining="false"))
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert not list(model_dir.glob("*.tmp*"))  # written whole, then renamed
+  assert json.loads((model_dir / "config.json").read_text())["model"][
+      "proj_out_dim"] == 16
+  # Resuming with another architecture is refused, naming the setting.
+  changed = run_program(_flags(tmp_path, model_dir, train_epochs=2,
+                               proj_out_dim=8,
+                               linear_eval_after_pretraining="false"))
+  assert changed.returncode == 2, changed.stderr[-2000:]
+  assert "model.proj_out_dim: stored 16, now 8" in changed.stderr
+  assert "Traceback" not in changed.stderr
+  assert not (model_dir / run_dir.LOCK_FILE).exists()

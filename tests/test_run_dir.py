@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
+from simclr_tf.storage import files
 from simclr_tf.storage import run_dir
+from simclr_tf.training import distribute
 from simclr_tf.training import tf_trainer as training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +156,7 @@ def test_a_read_only_model_dir_is_refused(tmp_path):
 
 def test_too_little_free_space_is_refused_before_writing(data_dir, tmp_path,
                                                          monkeypatch):
-  monkeypatch.setattr(run_dir, "free_bytes", lambda directory: 1000)
+  monkeypatch.setattr(files, "free_bytes", lambda directory: 1000)
   with pytest.raises(run_dir.RunDirError) as error:
     run(tiny_config(data_dir, tmp_path))
   message = str(error.value)
@@ -174,11 +176,12 @@ def test_checkpoint_size_estimate_counts_every_value():
 
 
 def test_free_space_check_passes_with_room_and_skips_object_stores(
-    tmp_path):
+    tmp_path, monkeypatch):
   run_dir.check_free_space(str(tmp_path), 1)
   run_dir.check_free_space("gs://bucket/run", 10 ** 18)  # unknown: no check
+  monkeypatch.setattr(files, "free_bytes", lambda directory: 1024)
   with pytest.raises(run_dir.RunDirError, match="1.0 KiB free"):
-    run_dir.check_free_space(str(tmp_path), 2048, free=lambda d: 1024)
+    run_dir.check_free_space(str(tmp_path), 2048)
 
 
 # --- Per-worker writes.
@@ -195,8 +198,8 @@ def test_a_non_chief_writes_only_to_a_temporary_dir_that_is_removed(
     child = directory.child("linear_eval")
     assert child.model_dir == os.path.join(model_dir, "linear_eval")
     assert child.write_dir.startswith(write_dir)
-    run_dir.atomic_write_text(child.path("result.json"), "{}")
-    writer = directory.summary_writer()
+    files.atomic_write_text(child.path("result.json"), "{}")
+    writer = distribute.summary_writer(directory)
     with writer.as_default(step=1):
       tf.summary.scalar("x", 1.0)
     writer.flush()
@@ -242,8 +245,8 @@ def test_the_chief_writes_into_model_dir_and_locks_it(tmp_path):
 
 def test_atomic_write_replaces_and_leaves_no_temporary_file(tmp_path):
   path = str(tmp_path / "result.json")
-  run_dir.atomic_write_text(path, "one")
-  run_dir.atomic_write_text(path, "two")
+  files.atomic_write_text(path, "one")
+  files.atomic_write_text(path, "two")
   assert open(path).read() == "two"
   assert os.listdir(tmp_path) == ["result.json"]
 
@@ -313,7 +316,7 @@ def test_two_runs_racing_for_an_object_store_lock_leave_one_holder(
 
   def second_writes_meanwhile(seconds):
     monkeypatch.setattr(run_dir.time, "sleep", real_sleep)
-    run_dir.atomic_write_text(second.path, second._owner_text())
+    files.atomic_write_text(second.path, second._owner_text())
 
   monkeypatch.setattr(run_dir.RunLock, "REMOTE_SETTLE_SECONDS", 0.01)
   monkeypatch.setattr(run_dir.time, "sleep", second_writes_meanwhile)

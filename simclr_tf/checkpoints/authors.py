@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import tensorflow as tf
 
 from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.storage import config_file
 from simclr_tf.storage import export_layout
 from simclr_tf.models import blocks as blocks_lib
 from simclr_tf.models import heads as heads_lib
@@ -44,9 +45,7 @@ TRAINING_CHECKPOINT = "training checkpoint"
 SAVED_MODEL_DIR = "saved_model"
 
 # Model settings the checkpoint decides; `adopt_architecture` fills them in.
-ARCHITECTURE_SETTINGS = ("resnet_depth", "width_multiplier", "sk_ratio",
-                         "se_ratio", "cifar_stem", "proj_head_mode",
-                         "proj_out_dim", "num_proj_layers")
+ARCHITECTURE_SETTINGS = config_file.ARCHITECTURE_SETTINGS
 # The only selective-kernel ratio the authors used and released. Where the
 # mixing width is clamped to its minimum in every block (or a ResNet-18/34
 # has no SK convolution), any small ratio builds the same network.

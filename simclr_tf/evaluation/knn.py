@@ -12,7 +12,7 @@ classes of equal score the lower class id ranks first.
 """
 
 import time
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import keras
 import numpy as np

@@ -20,10 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from simclr_tf.storage import run_dir as run_dir_lib  # noqa: E402
+
 CURVES_FILE = "training_curves.png"
 EMBEDDING_FILE = "embedding.png"
 PLOTS_DIR = "plots"
-LINEAR_EVAL_DIR = "linear_eval"
+LINEAR_EVAL_DIR = run_dir_lib.LINEAR_EVAL_DIR
 # Figure sizes in inches at DPI dots per inch: 1000 x 750 and 700 x 600 px.
 DPI = 100
 CURVES_SIZE = (10, 7.5)

@@ -23,7 +23,7 @@ from simclr_tf.evaluation import baselines
 from simclr_tf import export
 from simclr_tf.evaluation import features as features_lib
 from simclr_tf.evaluation import linear_probe
-from simclr_tf.storage import run_dir as run_dir_lib
+from simclr_tf.storage import files
 from simclr_tf.models import simclr
 
 PROBE_FILE = "probe.json"
@@ -90,7 +90,7 @@ def compare(config, checkpoint: str, *, log, write_dir=None) -> Dict:
     log(f"[probe] {linear_probe.format_result(name, result)}  "
         f"({extract_seconds:.0f} s features, {result['seconds']:.0f} s "
         "fitting)")
-  run_dir_lib.atomic_write_text(
+  files.atomic_write_text(
       os.path.join(write_dir or run.model_dir, PROBE_FILE),
       json.dumps({"checkpoint": checkpoint, "grid": grid,
                   "train_examples_cap": run.probe_train_examples,

@@ -1,54 +1,62 @@
 """SavedModel export of a trained SimCLR model, for TF Hub style reuse.
 
-The public face of the export: every name callers use, gathered from the
-modules that own each concern:
+Modules, each owning one concern:
 
 - `hub_module`: the saved object (`SimCLRExport`), its signatures and output
   keys, the input check; the module docstring says what an export offers
   to `tf.saved_model.load`, `hub.KerasLayer` and `keras.layers.TFSMLayer`.
-- `export_weights`: the export's own copy of the layers, filled from a model.
-- `export_writer`: writing an export whole or not at all, its metadata, the
+- `weights`: the export's own copy of the layers, filled from a model.
+- `writer`: writing an export whole or not at all, its metadata, the
   automatic export at the end of a stage and the pruning of old ones.
-- `export_loader`: opening an export, or building the same module from a
+- `loader`: opening an export, or building the same module from a
   checkpoint or model_dir (`load`, `module_from_checkpoint`).
-- `export_layout`: where everything lies on disk (the only module that
-  knows the paths).
-- `atomic_dir`: replacing a directory atomically.
+
+Where an export's files lie is `simclr_tf.storage.export_layout`'s. The
+names callers use are attributes of this package, each loaded from its
+module on first use.
 """
 
-# pylint: disable=unused-import
-from simclr_tf.storage.export_layout import EXPORTS_DIR
-from simclr_tf.storage.export_layout import ExportError
-from simclr_tf.storage.export_layout import METADATA_FORMAT
-from simclr_tf.storage.export_layout import METADATA_VERSION
-from simclr_tf.export.loader import LoadedModel
-from simclr_tf.export.loader import export_checkpoint
-from simclr_tf.export.loader import load
-from simclr_tf.export.loader import module_from_checkpoint
-from simclr_tf.export.weights import exportable_copy
-from simclr_tf.export.writer import directory_size_mb
-from simclr_tf.export.writer import export_model
-from simclr_tf.export.writer import export_to_model_dir
-from simclr_tf.export.writer import metadata
-from simclr_tf.export.writer import prune_exports
-from simclr_tf.export.writer import write_saved_model
-from simclr_tf.export.hub_module import BLOCK_GROUPS
-from simclr_tf.export.hub_module import ENCODER_OUTPUTS
-from simclr_tf.export.hub_module import ENCODER_VARIABLES
-from simclr_tf.export.hub_module import FINAL_AVG_POOL
-from simclr_tf.export.hub_module import HEAD_OUTPUTS
-from simclr_tf.export.hub_module import IMAGE_BYTES_INPUT
-from simclr_tf.export.hub_module import IMAGE_BYTES_SIGNATURE
-from simclr_tf.export.hub_module import IMAGES_INPUT
-from simclr_tf.export.hub_module import INITIAL_CONV
-from simclr_tf.export.hub_module import INITIAL_MAX_POOL
-from simclr_tf.export.hub_module import LOGITS_SUP
-from simclr_tf.export.hub_module import ModelParts
-from simclr_tf.export.hub_module import PROJ_HEAD_INPUT
-from simclr_tf.export.hub_module import PROJ_HEAD_OUTPUT
-from simclr_tf.export.hub_module import PROJECTION_HEAD_VARIABLES
-from simclr_tf.export.hub_module import SERVING_SIGNATURE
-from simclr_tf.export.hub_module import SimCLRExport
-from simclr_tf.export.hub_module import SUPERVISED_HEAD_VARIABLES
-from simclr_tf.export.hub_module import TRAINING_ENDPOINT
-from simclr_tf.export.hub_module import check_images
+from simclr_tf import _lazy
+
+_PUBLIC = {
+    "EXPORTS_DIR": "simclr_tf.storage.export_layout",
+    "ExportError": "simclr_tf.storage.export_layout",
+    "METADATA_FORMAT": "simclr_tf.storage.export_layout",
+    "METADATA_VERSION": "simclr_tf.storage.export_layout",
+    "LoadedModel": "loader",
+    "export_checkpoint": "loader",
+    "load": "loader",
+    "module_from_checkpoint": "loader",
+    "exportable_copy": "weights",
+    "directory_size_mb": "writer",
+    "export_model": "writer",
+    "export_to_model_dir": "writer",
+    "metadata": "writer",
+    "prune_exports": "writer",
+    "write_saved_model": "writer",
+    "BLOCK_GROUPS": "hub_module",
+    "ENCODER_OUTPUTS": "hub_module",
+    "ENCODER_VARIABLES": "hub_module",
+    "FINAL_AVG_POOL": "hub_module",
+    "HEAD_OUTPUTS": "hub_module",
+    "IMAGE_BYTES_INPUT": "hub_module",
+    "IMAGE_BYTES_SIGNATURE": "hub_module",
+    "IMAGES_INPUT": "hub_module",
+    "INITIAL_CONV": "hub_module",
+    "INITIAL_MAX_POOL": "hub_module",
+    "LOGITS_SUP": "hub_module",
+    "ModelParts": "hub_module",
+    "PROJ_HEAD_INPUT": "hub_module",
+    "PROJ_HEAD_OUTPUT": "hub_module",
+    "PROJECTION_HEAD_VARIABLES": "hub_module",
+    "SERVING_SIGNATURE": "hub_module",
+    "SimCLRExport": "hub_module",
+    "SUPERVISED_HEAD_VARIABLES": "hub_module",
+    "TRAINING_ENDPOINT": "hub_module",
+    "check_images": "hub_module",
+}
+
+
+__getattr__ = _lazy.attributes(__name__, {
+    name: (module, name) for name, module in _PUBLIC.items()})
+__all__ = sorted(_PUBLIC)

@@ -18,7 +18,7 @@ from simclr_tf.storage import atomic_dir
 from simclr_tf.storage import export_layout
 from simclr_tf.export import weights as export_weights
 from simclr_tf.export import hub_module
-from simclr_tf.storage import run_dir
+from simclr_tf.storage import files
 from simclr_tf.storage import write_errors
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.storage.export_layout import ExportError
@@ -142,7 +142,7 @@ def prune_exports(exports_dir: str, keep: int) -> None:
 
 def directory_size_mb(path: str) -> float:
   """Total size of the files under `path`, in MB (10^6 bytes)."""
-  return run_dir.directory_bytes(path) / 1e6
+  return files.directory_bytes(path) / 1e6
 
 
 def export_to_model_dir(model, config: ExperimentConfig, *,

@@ -10,9 +10,7 @@ later writer can tell leftovers of a dead process from work in progress.
 import os
 from typing import Callable, Optional, Sequence
 
-import tensorflow as tf
-
-from simclr_tf.storage import run_dir
+from simclr_tf.storage import files
 
 
 def _pid_of(name: str) -> Optional[int]:
@@ -45,27 +43,27 @@ def replace_directory(target: str, write: Callable[[str], None], *,
   target = target.rstrip("/")
   parent, name = os.path.split(target)
   parent = parent or "."
-  tf.io.gfile.makedirs(parent)
+  files.makedirs(parent)
   temp = os.path.join(parent, f"{temp_prefix}{name}-{os.getpid()}")
-  if tf.io.gfile.exists(temp):
-    tf.io.gfile.rmtree(temp)
+  if files.exists(temp):
+    files.rmtree(temp)
   try:
     write(temp)
   except BaseException:
     # Nothing but the temporary directory was touched: remove it, and the
     # previous directory (if any) stays in place.
-    if tf.io.gfile.exists(temp):
-      tf.io.gfile.rmtree(temp)
+    if files.exists(temp):
+      files.rmtree(temp)
     raise
   old = None
-  if tf.io.gfile.exists(target):
+  if files.exists(target):
     # Moved aside rather than deleted first: at every moment one complete
     # directory is in place or ready to be renamed.
     old = os.path.join(parent, f"{old_prefix}{name}-{os.getpid()}")
-    tf.io.gfile.rename(target, old, overwrite=True)
-  tf.io.gfile.rename(temp, target)
+    files.rename(target, old)
+  files.rename(temp, target)
   if old is not None:
-    tf.io.gfile.rmtree(old)
+    files.rmtree(old)
   return target
 
 
@@ -76,11 +74,11 @@ def remove_abandoned(directory: str, prefixes: Sequence[str]) -> None:
     directory: where `replace_directory` wrote.
     prefixes: the temporary and old prefixes it was given.
   """
-  for name in tf.io.gfile.listdir(directory):
+  for name in files.listdir(directory):
     name = name.rstrip("/")
     if not name.startswith(tuple(prefixes)):
       continue
     pid = _pid_of(name)
     # A name without a pid is no writer's: nothing can finish it.
-    if pid is None or not run_dir.process_alive(pid):
-      tf.io.gfile.rmtree(os.path.join(directory, name))
+    if pid is None or not files.process_alive(pid):
+      files.rmtree(os.path.join(directory, name))

@@ -10,17 +10,17 @@ import json
 import os
 from typing import List, Optional
 
-import tensorflow as tf
-
+from simclr_tf import config as config_lib
+from simclr_tf import settings
 from simclr_tf.config import ConfigError
+from simclr_tf.storage import files
 from simclr_tf.config import ExperimentConfig
 
 CONFIG_FILE = "config.json"
 # Model settings that decide the encoder's and projection head's variables
 # (`cifar_stem` as resolved for the image size).
-ARCHITECTURE_SETTINGS = ("resnet_depth", "width_multiplier", "sk_ratio",
-                         "se_ratio", "cifar_stem", "proj_head_mode",
-                         "proj_out_dim", "num_proj_layers")
+ARCHITECTURE_SETTINGS = settings.names_with(config_lib.ModelConfig,
+                                           settings.ARCHITECTURE)
 
 
 def path_in(directory: str) -> str:
@@ -43,12 +43,12 @@ def read(directory: str, *, strict: bool = True) -> Optional[dict]:
     ConfigError: the file exists but cannot be read, when `strict`.
   """
   path = path_in(directory)
-  if not tf.io.gfile.exists(path):
+  if not files.exists(path):
     return None
   try:
-    with tf.io.gfile.GFile(path) as handle:
+    with files.open_file(path) as handle:
       return json.load(handle)
-  except (ValueError, tf.errors.OpError) as error:
+  except (ValueError,) + files.io_errors() as error:
     if not strict:
       return None
     raise ConfigError(f"{path} is unreadable ({error}); it describes the "
@@ -65,9 +65,8 @@ def write(directory: str, config: ExperimentConfig) -> str:
   Raises:
     write_errors.WriteFailedError: the file could not be written.
   """
-  from simclr_tf.storage import run_dir  # It owns atomic writes and imports us.
   path = path_in(directory)
-  run_dir.atomic_write_text(path, config.to_json())
+  files.atomic_write_text(path, config.to_json())
   return path
 
 

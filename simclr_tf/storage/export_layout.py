@@ -22,7 +22,7 @@ import json
 import os
 from typing import List, Optional
 
-import tensorflow as tf
+from simclr_tf.storage import files
 
 # TensorFlow's SavedModel graph file, and the variables prefix inside every
 # SavedModel directory (the authors' included).
@@ -79,13 +79,13 @@ def metadata_path(export_dir: str) -> str:
 
 def is_saved_model(path: str) -> bool:
   """Whether `path` holds a SavedModel graph (ours or anyone's)."""
-  return tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE))
+  return files.exists(os.path.join(path, SAVED_MODEL_FILE))
 
 
 def is_export(path: str) -> bool:
   """Whether `path` is a SavedModel directory written by `simclr_tf.export`."""
-  return (tf.io.gfile.isdir(path) and is_saved_model(path) and
-          tf.io.gfile.exists(metadata_path(path)))
+  return (files.isdir(path) and is_saved_model(path) and
+          files.exists(metadata_path(path)))
 
 
 def export_dir_of(prefix: str) -> Optional[str]:
@@ -110,9 +110,9 @@ def read_metadata(export_dir: str) -> dict:
   """
   path = metadata_path(export_dir)
   try:
-    with tf.io.gfile.GFile(path) as handle:
+    with files.open_file(path) as handle:
       return json.load(handle)
-  except (ValueError, tf.errors.OpError) as error:
+  except (ValueError,) + files.io_errors() as error:
     raise ExportError(f"{path}: unreadable export metadata "
                       f"({str(error).splitlines()[0][:200]}).") from error
 
@@ -125,8 +125,8 @@ def write_metadata(export_dir: str, meta: dict) -> None:
     meta: the metadata dict.
   """
   path = metadata_path(export_dir)
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, "w") as handle:
+  files.makedirs(os.path.dirname(path))
+  with files.open_file(path, "w") as handle:
     handle.write(json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -141,8 +141,8 @@ def step_names(directory: str) -> List[str]:
     directory cannot be listed).
   """
   try:
-    names = [name.rstrip("/") for name in tf.io.gfile.listdir(directory)]
-  except tf.errors.OpError:
+    names = [name.rstrip("/") for name in files.listdir(directory)]
+  except files.io_errors():
     return []
   return sorted((name for name in names if name.isdigit()), key=int)
 

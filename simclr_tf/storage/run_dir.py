@@ -12,10 +12,12 @@
   checkpoint hours later.
 - `check_resume_config`: resuming with another architecture, train mode or
   dataset is refused, listing the differences from the stored `config.json`.
-- `atomic_write_text`: small files (config, results) are written to a
-  temporary name and renamed, so a kill never leaves half a file.
+
+Files go through `simclr_tf.storage.files`, so that both trainers, the
+TensorFlow one and the TF-free one, share these rules.
 """
 
+import dataclasses
 import errno
 import glob
 import hashlib
@@ -28,14 +30,18 @@ import time
 import uuid
 from typing import Callable, List, Optional, Tuple
 
-import tensorflow as tf
+import numpy as np
 
+from simclr_tf import config as config_lib
+from simclr_tf import settings
 from simclr_tf.storage import config_file
-from simclr_tf.storage import write_errors
+from simclr_tf.storage import files
 from simclr_tf.storage.config_file import CONFIG_FILE
 from simclr_tf.config import ConfigError
 
 LOCK_FILE = "simclr.lock"
+# The stage directory of the linear evaluation after pretraining.
+LINEAR_EVAL_DIR = "linear_eval"
 # Space needed for checkpoints, as a multiple of the bytes of every variable
 # a checkpoint holds (model and optimizer slots): the checkpoint being
 # written is complete before the oldest one is deleted, and the SavedModel
@@ -47,49 +53,12 @@ class RunDirError(ValueError):
   """model_dir cannot be used (in use, unwritable, full); one-line message."""
 
 
-def _is_local(path: str) -> bool:
-  return "://" not in path
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` so readers see the old file or the new one.
-
-  Args:
-    path: the file to (over)write; local or any `tf.io.gfile` filesystem.
-    text: its new content.
-  """
-  temporary = f"{path}.tmp-{os.getpid()}"
-  try:
-    with tf.io.gfile.GFile(temporary, "w") as handle:
-      handle.write(text)
-  except (tf.errors.OpError, OSError) as error:
-    if tf.io.gfile.exists(temporary):
-      tf.io.gfile.remove(temporary)
-    raise write_errors.WriteFailedError(
-        f"could not write {path} ({write_errors.reason(error)}); the "
-        "previous file, if any, is untouched. Free space (or fix the disk) "
-        "and rerun the same command.") from error
-  # A rename within a directory is atomic on local filesystems; object
-  # stores copy then delete, which still never exposes a partial file.
-  tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
-def format_bytes(count: float) -> str:
-  """"1.5 GiB", "320.0 MiB", "12 B"."""
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if count < 1024 or unit == "TiB":
-      return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-    count /= 1024
-  return f"{count:.1f} TiB"
 
 
-def directory_bytes(path: str) -> int:
-  """Total size of the files under `path` (any `tf.io.gfile` filesystem)."""
-  total = 0
-  for directory, _, files in tf.io.gfile.walk(path):
-    for name in files:
-      total += tf.io.gfile.stat(os.path.join(directory, name)).length
-  return total
 
 
 def check_writable(directory: str) -> None:
@@ -104,25 +73,23 @@ def check_writable(directory: str) -> None:
   probe = os.path.join(directory, f".write_probe-{socket.gethostname()}-"
                        f"{os.getpid()}")
   try:
-    tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(probe, "w") as handle:
+    files.makedirs(directory)
+    with files.open_file(probe, "w") as handle:
       handle.write("ok")
-    tf.io.gfile.remove(probe)
-  except (tf.errors.OpError, OSError) as error:
+    files.remove(probe)
+  except files.io_errors() as error:
     reason = getattr(error, "message", None) or str(error)
     raise RunDirError(
         f"model_dir {directory} is not writable ({reason.splitlines()[0]}). "
         "Choose another --model_dir or fix its permissions.") from error
 
 
-def free_bytes(directory: str) -> Optional[int]:
-  """Free bytes on the filesystem of a local `directory`; None if unknown.
 
-  Object stores (gs://, s3://) have no meaningful free space: None.
-  """
-  if not _is_local(directory):
-    return None
-  return shutil.disk_usage(directory).free
+
+def _itemsize(dtype) -> int:
+  # A TensorFlow DType knows its size; Keras 3 variables name theirs.
+  size = getattr(dtype, "size", None)
+  return size if isinstance(size, int) else np.dtype(str(dtype)).itemsize
 
 
 def checkpoint_bytes(variables) -> int:
@@ -140,43 +107,31 @@ def checkpoint_bytes(variables) -> int:
     if id(variable) in seen:
       continue
     seen.add(id(variable))
-    dtype = tf.as_dtype(variable.dtype)
     count = 1
     for dim in variable.shape:
       count *= int(dim)
-    total += count * dtype.size
+    total += count * _itemsize(variable.dtype)
   return total
 
 
-def check_free_space(directory: str, needed: int,
-                     free: Callable[[str], Optional[int]] = None) -> None:
+def check_free_space(directory: str, needed: int) -> None:
   """Raises if `directory` has less than `needed` bytes free.
 
   Args:
     directory: where checkpoints go.
     needed: bytes needed (see `CHECKPOINT_SPACE_FACTOR`).
-    free: the free-space query (for tests); None uses `free_bytes`.
 
   Raises:
     RunDirError: when the space is known and too small.
   """
-  available = (free or free_bytes)(directory)
+  available = files.free_bytes(directory)
   if available is not None and available < needed:
     raise RunDirError(
-        f"model_dir {directory} has {format_bytes(available)} free, less "
-        f"than the {format_bytes(needed)} its checkpoints need. Free some "
+        f"model_dir {directory} has {files.format_bytes(available)} free, less "
+        f"than the {files.format_bytes(needed)} its checkpoints need. Free some "
         "space or choose another --model_dir.")
 
 
-def process_alive(pid: int) -> bool:
-  """Whether process `pid` exists on this machine (of any user)."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # It exists but belongs to another user.
-  return True
 
 
 class RunLock:
@@ -226,10 +181,9 @@ class RunLock:
 
   def _read_owner(self) -> Optional[dict]:
     try:
-      with tf.io.gfile.GFile(self.path) as handle:
-        owner = json.loads(handle.read() or "null")
+      owner = json.loads(files.read_text(self.path) or "null")
       return owner if isinstance(owner, dict) else None
-    except (ValueError, tf.errors.OpError, OSError):
+    except (ValueError,) + files.io_errors():
       return None
 
   def _refuse(self, owner: Optional[dict]):
@@ -247,7 +201,7 @@ class RunLock:
     """Takes the lock, or raises `RunDirError` naming its holder."""
     if self._held:
       return self
-    if _is_local(self.directory):
+    if files.is_local(self.directory):
       self._acquire_local()
     else:
       self._acquire_remote()
@@ -285,18 +239,18 @@ class RunLock:
     self._fd = fd
 
   def _acquire_remote(self):
-    if tf.io.gfile.exists(self.path):
+    if files.exists(self.path):
       owner = self._read_owner()
       stale = (owner is not None and
                owner.get("host") == socket.gethostname() and
                isinstance(owner.get("pid"), int) and
-               not process_alive(owner["pid"]))
+               not files.process_alive(owner["pid"]))
       if not stale:
         self._refuse(owner)
       self.log(f"Took over the stale lock {self.path} of process "
                f"{owner['pid']} on {owner['host']}, which is no longer "
                "running.")
-    atomic_write_text(self.path, self._owner_text())
+    files.atomic_write_text(self.path, self._owner_text())
     # Not atomic (see the class docstring): a run that found no lock at the
     # same time may have written after us; the last writer keeps it.
     time.sleep(self.REMOTE_SETTLE_SECONDS)
@@ -310,8 +264,8 @@ class RunLock:
       return
     self._held = False
     try:
-      tf.io.gfile.remove(self.path)
-    except (tf.errors.OpError, OSError):
+      files.remove(self.path)
+    except files.io_errors():
       pass
     if self._fd is not None:
       os.close(self._fd)  # Releases the flock.
@@ -351,12 +305,6 @@ class RunDirectory:
     self._temporary_root = None
     self._lock = None
 
-  @classmethod
-  def for_strategy(cls, model_dir: str, strategy) -> "RunDirectory":
-    """The `RunDirectory` of this process under `strategy`."""
-    from simclr_tf.training import distribute  # Only for the chief test.
-    return cls(model_dir, is_chief=distribute.is_chief(strategy),
-               task_name=distribute.task_name(strategy))
 
   @property
   def write_dir(self) -> str:
@@ -377,7 +325,7 @@ class RunDirectory:
     stem = os.path.join(tempfile.gettempdir(), f"simclr_{label}_{digest}_")
     for leftover in glob.glob(stem + "*"):
       owner = leftover[len(stem):]
-      if owner.isdigit() and not process_alive(int(owner)):
+      if owner.isdigit() and not files.process_alive(int(owner)):
         shutil.rmtree(leftover, ignore_errors=True)
     path = f"{stem}{os.getpid()}"
     os.makedirs(path, exist_ok=True)
@@ -397,11 +345,6 @@ class RunDirectory:
       os.makedirs(child._temporary_root, exist_ok=True)
     return child
 
-  def summary_writer(self):
-    """A TensorBoard writer: events in `model_dir` on the chief only."""
-    if self.is_chief:
-      return tf.summary.create_file_writer(self.model_dir)
-    return tf.summary.create_noop_writer()
 
   def prepare(self, log: Callable[[str], None] = print) -> "RunDirectory":
     """Checks the directory can be written and, on the chief, locks it.
@@ -432,20 +375,14 @@ class RunDirectory:
 
 # --- Resuming with a changed config.
 
-# Settings a run cannot change once it has checkpoints, and why. Everything
-# else (steps, eval settings, checkpoint cadence, learning rate, hardware)
-# may change on resume; those changes are logged.
+# Settings a run cannot change once it has checkpoints: those declared
+# `FIXED_ON_RESUME` (the architecture, what the checkpoint's slots and heads
+# are, the data the run trains on). Everything else (steps, eval settings,
+# checkpoint cadence, learning rate, hardware) may change on resume; those
+# changes are logged.
 _FIXED_SETTINGS = {
-    "model": config_file.ARCHITECTURE_SETTINGS + (
-        "ft_proj_selector", "supervised_head_feature_norm",
-        "fine_tune_after_block"),
-    "run": ("train_mode", "lineareval_while_pretraining"),
-    "data": ("dataset", "image_size", "train_split", "label_fraction",
-             "labels_per_class", "label_seed", "synthetic_train_examples",
-             "synthetic_seed"),
-    # The checkpoint holds this optimizer's slot variables.
-    "optimizer": ("optimizer",),
-}
+    section.name: settings.names_with(section.type, settings.FIXED_ON_RESUME)
+    for section in dataclasses.fields(config_lib.ExperimentConfig)}
 
 
 def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
@@ -476,8 +413,8 @@ def config_differences(stored: dict, config) -> Tuple[List[str], List[str]]:
   return fixed, allowed
 
 
-def check_resume_config(config, log: Callable[[str], None],
-                        has_checkpoint: Optional[bool] = None) -> bool:
+def check_resume_config(config, log: Callable[[str], None], *,
+                        has_checkpoint: bool) -> bool:
   """Refuses to resume a run under a config its checkpoints do not fit.
 
   Only matters when `model_dir` already holds a checkpoint.
@@ -485,9 +422,8 @@ def check_resume_config(config, log: Callable[[str], None],
   Args:
     config: this stage's `ExperimentConfig`.
     log: where allowed changes are reported.
-    has_checkpoint: whether the run resumes from a checkpoint (e.g. from
-      `checkpoints.resumable_checkpoint`); None asks
-      `tf.train.latest_checkpoint`.
+    has_checkpoint: whether the run resumes from a checkpoint (the
+      trainer's checkpoint reader knows).
 
   Returns:
     True if `model_dir` holds checkpoints (this run resumes it).
@@ -496,8 +432,6 @@ def check_resume_config(config, log: Callable[[str], None],
     ConfigError: listing every setting that may not change.
   """
   model_dir = config.run.model_dir
-  if has_checkpoint is None:
-    has_checkpoint = tf.train.latest_checkpoint(model_dir) is not None
   if not has_checkpoint:
     return False
   stored = config_file.read(model_dir)

@@ -9,12 +9,12 @@ when `data_config` builds the section.
 from absl import flags
 
 from simclr_tf import config as config_lib
+from simclr_tf import settings
 from simclr_tf.tools import _setting_flags
 
 # The settings a tool reads its images with; the splits and the image size
 # are each tool's own flags (or come from the model).
-NAMES = ("dataset", "data_dir", "synthetic_train_examples",
-         "synthetic_test_examples", "synthetic_seed")
+NAMES = settings.names_with(config_lib.DataConfig, settings.READS_IMAGES)
 
 SETTING_FLAGS = _setting_flags.define_setting_flags(
     [("data", config_lib.DataConfig)], flags.FLAGS, only=NAMES)

@@ -17,7 +17,6 @@ size, one pass in order. The `.npz` holds:
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

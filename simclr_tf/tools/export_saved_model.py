@@ -13,7 +13,6 @@ SavedModel holds, and the README for loading it.
 """
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -117,7 +117,7 @@ def main(argv) -> int:
   from simclr_tf import export
   from simclr_tf.evaluation import features as features_lib
   from simclr_tf.evaluation import linear_probe
-  from simclr_tf.storage import run_dir
+  from simclr_tf.storage import files
   from simclr_tf.config import AugmentConfig
   from simclr_tf.config import ExperimentConfig
 
@@ -176,7 +176,7 @@ def main(argv) -> int:
       command=" ".join(sys.argv))
   output = os.path.abspath(_OUTPUT.value)
   os.makedirs(os.path.dirname(output), exist_ok=True)
-  run_dir.atomic_write_text(output, json.dumps(result, indent=2,
+  files.atomic_write_text(output, json.dumps(result, indent=2,
                                                sort_keys=True))
   say(f"{TOOL}: {what}: test top-1 {100 * result['top_1']:.2f}%  top-5 "
       f"{100 * result['top_5']:.2f}% on {result['num_test']} examples; l2 "

@@ -243,3 +243,28 @@ def task_name(strategy) -> str:
   if resolver is None or resolver.task_type is None:
     return ""
   return f"{resolver.task_type} {resolver.task_id}"
+
+
+def run_directory(model_dir: str, strategy):
+  """The `RunDirectory` of this process under `strategy`.
+
+  The run directory is told the process's role in the cluster; it does not
+  ask the strategy itself, so that storage stays below training.
+
+  Args:
+    model_dir: the run's directory.
+    strategy: a `tf.distribute.Strategy`.
+
+  Returns:
+    A `simclr_tf.storage.run_dir.RunDirectory`.
+  """
+  from simclr_tf.storage import run_dir  # pylint: disable=g-import-not-at-top
+  return run_dir.RunDirectory(model_dir, is_chief=is_chief(strategy),
+                              task_name=task_name(strategy))
+
+
+def summary_writer(run_dir):
+  """A TensorBoard writer: events in `model_dir` on the chief only."""
+  if run_dir.is_chief:
+    return tf.summary.create_file_writer(run_dir.model_dir)
+  return tf.summary.create_noop_writer()

@@ -1,16 +1,19 @@
 """Pretraining and linear evaluation with Keras' own trainer (JAX backend).
 
-`python -m simclr_tf.run --backend=jax` runs this instead of `training`:
+`python -m simclr_tf.run --backend=jax` runs this instead of `tf_trainer`:
 the same config, model, loss, LARS and schedule, trained by `fit` with
 Keras' JAX trainer, which differentiates `SimCLRModel.compute_loss` and
 compiles the whole step. Nothing here imports TensorFlow:
 
-- data come from `host_data` (the built-in dataset or an image folder);
-  the views are made on the device (`device_augment`);
+- the stages are `stages.plan`'s, in a `storage.run_dir.RunDirectory`
+  (the lock, the resume check, the free-space check and atomic writes of
+  the TF trainer);
+- data come from `data.host_batches` (the built-in dataset or an image
+  folder); the views are made on the device (`augment.batched`);
 - every local device trains one global batch through
   `keras.distribution.DataParallel`: the loss' negatives and BatchNorm's
   statistics span the whole batch, as under `MirroredStrategy` with sync BN;
-- checkpoints are Keras' own weights files (`keras_checkpoints`); a NaN
+- checkpoints are Keras' own weights files (`checkpoints.keras_weights`); a NaN
   loss stops training without saving after it, and SIGTERM or SIGINT stops
   it with a checkpoint of the step it reached, as on TensorFlow;
 - TensorBoard scalars are written where TensorFlow is installed, and
@@ -39,12 +42,14 @@ from simclr_tf.training import preemption
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr
+from simclr_tf.storage import config_file
+from simclr_tf.storage import files
+from simclr_tf.storage import run_dir as run_dir_lib
+from simclr_tf.training import stages
 from simclr_tf.training.stage_result import RESULT_FILE
 from simclr_tf.training.stage_result import StageResult
 
-LINEAR_EVAL_DIR = "linear_eval"
 METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.json"
 TRAIN_MODES = ("pretrain", "linear_eval")
 # A progress line at least this often while training.
 PROGRESS_SECONDS = 30.0
@@ -90,28 +95,18 @@ def run_experiment(config: ExperimentConfig,
     log(f"NOTE: {', '.join(skipped)} run on the TensorFlow backend only; "
         f"this {keras.backend.backend()} run skips them.")
   devices = _set_distribution(config, log)
-  stage_config = config
-  if run.train_mode == "linear_eval":
-    stage_config = config.for_linear_eval(model_dir=run.model_dir,
-                                          checkpoint=run.checkpoint)
-  results = [run_stage(stage_config, log, devices=devices)]
-  if (config.linear_eval.after_pretraining and "train" in run.mode
-      and run.train_mode == "pretrain"):
-    linear_config = config.for_linear_eval(
-        model_dir=os.path.join(run.model_dir, LINEAR_EVAL_DIR),
-        checkpoint=run.model_dir)
-    results.append(run_stage(linear_config, log, devices=devices))
+  results = []
+  with run_dir_lib.RunDirectory(run.model_dir) as run_dir:
+    run_dir.prepare(log)
+    for _, stage_config in stages.plan(config):
+      results.append(run_stage(stage_config, log, devices=devices))
   return results
 
 
 def _set_distribution(config, log) -> int:
   """Data parallelism over every local device; returns their count."""
   devices = keras.distribution.list_devices()
-  for name, batch in (("train_batch_size", config.run.train_batch_size),
-                      ("eval_batch_size", config.run.eval_batch_size)):
-    if batch % len(devices):
-      raise ConfigError(f"`{name}` must split evenly over the "
-                        f"{len(devices)} devices. Received: {name}={batch}")
+  stages.check_batches_split(config, len(devices), unit="devices")
   if len(devices) > 1:
     keras.distribution.set_distribution(
         keras.distribution.DataParallel(devices=devices))
@@ -153,10 +148,7 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
         f"devices: choose an eval_batch_size whose last batch is a multiple "
         f"of {devices}, or run on fewer devices (evaluation covers every "
         f"image). Received: eval_batch_size={run.eval_batch_size}")
-  steps_per_epoch = max(1, len(train_split) // run.train_batch_size)
-  total_steps = optimizers.total_train_steps(
-      len(train_split), run.train_epochs, run.train_batch_size,
-      run.train_steps)
+  steps_per_epoch, total_steps = stages.step_counts(config, len(train_split))
   keras.utils.set_random_seed(run.seed)
   model = simclr.build_from_experiment(config, num_classes=num_classes,
                                       with_supervised_head=with_head)
@@ -164,7 +156,7 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
       config.optimizer, batch_size=run.train_batch_size,
       num_examples=len(train_split), total_steps=total_steps)
   augment_config = config.train_augment()
-  num_views = 2 if run.train_mode == "pretrain" else 1
+  num_views = stages.num_views(run.train_mode)
   # Same-size images (in memory) go to the device whole, to be cropped
   # there; files of mixed sizes are cropped on the host.
   crops_on_device = train_split.images is not None
@@ -185,7 +177,13 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
   elif run.train_mode == "linear_eval":
     random_init = not _load_encoder(model, config, log)
   step = _step(model)
-  _write_config(run.model_dir, config)
+  run_dir_lib.check_resume_config(config, log,
+                                  has_checkpoint=latest is not None)
+  run_dir_lib.check_free_space(
+      run.model_dir, run_dir_lib.CHECKPOINT_SPACE_FACTOR *
+      run_dir_lib.checkpoint_bytes(list(model.variables) +
+                                   list(model.optimizer.variables)))
+  config_file.write(run.model_dir, config)
   result = StageResult(run.train_mode, run.model_dir, step,
                        random_init=random_init)
   if "train" in run.mode and step < total_steps:
@@ -237,8 +235,8 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
         # Unreadable files weigh 0 in the metrics (host_data.Batches).
         "num_eval_examples": (len(eval_split) -
                               len(eval_batches.skipped.paths))}
-    with open(os.path.join(run.model_dir, RESULT_FILE), "w") as handle:
-      json.dump(result.eval_results, handle, indent=2)
+    files.atomic_write_text(os.path.join(run.model_dir, RESULT_FILE),
+                            json.dumps(result.eval_results, indent=2))
     log(f"[{run.train_mode}] eval top-1 "
         f"{100 * result.eval_results[simclr.EVAL_TOP_1]:.2f}% on "
         f"{result.eval_results['num_eval_examples']} images "
@@ -305,15 +303,8 @@ def _load_encoder(model, config, log) -> bool:
   return True
 
 
-def _write_config(model_dir, config):
-  path = os.path.join(model_dir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as handle:
-    handle.write(config.to_json())
-  os.replace(path + ".tmp", path)
-
-
 def _read_config(model_dir) -> ExperimentConfig:
-  path = os.path.join(model_dir, CONFIG_FILE)
+  path = config_file.path_in(model_dir)
   try:
     with open(path) as handle:
       return ExperimentConfig.from_json(handle.read())

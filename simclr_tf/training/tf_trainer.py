@@ -25,7 +25,9 @@ from simclr_tf.evaluation import knn
 from simclr_tf import optimizers
 from simclr_tf.training import precision
 from simclr_tf.training import preemption
+from simclr_tf.storage import files
 from simclr_tf.storage import run_dir as run_dir_lib
+from simclr_tf.training import stages
 from simclr_tf.training import train_loop
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
@@ -37,7 +39,6 @@ from simclr_tf.training.stage_result import StageResult
 # (a buffer of one batch per replica, TensorFlow's default, made explicit).
 TRAIN_INPUT_OPTIONS = tf.distribute.InputOptions(
     experimental_fetch_to_device=True, experimental_per_replica_buffer_size=1)
-LINEAR_EVAL_DIR = "linear_eval"
 
 
 def run_experiment(config: ExperimentConfig,
@@ -65,33 +66,26 @@ def run_experiment(config: ExperimentConfig,
     strategy = distribute.build_strategy(
         config.run.strategy, tpu=config.run.tpu,
         cpu_replicas=config.run.cpu_replicas)
-  _check_batches_split(config, strategy.num_replicas_in_sync)
+  stages.check_batches_split(config, strategy.num_replicas_in_sync)
   keras.utils.set_random_seed(config.run.seed)
 
   # Checked, and locked by the chief, before any work; the lock is released
   # and other workers' temporary files deleted however the run ends.
-  with run_dir_lib.RunDirectory.for_strategy(config.run.model_dir,
-                                             strategy) as run_dir:
+  with distribute.run_directory(config.run.model_dir, strategy) as run_dir:
     run_dir.prepare(log)
     if run_dir.task_name:
       log(f"This process is {run_dir.task_name}"
           + (", the chief: it writes model_dir." if run_dir.is_chief else
              f"; it writes only temporary files ({run_dir.write_dir})."))
-    stage_config = config
-    if config.run.train_mode == "linear_eval":
-      stage_config = config.for_linear_eval(model_dir=config.run.model_dir,
-                                            checkpoint=config.run.checkpoint)
-    results = [run_stage(stage_config, strategy, log, run_dir=run_dir)]
-    if (config.linear_eval.after_pretraining and "train" in config.run.mode
-        and config.run.train_mode == "pretrain"):
-      linear_config = config.for_linear_eval(
-          model_dir=os.path.join(config.run.model_dir, LINEAR_EVAL_DIR),
-          checkpoint=config.run.model_dir)
-      _check_batches_split(linear_config, strategy.num_replicas_in_sync)
-      results.append(run_stage(linear_config, strategy, log,
-                               run_dir=run_dir.child(LINEAR_EVAL_DIR)))
-    if (config.run.probe_baselines and config.run.train_mode == "pretrain"
-        and "train" in config.run.mode and run_dir.is_chief):
+    results = []
+    for name, stage_config in stages.plan(config):
+      stages.check_batches_split(stage_config,
+                                 strategy.num_replicas_in_sync)
+      results.append(run_stage(
+          stage_config, strategy, log,
+          run_dir=run_dir.child(name) if name else run_dir))
+    if (config.run.probe_baselines and stages.pretrains(config)
+        and run_dir.is_chief):
       # Imported here: it needs scikit-learn, which nothing else does.
       from simclr_tf.evaluation import probe_baselines  # pylint: disable=g-import-not-at-top
       start = time.time()
@@ -99,23 +93,14 @@ def run_experiment(config: ExperimentConfig,
           config, config.run.model_dir, log=log)
       log(f"[probe] SimCLR and both baselines probed in "
           f"{time.time() - start:.0f} s.")
-    if (config.run.write_plots and config.run.train_mode == "pretrain"
-        and "train" in config.run.mode and run_dir.is_chief):
+    if (config.run.write_plots and stages.pretrains(config)
+        and run_dir.is_chief):
       # Imported here: it needs matplotlib, which nothing else does.
       from simclr_tf.evaluation import plots  # pylint: disable=g-import-not-at-top
       start = time.time()
       plots.write_for_run(config, log=log)
       log(f"[plots] written in {time.time() - start:.0f} s.")
   return results
-
-
-def _check_batches_split(config, num_replicas):
-  for name, batch in (("train_batch_size", config.run.train_batch_size),
-                      ("eval_batch_size", config.run.eval_batch_size)):
-    if batch % num_replicas:
-      raise ConfigError(
-          f"`{name}` must split evenly over the {num_replicas} replicas. "
-          f"Received: {name}={batch}")
 
 
 def run_stage(config: ExperimentConfig, strategy,
@@ -150,7 +135,7 @@ def run_stage(config: ExperimentConfig, strategy,
           f"{config.data.dataset!r} has none. Pretrain without "
           "--lineareval_while_pretraining, or give a labeled dataset.")
   if run_dir is None:
-    run_dir = run_dir_lib.RunDirectory.for_strategy(run.model_dir, strategy)
+    run_dir = distribute.run_directory(run.model_dir, strategy)
   tf.io.gfile.makedirs(run_dir.write_dir)
   # Every worker resumes from the chief's model_dir, from the newest intact
   # checkpoint; only the chief sets damaged ones aside.
@@ -159,10 +144,8 @@ def run_stage(config: ExperimentConfig, strategy,
   resuming = run_dir_lib.check_resume_config(
       config, log, has_checkpoint=latest is not None)
 
-  steps_per_epoch = max(1, info.num_train_examples // run.train_batch_size)
-  total_steps = optimizers.total_train_steps(
-      info.num_train_examples, run.train_epochs, run.train_batch_size,
-      run.train_steps)
+  steps_per_epoch, total_steps = stages.step_counts(
+      config, info.num_train_examples)
   # Seeded again here: preparing data (e.g. generating synthetic_shapes)
   # draws Python random numbers, and initial weights must depend on the
   # seed alone, or a worker that generated data would start elsewhere.
@@ -185,7 +168,7 @@ def run_stage(config: ExperimentConfig, strategy,
 
   result = StageResult(run.train_mode, run.model_dir, _step(model),
                        random_init=random_init)
-  writer = run_dir.summary_writer()
+  writer = distribute.summary_writer(run_dir)
   try:
     if "train" in run.mode:
       _train(model, manager, config, strategy, writer, log,
@@ -312,7 +295,7 @@ def on_device_augmentation(config):
     Its draws are stateless, from `augment.device_seed` of the run's seed,
     the replica (over all workers) and the step.
   """
-  num_views = 2 if config.run.train_mode == "pretrain" else 1
+  num_views = stages.num_views(config.run.train_mode)
   augment_config = train_augment_config(config)
 
   def augmentation(crops, replica_id=0, step=0):
@@ -337,7 +320,7 @@ def training_input_fn(config: ExperimentConfig, *, start_step: int,
     (views, one-hot labels) batches of one replica.
   """
   del start_step, num_classes  # The data does not depend on them.
-  num_views = 2 if config.run.train_mode == "pretrain" else 1
+  num_views = stages.num_views(config.run.train_mode)
   return data_lib.build_input_fn(
       config.data, train_augment_config(config), training=True,
       num_views=num_views, global_batch_size=config.run.train_batch_size,
@@ -457,7 +440,7 @@ def evaluate(model, config, strategy, writer, log, *, num_eval_examples,
   callbacks_lib.write_eval_summaries(writer, results, step)
   results.update(global_step=step, num_eval_examples=evaluated)
   for name in (RESULT_FILE, f"result_{step}.json"):
-    run_dir_lib.atomic_write_text(
+    files.atomic_write_text(
         os.path.join(write_dir or run.model_dir, name),
         json.dumps(results, indent=2, sort_keys=True))
   log(f"[{run.train_mode}] eval at step {step} on {evaluated} examples: "
