@@ -1,6 +1,6 @@
 """simclr_tf: SimCLR (v1 and v2) on TensorFlow 2 and Keras 3.
 
-Public API (README, "Use it as a library"):
+Public API (docs/library.md):
   simclr_tf.models: resnet, ProjectionHead, SupervisedHead, SimCLRModel.
   simclr_tf.losses: contrastive_loss.
   simclr_tf.optimizers: LARS, WarmUpAndCosineDecay.

@@ -417,7 +417,7 @@ class RunConfig:
   backend: Optional[str] = setting(
       None, "Keras backend: tensorflow (every feature) or jax (pretrain and "
       "linear_eval with Keras' JAX trainer, on the built-in dataset or an "
-      "image folder; README: JAX backend). Unset: the KERAS_BACKEND "
+      "image folder; docs/jax.md). Unset: the KERAS_BACKEND "
       "environment variable, else tensorflow.", choices=BACKENDS,
       roles=(RUN_LOCATION,))
   knn_eval_every_epochs: int = setting(

@@ -144,12 +144,12 @@ def format_summary(config, results, saved_models=True):
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
   if not saved_models:
     lines.append("SavedModel export is a TensorFlow-backend feature; see "
-                 "README: JAX backend.")
+                 "docs/jax.md.")
     return "\n".join(lines)
   from simclr_tf.storage import export_layout  # pylint: disable=g-import-not-at-top
   lines.append("SavedModel exports: " + ", ".join(
       export_layout.step_export_dir(result.model_dir, result.global_step)
-      for result in results) + " (README: Use your pretrained encoder)")
+      for result in results) + " (docs/export.md)")
   return "\n".join(lines)
 
 

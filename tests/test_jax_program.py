@@ -135,7 +135,7 @@ def test_what_jax_does_not_run_is_a_one_line_error(tmp_path, overrides,
 
 def _check_weights_load_on_tensorflow(model_dir):
   """The JAX run's weights file, loaded by the TensorFlow model, scores
-  what the JAX run scored (README: JAX backend, converting a run)."""
+  what the JAX run scored (docs/jax.md, converting a run)."""
   import keras
   from simclr_tf import config as config_lib
   from simclr_tf.data import shapes_render
@@ -156,7 +156,7 @@ def _check_weights_load_on_tensorflow(model_dir):
   stored = json.loads((model_dir / "result.json").read_text())
   # One example's worth: a near-tie may break the other way.
   assert abs(top_1 - stored["label_top_1_accuracy"]) <= 1.0 / len(labels)
-  # And it exports, as the README shows.
+  # And it exports, as docs/jax.md shows.
   from simclr_tf import export
   export_dir = str(model_dir.parent / "exported")
   export.export_model(model, config, export_dir)

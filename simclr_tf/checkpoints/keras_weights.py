@@ -8,7 +8,7 @@ temporary name and renamed into place, the state file last:
     checkpoint.json        {"latest": N, "steps": [...]}: the kept steps
 
 The weights file is Keras' backend-neutral format, so a model built on
-TensorFlow loads it with `load_weights` (README: JAX backend).
+TensorFlow loads it with `load_weights` (docs/jax.md).
 """
 
 import json

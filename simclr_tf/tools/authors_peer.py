@@ -4,7 +4,7 @@ Run by `tools/benchmark.py --peer_authors_dir=PATH` as a child process (the
 authors' code runs on tf-keras, which needs TF_USE_LEGACY_KERAS=1 before
 TensorFlow is imported, so it cannot share our Keras 3 process):
 
-  TF_USE_LEGACY_KERAS=1 python tools/authors_peer.py SPEC_JSON
+  TF_USE_LEGACY_KERAS=1 python -m simclr_tf.tools.authors_peer SPEC_JSON
 
 SPEC_JSON is an object with
   authors_dir   a checkout of google-research/simclr (holding tf2/run.py);

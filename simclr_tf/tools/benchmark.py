@@ -1,8 +1,8 @@
 r"""Measures SimCLR training speed on this machine, one JSON line each.
 
-  python tools/benchmark.py                       # small default, < 2 min
-  python tools/benchmark.py --flagfile=flags/demo.cfg
-  python -m tools.benchmark --resnet_depth=50 --width_multiplier=1 \
+  python -m simclr_tf.tools.benchmark                       # small default, < 2 min
+  python -m simclr_tf.tools.benchmark --flagfile=flags/demo.cfg
+  python -m simclr_tf.tools.benchmark --resnet_depth=50 --width_multiplier=1 \
       --image_size=224 --train_batch_size=8 --synthetic_train_examples=256 \
       --benchmark_variant=jit_compile=true
 

@@ -2,14 +2,14 @@ r"""Converts an authors' TF2 SavedModel or training checkpoint to ours.
 
 The architecture is read from the authors' variables (see
 `simclr_tf/checkpoints/authors.py`). `--to=export` writes one of our
-SavedModels (every loader of the README's "Use your pretrained encoder");
+SavedModels (every loader of docs/export.md);
 `--to=checkpoint` writes a model_dir holding `ckpt-<step>` and `config.json`,
 which `--checkpoint` of `simclr_tf.run` takes with any of our flags and
 Python loads with `simclr_tf.export.load`.
 
-  python tools/convert_authors_checkpoint.py \
+  python -m simclr_tf.tools.convert_authors_checkpoint \
       --checkpoint=r50_1x_sk0/saved_model --to=checkpoint --output=r50_1x
-  python -m tools.convert_authors_checkpoint \
+  python -m simclr_tf.tools.convert_authors_checkpoint \
       --checkpoint=authors_run/ckpt-20 --to=export --output=exports/r18
 """
 

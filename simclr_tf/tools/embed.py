@@ -9,9 +9,9 @@ size, one pass in order. The `.npz` holds:
   labels      int64 (N,)         class ids; -1 for unlabeled examples
   output_key, checkpoint, dataset, split: strings saying what it is
 
-  python tools/embed.py --checkpoint=runs/demo/saved_model/312 \
+  python -m simclr_tf.tools.embed --checkpoint=runs/demo/saved_model/312 \
       --dataset=synthetic_shapes --split=test --output=test_embeddings.npz
-  python -m tools.embed --checkpoint=runs/demo --dataset=image_folder \
+  python -m simclr_tf.tools.embed --checkpoint=runs/demo --dataset=image_folder \
       --data_dir=/path/to/root --split=val --output_key=proj_head_output \
       --output=val.npz
 """

@@ -4,11 +4,11 @@ Takes what `--checkpoint` of `simclr_tf.run` takes: a run's model_dir (its
 latest checkpoint), a checkpoint prefix, or an export. Pretraining,
 fine-tuning and linear-evaluation runs all export; the architecture comes
 from the run's `config.json`. See `simclr_tf/export/__init__.py` for what the
-SavedModel holds, and the README for loading it.
+SavedModel holds, and docs/export.md for loading it.
 
-  python tools/export_saved_model.py --checkpoint=runs/demo \
+  python -m simclr_tf.tools.export_saved_model --checkpoint=runs/demo \
       --export_dir=exports/demo
-  python -m tools.export_saved_model --checkpoint=runs/demo/ckpt-312 \
+  python -m simclr_tf.tools.export_saved_model --checkpoint=runs/demo/ckpt-312 \
       --export_dir=exports/demo --overwrite
 """
 

@@ -1,6 +1,6 @@
 r"""Time from opening an image folder to its first training batch, by size.
 
-  python tools/folder_startup_benchmark.py --sizes=1000,20000
+  python -m simclr_tf.tools.folder_startup_benchmark --sizes=1000,20000
 
 Writes `--sizes` folders of small generated PNGs under a temporary directory,
 then for each measures, in a fresh source registry, the seconds from

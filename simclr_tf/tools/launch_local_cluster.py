@@ -1,6 +1,6 @@
 """Starts a multi-worker TensorFlow job on this machine, over loopback.
 
-    python tools/launch_local_cluster.py --num_workers=2 -- \
+    python -m simclr_tf.tools.launch_local_cluster --num_workers=2 -- \
         python -m simclr_tf.run --strategy=multi_worker --model_dir=runs/mw
 
 Each worker is the command after `--`, started with its own `TF_CONFIG`
@@ -17,7 +17,7 @@ saves a checkpoint and stops them (they get 30 s to).
 
 This is for trying multi-worker runs on one machine, and for the tests. On a
 real cluster, start the same command on each machine with a TF_CONFIG that
-names every machine (see README, "Scaling out").
+names every machine (see docs/scaling_out.md).
 """
 
 import argparse

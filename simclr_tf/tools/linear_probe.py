@@ -9,11 +9,11 @@ whole train split and reports test top-1 / top-5, the chosen strength and C
 (C = 1 / (strength * n), see `simclr_tf.evaluation.linear_probe`), and writes a JSON
 result.
 
-  python tools/linear_probe.py --checkpoint=runs/demo \
+  python -m simclr_tf.tools.linear_probe --checkpoint=runs/demo \
       --dataset=synthetic_shapes --output=runs/demo/probe.json
-  python tools/linear_probe.py --checkpoint=runs/demo --baseline=raw_pixels \
+  python -m simclr_tf.tools.linear_probe --checkpoint=runs/demo --baseline=raw_pixels \
       --dataset=synthetic_shapes --output=runs/demo/probe_raw_pixels.json
-  python tools/linear_probe.py --checkpoint=runs/demo --baseline=random_init \
+  python -m simclr_tf.tools.linear_probe --checkpoint=runs/demo --baseline=random_init \
       --dataset=synthetic_shapes --output=runs/demo/probe_random_init.json
 
 The dataset flags are the program's (`DataConfig`'s settings), with its

@@ -7,8 +7,8 @@ step; embeds the eval split with the run's trained encoder (the data
 settings of its config.json) and draws its first two principal components,
 coloured by label.
 
-  python tools/plot_run.py --run_dir=runs/demo
-  python tools/plot_run.py --run_dir=runs/demo --output_dir=docs --noembedding
+  python -m simclr_tf.tools.plot_run --run_dir=runs/demo
+  python -m simclr_tf.tools.plot_run --run_dir=runs/demo --output_dir=docs --noembedding
 """
 
 import os

@@ -3,9 +3,9 @@ r"""Writes a PNG grid of images and their SimCLR augmented views.
 Each row is one image: the original (resized to --image_size), then
 --num_views independent train-time views. This is what the model sees.
 
-  python tools/show_augmentations.py --dataset=synthetic_shapes \
+  python -m simclr_tf.tools.show_augmentations --dataset=synthetic_shapes \
       --output=augmentations.png
-  python -m tools.show_augmentations --dataset=image_folder \
+  python -m simclr_tf.tools.show_augmentations --dataset=image_folder \
       --data_dir=/path/to/root --split=train --image_size=96 --use_blur
 """
 

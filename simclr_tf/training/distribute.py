@@ -159,7 +159,7 @@ def read_tf_config(environ=None):
     raise StrategyError(
         "strategy=multi_worker reads the cluster from the TF_CONFIG "
         "environment variable, which is not set. Set it on every worker "
-        "(README, \"Scaling out\"), or try it on one machine with "
+        "(docs/scaling_out.md), or try it on one machine with "
         "tools/launch_local_cluster.py.")
   try:
     tf_config = json.loads(raw)

@@ -21,7 +21,7 @@ compiles the whole step. Nothing here imports TensorFlow:
 
 Fine-tuning, SavedModel export, kNN monitoring, probes and plots stay on
 the TensorFlow backend; the weights are the same Keras variables
-(README: JAX backend).
+(docs/jax.md).
 """
 
 import csv

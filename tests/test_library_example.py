@@ -1,4 +1,4 @@
-"""The README's library example runs as a user would run it: as a script,
+"""The library example of docs/library.md runs as a user would run it: as a script,
 in a fresh process, from a directory outside the checkout."""
 
 import os
@@ -12,9 +12,9 @@ MARKER = "<!-- test:library-example -->"
 
 
 def readme_example():
-  with open(os.path.join(command_line.REPO, "README.md")) as handle:
+  with open(os.path.join(command_line.REPO, "docs", "library.md")) as handle:
     text = handle.read()
-  assert MARKER in text, "the README lost its library example marker"
+  assert MARKER in text, "docs/library.md lost its library example marker"
   after = text.split(MARKER, 1)[1]
   match = re.match(r"\s*```python\n(.*?)```", after, re.S)
   assert match, "no python block after the library example marker"
