@@ -15,9 +15,7 @@ library takes it from there. Bad input ends the program with one line on
 stderr and exit code 2.
 """
 
-import dataclasses
 import os
-import pathlib
 import sys
 import warnings
 
@@ -27,11 +25,11 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
-from simclr_tf import settings  # noqa: E402
-from simclr_tf.tools import _cli  # noqa: E402
-from simclr_tf.tools import _setting_flags  # noqa: E402
+from simclr_tf.tools import cli  # noqa: E402
+from simclr_tf.tools import program_flags  # noqa: E402
+from simclr_tf.tools import setting_flags  # noqa: E402
 
-USAGE_ERROR = _cli.USAGE_ERROR
+USAGE_ERROR = cli.USAGE_ERROR
 # Training ran but could not finish (a non-finite loss, a lost worker, a
 # checkpoint or export that could not be written, e.g. a full disk).
 TRAINING_FAILED = 1
@@ -42,66 +40,25 @@ TRAINING_FAILED = 1
 STOPPED_BY_SIGNAL = 75
 
 FLAGS = flags.FLAGS
-
-PRESETS_DIR = pathlib.Path(__file__).resolve().parent / "presets"
-DEMO_PRESET = "demo"
-# Settings that say where and on what a run happens, not what it trains:
-# with only these (or nothing) on the command line the demo preset runs.
-RUN_LOCATION_FLAGS = tuple(
-    settings.flag_name(section.type, field)
-    for section in dataclasses.fields(config_lib.ExperimentConfig)
-    for field in settings.fields(section.type)
-    if settings.has_role(field, settings.RUN_LOCATION))
-
-flags.DEFINE_string(
-    "preset", None, "A shipped preset (simclr_tf/presets/NAME.cfg, also "
-    "reachable as flags/NAME.cfg in a checkout), applied before the other "
-    "flags, which override it: demo, cifar10_pretrain, imagenet_pretrain, "
-    "... 'none' runs the built-in defaults (the authors' ImageNet recipe). "
-    "Unset: the demo when no flag other than "
-    f"{', '.join('--' + name for name in RUN_LOCATION_FLAGS)} is given and "
-    "there is no --flagfile, else none.")
-
-
-def define_setting_flags(flag_values=FLAGS):
-  """Defines one flag per declared setting of `ExperimentConfig`.
-
-  Args:
-    flag_values: the `FlagValues` to define them in.
-
-  Returns:
-    {flag name: (section name, field name)}.
-  """
-  return _setting_flags.define_setting_flags(
-      config_lib.ExperimentConfig.sections(), flag_values)
-
-
-SETTING_FLAGS = define_setting_flags()
-# Defined in _setting_flags, listed by --help as this program's own.
-flags.adopt_module_key_flags(_setting_flags)
-
-
-def config_from_flags(values=FLAGS) -> config_lib.ExperimentConfig:
-  """Turns parsed flags into one `ExperimentConfig` (not yet validated).
-
-  Args:
-    values: parsed absl flag values.
-
-  Returns:
-    The config.
-  """
-  sections = _setting_flags.section_values(SETTING_FLAGS, values)
-  return config_lib.ExperimentConfig(**{
-      section_name: section_type(**sections.get(section_name, {}))
-      for section_name, section_type in
-      config_lib.ExperimentConfig.sections()})
-
+# The program's flags and presets (also read by tools), under their names
+# here for `simclr_tf.run`'s users.
+PRESETS_DIR = program_flags.PRESETS_DIR
+DEMO_PRESET = program_flags.DEMO_PRESET
+RUN_LOCATION_FLAGS = program_flags.RUN_LOCATION_FLAGS
+SETTING_FLAGS = program_flags.SETTING_FLAGS
+config_from_flags = program_flags.config_from_flags
+preset_path = program_flags.preset_path
+argv_with_preset = program_flags.argv_with_preset
+# Defined in setting_flags and program_flags, listed by --help as this
+# program's own.
+flags.adopt_module_key_flags(setting_flags)
+flags.adopt_module_key_flags(program_flags)
 
 def _say(line):
   print(line, flush=True)
 
 
-_fail = _cli.fail
+_fail = cli.fail
 
 
 def _probe_line(name, result):
@@ -154,7 +111,7 @@ def format_summary(config, results, saved_models=True):
 
 
 def main(argv):
-  status = _cli.reject_positional(argv)
+  status = cli.reject_positional(argv)
   if status is not None:
     return status
   try:
@@ -188,7 +145,7 @@ def main(argv):
   from simclr_tf.training import tf_trainer as training
   from simclr_tf.storage import write_errors
   tfds.disable_progress_bar()
-  _cli.quiet_library_logs()
+  cli.quiet_library_logs()
   # Keras warns when an evaluation dataset ends, which is how ours end.
   warnings.filterwarnings("ignore", message="Your input ran out of data")
 
@@ -253,78 +210,6 @@ def _run_keras_trainer(config):
       saved_models=False)
 
 
-def preset_path(name: str) -> pathlib.Path:
-  """The flagfile of a shipped preset.
-
-  Raises:
-    config_lib.ConfigError: for a name that is not shipped.
-  """
-  path = PRESETS_DIR / f"{name}.cfg"
-  if not path.is_file():
-    known = sorted(p.stem for p in PRESETS_DIR.glob("*.cfg"))
-    raise config_lib.ConfigError(
-        f"--preset must be none or one of {', '.join(known)}. "
-        f"Received: preset={name!r}")
-  return path
-
-
-def _named_flags(argv):
-  """The flag names on a command line ("--nofoo" and "--foo=1" name foo)."""
-  names = []
-  for argument in argv[1:]:
-    if not argument.startswith("-") or argument in ("-", "--"):
-      continue
-    name = argument.lstrip("-").split("=", 1)[0]
-    if name.startswith("no") and name[2:] in FLAGS and \
-        isinstance(FLAGS[name[2:]], flags.BooleanFlag):
-      name = name[2:]
-    names.append(name)
-  return names
-
-
-def _preset_of(argv, demo_by_default):
-  """The preset a command line asks for, or None; see the --preset help."""
-  for argument in argv[1:]:
-    if argument.startswith("--preset="):
-      value = argument.split("=", 1)[1]
-      return None if value == "none" else value
-  if not demo_by_default:
-    return None
-  named = _named_flags(argv)
-  if "flagfile" in named:
-    return None
-  if all(name in RUN_LOCATION_FLAGS or name not in SETTING_FLAGS
-         for name in named):
-    return DEMO_PRESET
-  return None
-
-
-def argv_with_preset(argv, demo_by_default: bool = True):
-  """Puts the preset's flagfile first, so the command line overrides it.
-
-  Args:
-    argv: the command line, program name first.
-    demo_by_default: without --preset, a command line of run-location flags
-      only runs the demo preset (the program); False: only an explicit
-      --preset applies (tools with their own defaults).
-
-  Returns:
-    The command line to parse.
-
-  Raises:
-    config_lib.ConfigError: for an unknown preset.
-  """
-  preset = _preset_of(argv, demo_by_default)
-  if preset is None:
-    return list(argv)
-  path = preset_path(preset)
-  if preset == DEMO_PRESET and "--preset=demo" not in argv:
-    print(f"Running the offline demo preset ({path}); any flag other than "
-          f"{', '.join('--' + n for n in RUN_LOCATION_FLAGS)} turns it off "
-          "(or pass --preset=demo).", flush=True)
-  return [argv[0], f"--flagfile={path}"] + list(argv[1:])
-
-
 def run():
   """Entry point (`python -m simclr_tf.run`, `simclr-tf`); exits with
   main's status."""
@@ -332,7 +217,7 @@ def run():
     argv = argv_with_preset(sys.argv)
   except config_lib.ConfigError as error:
     sys.exit(_fail(str(error)))
-  app.run(main, argv=argv, flags_parser=_cli.parse_flags)
+  app.run(main, argv=argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

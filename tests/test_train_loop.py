@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
-from simclr_tf.training import train_loop
+from simclr_tf.models import train_loop
 from simclr_tf.training import tf_trainer as training
 from simclr_tf.data import build_input_fn
 from simclr_tf.data import registry

@@ -330,7 +330,7 @@ class SimCLRModel(keras.Model):
       return super().make_train_function(force=force)
     if self.train_function is not None and not force:
       return self.train_function
-    from simclr_tf.training import train_loop  # TF-specific distribution plumbing.
+    from simclr_tf.models import train_loop  # TF-specific distribution plumbing.
     self.train_function = train_loop.make_train_function(
         self, self.steps_per_execution, self._xla_train_step)
     return self.train_function
@@ -340,7 +340,7 @@ class SimCLRModel(keras.Model):
       return super().make_test_function(force=force)
     if self.test_function is not None and not force:
       return self.test_function
-    from simclr_tf.training import train_loop  # TF-specific distribution plumbing.
+    from simclr_tf.models import train_loop  # TF-specific distribution plumbing.
     self.test_function = train_loop.make_test_function(self)
     return self.test_function
 

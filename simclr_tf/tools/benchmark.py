@@ -79,8 +79,8 @@ from absl import flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
-from simclr_tf import run as run_lib  # noqa: E402  (defines the flags)
-from simclr_tf.tools import _cli  # noqa: E402
+from simclr_tf.tools import program_flags  # noqa: E402  (defines the flags)
+from simclr_tf.tools import cli  # noqa: E402
 
 MEASUREMENTS = ("train_step", "handwritten_loop", "fit_in_memory",
                 "input_tf_data", "input_on_device", "augment_on_device",
@@ -119,14 +119,14 @@ _DEFAULTS = dict(resnet_depth=18, width_multiplier=0.25, image_size=32,
                  train_batch_size=64, dataset="synthetic_shapes",
                  synthetic_train_examples=2048, synthetic_test_examples=64,
                  color_jitter_strength=0.5, use_blur=False, proj_out_dim=64)
-USAGE_ERROR = _cli.USAGE_ERROR
+USAGE_ERROR = cli.USAGE_ERROR
 TOOL = "benchmark"
 
 FLAGS = flags.FLAGS
 
 
 def _fail(message):
-  return _cli.fail(message, tool=TOOL)
+  return cli.fail(message, tool=TOOL)
 
 
 def _emit(record):
@@ -247,7 +247,7 @@ class Benchmark:
     from simclr_tf.training import distribute
     from simclr_tf import losses
     from simclr_tf import optimizers
-    from simclr_tf.training import train_loop
+    from simclr_tf.models import train_loop
     from simclr_tf.models import simclr
     model, strategy = self.model, self.strategy
     optimizer = model.optimizer
@@ -570,7 +570,7 @@ def main(argv):
       return _fail(f"--{flag.name} must be at least 1. Received: "
                    f"--{flag.name}={flag.value}")
   try:
-    config = run_lib.config_from_flags().validate()
+    config = program_flags.config_from_flags().validate()
     variant = _variant_config(_VARIANT.value)
   except config_lib.ConfigError as error:
     return _fail(str(error))
@@ -654,7 +654,7 @@ def _main_keras_backend():
                  "TensorFlow-backend features; on jax the PyTorch peer runs "
                  "in the same table.")
   try:
-    config = run_lib.config_from_flags().validate()
+    config = program_flags.config_from_flags().validate()
   except config_lib.ConfigError as error:
     return _fail(str(error))
   if config.run.precision not in ("float32", "mixed_bfloat16"):
@@ -721,7 +721,7 @@ def _variant_config(overrides):
       except flags.Error as error:
         raise config_lib.ConfigError(
             f"--benchmark_variant {override!r}: {error}") from None
-    return run_lib.config_from_flags().validate()
+    return program_flags.config_from_flags().validate()
   finally:
     for name, value in saved.items():
       FLAGS[name].value = value
@@ -812,7 +812,7 @@ def _measure(benches, selected, peers=None):
 def _parse_flags(argv):
   for name, value in _DEFAULTS.items():
     FLAGS.set_default(name, value)
-  return _cli.parse_flags(_with_preset_flagfile(argv), tool=TOOL)
+  return cli.parse_flags(_with_preset_flagfile(argv), tool=TOOL)
 
 
 def _with_preset_flagfile(argv):
@@ -820,9 +820,9 @@ def _with_preset_flagfile(argv):
   command line without it measures this tool's small default, not the
   demo."""
   try:
-    return run_lib.argv_with_preset(argv, demo_by_default=False)
+    return program_flags.argv_with_preset(argv, demo_by_default=False)
   except config_lib.ConfigError as error:
-    sys.exit(_cli.fail(str(error), tool=TOOL))
+    sys.exit(cli.fail(str(error), tool=TOOL))
 
 
 def entry():

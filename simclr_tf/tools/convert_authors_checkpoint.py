@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from simclr_tf.tools import _cli  # noqa: E402
+from simclr_tf.tools import cli  # noqa: E402
 
 TOOL = "convert_authors_checkpoint"
 EXPORT = "export"
@@ -43,7 +43,7 @@ class ConvertError(ValueError):
 
 
 def main(argv) -> int:
-  del argv  # Checked by _cli.
+  del argv  # Checked by cli.
   # Imported here so flag errors are reported before TensorFlow starts.
   from simclr_tf.checkpoints import authors as authors_checkpoint
   from simclr_tf.checkpoints import ours as checkpoints
@@ -69,12 +69,12 @@ def main(argv) -> int:
 
 
 def _user_errors():
-  return (ConvertError,) + _cli.model_tool_errors()
+  return (ConvertError,) + cli.model_tool_errors()
 
 
 def entry():
   """Console-script entry point."""
-  _cli.run(TOOL, main, _user_errors)
+  cli.run(TOOL, main, _user_errors)
 
 
 if __name__ == "__main__":

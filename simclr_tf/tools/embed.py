@@ -22,13 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from simclr_tf.tools import _cli  # noqa: E402
-from simclr_tf.tools import _dataset_flags  # noqa: E402
-from simclr_tf.tools import _setting_flags  # noqa: E402
+from simclr_tf.tools import cli  # noqa: E402
+from simclr_tf.tools import dataset_flags  # noqa: E402
+from simclr_tf.tools import setting_flags  # noqa: E402
 
 # The dataset and image flags are listed by --help too.
-flags.adopt_module_key_flags(_setting_flags)
-flags.adopt_module_key_flags(_dataset_flags)
+flags.adopt_module_key_flags(setting_flags)
+flags.adopt_module_key_flags(dataset_flags)
 
 TOOL = "embed"
 
@@ -40,8 +40,8 @@ _OUTPUT_KEY = flags.DEFINE_string(
     "output_key", "final_avg_pool", "Which output to write: final_avg_pool, "
     "proj_head_output, block_group4, logits_sup, ...")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to embed.")
-_IMAGE_SIZE = _dataset_flags.IMAGE_SIZE
-_BATCH_SIZE = _dataset_flags.BATCH_SIZE
+_IMAGE_SIZE = dataset_flags.IMAGE_SIZE
+_BATCH_SIZE = dataset_flags.BATCH_SIZE
 _LOG_EVERY = flags.DEFINE_integer("log_every", 20, "Print progress every "
                                   "this many batches.")
 flags.mark_flags_as_required(["checkpoint", "output"])
@@ -51,7 +51,7 @@ def _check_flags() -> None:
   if not _OUTPUT.value.endswith(".npz"):
     raise ValueError(f"--output must be a .npz file. Received: "
                      f"--output={_OUTPUT.value}")
-  _cli.check_at_least((_BATCH_SIZE, 1), (_LOG_EVERY, 1), (_IMAGE_SIZE, 0))
+  cli.check_at_least((_BATCH_SIZE, 1), (_LOG_EVERY, 1), (_IMAGE_SIZE, 0))
 
 
 def embed(model, data_config, augment_config, *, output_key, batch_size,
@@ -83,7 +83,7 @@ def embed(model, data_config, augment_config, *, output_key, batch_size,
 
 
 def main(argv) -> int:
-  del argv  # Checked by _cli.
+  del argv  # Checked by cli.
   _check_flags()
   import numpy as np
   import tensorflow as tf
@@ -99,7 +99,7 @@ def main(argv) -> int:
                      f"of {_CHECKPOINT.value}; it has: "
                      f"{', '.join(model.output_keys)}.")
   run_config = ExperimentConfig.from_dict(model.metadata["config"])
-  data_config = _dataset_flags.data_config(
+  data_config = dataset_flags.data_config(
       train_split=_SPLIT.value, eval_split=_SPLIT.value,
       image_size=_IMAGE_SIZE.value or model.image_size)
   embeddings, labels = embed(
@@ -124,7 +124,7 @@ def main(argv) -> int:
 
 def entry():
   """Console-script entry point."""
-  _cli.run(TOOL, main, _cli.model_tool_errors)
+  cli.run(TOOL, main, cli.model_tool_errors)
 
 
 if __name__ == "__main__":

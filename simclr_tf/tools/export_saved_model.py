@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from simclr_tf.tools import _cli  # noqa: E402
+from simclr_tf.tools import cli  # noqa: E402
 
 TOOL = "export_saved_model"
 
@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["checkpoint", "export_dir"])
 
 
 def main(argv) -> int:
-  del argv  # Checked by _cli.
+  del argv  # Checked by cli.
   # Imported here so flag errors are reported before TensorFlow starts.
   from simclr_tf.checkpoints import pretrained
   from simclr_tf import export
@@ -57,7 +57,7 @@ def main(argv) -> int:
 
 def entry():
   """Console-script entry point."""
-  _cli.run(TOOL, main, _cli.model_tool_errors)
+  cli.run(TOOL, main, cli.model_tool_errors)
 
 
 if __name__ == "__main__":

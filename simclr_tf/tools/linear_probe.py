@@ -34,13 +34,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from simclr_tf.tools import _cli  # noqa: E402
-from simclr_tf.tools import _dataset_flags  # noqa: E402
-from simclr_tf.tools import _setting_flags  # noqa: E402
+from simclr_tf.tools import cli  # noqa: E402
+from simclr_tf.tools import dataset_flags  # noqa: E402
+from simclr_tf.tools import setting_flags  # noqa: E402
 
 # The dataset and image flags are listed by --help too.
-flags.adopt_module_key_flags(_setting_flags)
-flags.adopt_module_key_flags(_dataset_flags)
+flags.adopt_module_key_flags(setting_flags)
+flags.adopt_module_key_flags(dataset_flags)
 
 TOOL = "linear_probe"
 _NONE = "none"
@@ -66,8 +66,8 @@ _OUTPUT_KEY = flags.DEFINE_string(
 _TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split the probe "
                                    "is fitted (and its strength chosen) on.")
 _TEST_SPLIT = flags.DEFINE_string("test_split", "test", "Split scored.")
-_IMAGE_SIZE = _dataset_flags.IMAGE_SIZE
-_BATCH_SIZE = _dataset_flags.BATCH_SIZE
+_IMAGE_SIZE = dataset_flags.IMAGE_SIZE
+_BATCH_SIZE = dataset_flags.BATCH_SIZE
 _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
     "max_train_examples", 0, "Use only the first this many train examples; "
     "0 uses all.")
@@ -97,7 +97,7 @@ def _check_flags() -> None:
                                               _IMAGE_SIZE.value):
     raise ValueError("--baseline=raw_pixels needs --image_size (or "
                      "--checkpoint, for its image size).")
-  _cli.check_at_least((_BATCH_SIZE, 1), (_NUM_STRENGTHS, 1),
+  cli.check_at_least((_BATCH_SIZE, 1), (_NUM_STRENGTHS, 1),
                       (_BN_EXAMPLES, 1), (_MAX_ITER, 1),
                       (_MAX_TRAIN_EXAMPLES, 0), (_IMAGE_SIZE, 0))
   if not 0 < _MIN_STRENGTH.value <= _MAX_STRENGTH.value:
@@ -108,7 +108,7 @@ def _check_flags() -> None:
 
 
 def main(argv) -> int:
-  del argv  # Checked by _cli.
+  del argv  # Checked by cli.
   _check_flags()
   import numpy as np
   import tensorflow_datasets as tfds
@@ -129,7 +129,7 @@ def main(argv) -> int:
     run_config = ExperimentConfig.from_dict(model.metadata["config"])
   image_size = _IMAGE_SIZE.value or model.image_size
   augment_config = run_config.augment if run_config else AugmentConfig()
-  data_config = _dataset_flags.data_config(
+  data_config = dataset_flags.data_config(
       train_split=_TRAIN_SPLIT.value, eval_split=_TEST_SPLIT.value,
       image_size=image_size)
   if _BASELINE.value == "raw_pixels":
@@ -188,7 +188,7 @@ def main(argv) -> int:
 
 def entry():
   """Console-script entry point."""
-  _cli.run(TOOL, main, _cli.model_tool_errors)
+  cli.run(TOOL, main, cli.model_tool_errors)
 
 
 if __name__ == "__main__":

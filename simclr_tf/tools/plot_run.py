@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from simclr_tf.tools import _cli  # noqa: E402
+from simclr_tf.tools import cli  # noqa: E402
 
 TOOL = "plot_run"
 
@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["run_dir"])
 
 
 def main(argv) -> int:
-  del argv  # Checked by _cli.
+  del argv  # Checked by cli.
   if _MAX_POINTS.value < 1:
     raise ValueError(f"--max_points must be at least 1. Received: "
                      f"--max_points={_MAX_POINTS.value}")
@@ -69,7 +69,7 @@ def main(argv) -> int:
 
 def entry():
   """Console-script entry point."""
-  _cli.run(TOOL, main, _cli.model_tool_errors)
+  cli.run(TOOL, main, cli.model_tool_errors)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Modules:
   tf_trainer: the TensorFlow backend's runner (`tf.distribute`, `tf.data`,
     checkpoints, SavedModel exports); `run_experiment` is its entry point.
   keras_trainer: the runner for other Keras backends (JAX), TensorFlow-free.
-  train_loop, callbacks, distribute, precision, preemption, faults,
+  callbacks, distribute, precision, preemption, faults,
   stage_result: the pieces they share or the TF runner uses.
 
 `run_experiment` is also an attribute of this package, loaded on first use

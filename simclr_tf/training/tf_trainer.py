@@ -28,7 +28,7 @@ from simclr_tf.training import preemption
 from simclr_tf.storage import files
 from simclr_tf.storage import run_dir as run_dir_lib
 from simclr_tf.training import stages
-from simclr_tf.training import train_loop
+from simclr_tf.models import train_loop
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
 from simclr_tf.models import simclr

@@ -10,13 +10,13 @@ from absl import flags
 
 from simclr_tf import config as config_lib
 from simclr_tf import settings
-from simclr_tf.tools import _setting_flags
+from simclr_tf.tools import setting_flags
 
 # The settings a tool reads its images with; the splits and the image size
 # are each tool's own flags (or come from the model).
 NAMES = settings.names_with(config_lib.DataConfig, settings.READS_IMAGES)
 
-SETTING_FLAGS = _setting_flags.define_setting_flags(
+SETTING_FLAGS = setting_flags.define_setting_flags(
     [("data", config_lib.DataConfig)], flags.FLAGS, only=NAMES)
 
 # How the tools feed a model: not settings of a run.
@@ -33,7 +33,7 @@ def data_config(*, train_split: str, eval_split: str, image_size: int):
     ConfigError: a setting out of its declared bounds, in the program's
       words (e.g. "`synthetic_train_examples` must be >= 1. Received: ...").
   """
-  values = _setting_flags.section_values(SETTING_FLAGS).get("data", {})
+  values = setting_flags.section_values(SETTING_FLAGS).get("data", {})
   config = config_lib.DataConfig(
       train_split=train_split, eval_split=eval_split, image_size=image_size,
       **values)
