@@ -169,6 +169,10 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
   model.optimizer.build(model.trainable_variables)
 
   latest = keras_checkpoints.latest_step(run.model_dir)
+  # Before restoring: weights of another architecture fail to load with
+  # Keras' own message, which does not name the setting that changed.
+  run_dir_lib.check_resume_config(config, log,
+                                  has_checkpoint=latest is not None)
   random_init = False
   if latest is not None:
     keras_checkpoints.restore(model, run.model_dir, latest)
@@ -177,8 +181,6 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
   elif run.train_mode == "linear_eval":
     random_init = not _load_encoder(model, config, log)
   step = _step(model)
-  run_dir_lib.check_resume_config(config, log,
-                                  has_checkpoint=latest is not None)
   run_dir_lib.check_free_space(
       run.model_dir, run_dir_lib.CHECKPOINT_SPACE_FACTOR *
       run_dir_lib.checkpoint_bytes(list(model.variables) +
