@@ -390,7 +390,8 @@ class RunConfig:
   keep_checkpoint_max: int = setting(5, "Checkpoints to keep.", at_least=1)
   keep_hub_module_max: int = setting(
       1, "SavedModel exports to keep in model_dir/saved_model/ (one is "
-      "written at the end of each training or evaluation).", at_least=1)
+      "written at the end of each training or evaluation); 0 writes none "
+      "(the checkpoints stay loadable by every tool).", at_least=0)
   steps_per_loop: int = setting(
       1, "Optimizer steps per host call; progress, summaries and "
       "checkpoints happen between loops.", at_least=1)

@@ -30,14 +30,8 @@ from simclr_tf.tools import program_flags  # noqa: E402
 from simclr_tf.tools import setting_flags  # noqa: E402
 
 USAGE_ERROR = cli.USAGE_ERROR
-# Training ran but could not finish (a non-finite loss, a lost worker, a
-# checkpoint or export that could not be written, e.g. a full disk).
-TRAINING_FAILED = 1
-# SIGTERM or SIGINT stopped training after a checkpoint of the step it was
-# at: rerun the same command to resume. 75 is EX_TEMPFAIL of sysexits.h
-# ("temporary failure; the user is invited to retry"), so schedulers and
-# scripts can tell it from a failure.
-STOPPED_BY_SIGNAL = 75
+TRAINING_FAILED = cli.TRAINING_FAILED
+STOPPED_BY_SIGNAL = cli.STOPPED_BY_SIGNAL
 
 FLAGS = flags.FLAGS
 # The program's flags and presets (also read by tools), under their names
@@ -99,6 +93,9 @@ def format_summary(config, results, saved_models=True):
         lines.append(f"{'':14}{_probe_line(name, probed)}")
   lines.append(f"TensorBoard:  tensorboard --logdir {config.run.model_dir}")
   lines.append(f"Checkpoints and results: {config.run.model_dir}")
+  if not config.run.keep_hub_module_max:
+    lines.append("SavedModel exports: none (keep_hub_module_max=0).")
+    return "\n".join(lines)
   if not saved_models:
     lines.append("SavedModel export is a TensorFlow-backend feature; see "
                  "docs/jax.md.")

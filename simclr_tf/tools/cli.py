@@ -11,6 +11,14 @@ from absl import flags
 from absl import logging
 
 USAGE_ERROR = 2
+# Training ran but could not finish (a non-finite loss, a lost worker, a
+# checkpoint or export that could not be written, e.g. a full disk).
+TRAINING_FAILED = 1
+# SIGTERM or SIGINT stopped training after a checkpoint of the step it was
+# at: rerun the same command to resume. 75 is EX_TEMPFAIL of sysexits.h
+# ("temporary failure; the user is invited to retry"), so schedulers and
+# scripts can tell it from a failure.
+STOPPED_BY_SIGNAL = 75
 
 
 class _DropRoutineTfdsNotices(logging_std.Filter):

@@ -195,8 +195,9 @@ def run_stage(config: ExperimentConfig, strategy,
       log(f"[{run.train_mode}] {skipped}")
   # Every worker exports, as TensorFlow asks of savers under a multi-worker
   # strategy; only the chief's lands in model_dir.
-  export_lib.export_to_model_dir(model, config, global_step=_step(model),
-                                 log=log, model_dir=run_dir.write_dir)
+  if config.run.keep_hub_module_max:
+    export_lib.export_to_model_dir(model, config, global_step=_step(model),
+                                   log=log, model_dir=run_dir.write_dir)
   return result
 
 

@@ -1,0 +1,248 @@
+"""The study tool: its statistics, its configurations, and a tiny study end
+to end, killed between runs and rerun."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from command_line import REPO
+from simclr_tf import config as config_lib
+from simclr_tf.evaluation import studies
+from simclr_tf.evaluation import study_tables
+from simclr_tf.tools import program_flags
+
+# --- statistics, against numpy on fixed numbers -------------------------
+
+
+def test_mean_and_standard_error_match_numpy():
+  values = [0.31, 0.35, 0.29, 0.40]
+  mean, error = study_tables.mean_and_standard_error(values)
+  assert mean == pytest.approx(np.mean(values))
+  # Sample standard deviation over sqrt(n), written out.
+  deviations = [(v - np.mean(values)) ** 2 for v in values]
+  assert error == pytest.approx(math.sqrt(sum(deviations) / 3) / 2)
+  assert math.isnan(study_tables.mean_and_standard_error([0.5])[1])
+  with pytest.raises(ValueError):
+    study_tables.mean_and_standard_error([])
+
+
+@pytest.mark.parametrize("difference,error,expected", [
+    (0.05, 0.02, study_tables.HOLDS),
+    (0.039, 0.02, study_tables.WITHIN_NOISE),
+    (-0.039, 0.02, study_tables.WITHIN_NOISE),
+    (-0.05, 0.02, study_tables.DOES_NOT_HOLD),
+    (0.5, math.nan, study_tables.UNDECIDED),
+])
+def test_the_verdict_rule_is_two_standard_errors(difference, error, expected):
+  assert study_tables.verdict(difference, error) == expected
+
+
+def _run(name, seed, **metrics):
+  return {"name": name, "seed": seed, "metrics": metrics}
+
+
+def test_decide_between_configurations_is_unpaired():
+  finding = studies.Finding("a beats b", ("a", "m"), ("b", "m"), "paper")
+  a, b = [0.50, 0.54, 0.52], [0.40, 0.47, 0.41]
+  runs = ([_run("a", s, m=v) for s, v in enumerate(a)] +
+          [_run("b", s, m=v) for s, v in enumerate(b)])
+  decided = study_tables.decide(finding, runs)
+  se_a = np.std(a, ddof=1) / np.sqrt(3)
+  se_b = np.std(b, ddof=1) / np.sqrt(3)
+  assert decided["difference"] == pytest.approx(np.mean(a) - np.mean(b))
+  assert decided["standard_error"] == pytest.approx(np.hypot(se_a, se_b))
+  assert not decided["paired"] and decided["repeats"] == 3
+  assert decided["verdict"] == study_tables.HOLDS  # 0.093 > 2 * 0.024
+
+
+def test_decide_between_metrics_of_the_same_runs_is_paired():
+  finding = studies.Finding("h beats g(h)", ("c", "h"), ("c", "gh"), "paper")
+  h, gh = [0.60, 0.50, 0.70], [0.58, 0.47, 0.69]
+  runs = [_run("c", s, h=x, gh=y) for s, (x, y) in enumerate(zip(h, gh))]
+  decided = study_tables.decide(finding, runs)
+  differences = np.subtract(h, gh)
+  assert decided["paired"]
+  assert decided["difference"] == pytest.approx(differences.mean())
+  assert decided["standard_error"] == pytest.approx(
+      differences.std(ddof=1) / np.sqrt(3))
+  # Unpaired, the seeds' spread (0.1) would hide the 2-point gain.
+  assert decided["verdict"] == study_tables.HOLDS
+
+
+def test_decide_with_one_repeat_is_undecided():
+  finding = studies.Finding("a beats b", ("a", "m"), ("b", "m"), "paper")
+  decided = study_tables.decide(finding, [_run("a", 0, m=0.9),
+                                          _run("b", 0, m=0.1)])
+  assert decided["verdict"] == study_tables.UNDECIDED
+  missing = study_tables.decide(finding, [_run("a", 0, m=0.9)])
+  assert missing["verdict"] == study_tables.UNDECIDED
+  assert missing["difference"] is None
+
+
+# --- the configurations set what they claim ------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(studies.STUDIES))
+def test_every_configuration_is_a_valid_program_setting(name):
+  study = studies.get(name)
+  assert len(set(study.names())) == len(study.names())
+  base = {"train_epochs": studies.BASE_OVERRIDES["train_epochs"]}
+  for configuration in study.configurations:
+    overrides = studies.resolve_overrides(configuration.overrides, base)
+    assert set(overrides) <= set(study.varies), configuration.name
+    for flag in overrides:
+      assert flag in program_flags.SETTING_FLAGS, flag
+  for finding in study.findings:
+    for side in (finding.better, finding.worse):
+      study.configuration(side[0])
+      assert side[1] in studies.ACCURACY_METRICS
+
+
+def _configured(study_name, configuration_name):
+  """The ExperimentConfig a configuration's run gets over the default base."""
+  from command_line import config_of
+  study = studies.get(study_name)
+  configuration = study.configuration(configuration_name)
+  overrides = studies.resolve_overrides(
+      configuration.overrides,
+      {"train_epochs": studies.BASE_OVERRIDES["train_epochs"]})
+  args = ([f"--flagfile={program_flags.preset_path(studies.BASE_PRESET)}"] +
+          [f"--{k}={v}" for k, v in studies.BASE_OVERRIDES.items()] +
+          [f"--{k}={v}" for k, v in overrides.items()])
+  return config_of(args)
+
+
+def test_the_head_study_builds_no_linear_and_nonlinear_heads():
+  from simclr_tf.models import simclr
+  for mode, dense_layers in (("none", 0), ("linear", 1), ("nonlinear", 3)):
+    config = _configured("projection_head", mode)
+    assert config.model.proj_head_mode == mode
+    model = simclr.build_from_experiment(config, num_classes=10,
+                                         with_supervised_head=False)
+    kernels = [v for v in model.projection_head.trainable_variables
+               if "kernel" in v.path]
+    assert len(kernels) == dense_layers, mode
+
+
+def test_the_temperature_study_sets_norm_and_tau():
+  for configuration in studies.get("temperature").configurations:
+    config = _configured("temperature", configuration.name)
+    norm, _, tau = configuration.name.split("_")
+    assert config.loss.hidden_norm == (norm == "l2")
+    assert config.loss.temperature == pytest.approx(float(tau))
+  assert studies.get("temperature").configuration(
+      "l2_tau_0.1").paper_top_1 == pytest.approx(0.644)  # Table 5
+
+
+def test_the_batch_study_scales_the_base_epochs():
+  config = _configured("batch_size", studies.batch_size_name(64, 2))
+  assert config.run.train_batch_size == 64
+  assert config.run.train_epochs == 2 * int(
+      studies.BASE_OVERRIDES["train_epochs"])
+
+
+def test_the_colour_study_follows_table_1():
+  study = studies.get("color_strength")
+  config = _configured("color_strength", "strength_0.125")
+  assert config.augment.color_jitter_strength == pytest.approx(0.125)
+  assert not config.augment.use_blur
+  assert _configured("color_strength", "strength_1.0_blur").augment.use_blur
+  assert [c.paper_top_1 for c in study.configurations] == pytest.approx(
+      [0.596, 0.610, 0.626, 0.632, 0.645])
+
+
+# --- the tool ----------------------------------------------------------------
+
+STUDY = [sys.executable, "-m", "simclr_tf.tools.study"]
+
+
+def _tool(args, **kwargs):
+  return subprocess.run(STUDY + args, capture_output=True, text=True,
+                        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                        timeout=120, **kwargs)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--study=temperature", "--temperature=0.3"],
+     "--temperature is what the temperature study varies"),
+    (["--study=temperature", "--model_dir=x"], "use --output_dir instead"),
+    (["--study=projection_head", "--runs=bogus"], "has no configuration"),
+    (["--study=nope"], "value should be one of"),
+    (["--study=temperature", "--repeats=0"], "--repeats must be at least 1"),
+    (["--study=temperature", "--no_such_flag=1"], "no_such_flag"),
+])
+def test_bad_study_command_lines_stop_with_one_line(args, message, tmp_path):
+  result = _tool(args + [f"--output_dir={tmp_path}"])
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if "error:" in line]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+
+
+TINY = ["--synthetic_train_examples=96", "--synthetic_test_examples=32",
+        "--image_size=16", "--width_multiplier=0.125", "--proj_out_dim=8",
+        "--train_batch_size=32", "--eval_batch_size=32",
+        "--linear_eval_train_batch_size=32", "--train_epochs=1",
+        "--linear_eval_train_epochs=1", "--knn_bank_size=96",
+        "--probe_train_examples=64", "--probe_num_strengths=2",
+        "--steps_per_loop=1", "--warmup_epochs=0"]
+
+
+def test_a_tiny_study_killed_between_runs_finishes_on_rerun(tmp_path):
+  output_dir = tmp_path / "study"
+  args = ["--study=projection_head", "--runs=none,nonlinear", "--repeats=1",
+          f"--output_dir={output_dir}", f"--data_dir={tmp_path / 'data'}"
+          ] + TINY
+  process = subprocess.Popen(STUDY + args, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             env=dict(os.environ, PYTHONPATH=REPO))
+  first_done = output_dir / "none" / "seed_0" / "study_metrics.json"
+  deadline = time.time() + 300
+  while not first_done.exists() and process.poll() is None:
+    assert time.time() < deadline, "the first run did not finish"
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)  # during the second run
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 75, stderr[-3000:]
+  assert "Rerun the same command to continue" in stderr
+  partial = json.loads((output_dir / "results.json").read_text())
+  assert [run["name"] for run in partial["runs"]] == ["none"]
+
+  rerun = subprocess.run(STUDY + args, capture_output=True, text=True,
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                         timeout=400)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  # The finished run was read back, not rerun: one command in its log.
+  log = (output_dir / "none" / "seed_0" / "study_log.txt").read_text()
+  assert log.count("$ ") == 1
+  assert "run 2/2 nonlinear seed 0" in rerun.stdout
+  results = json.loads((output_dir / "results.json").read_text())
+  assert results["study"] == "projection_head"
+  names = [run["name"] for run in results["runs"]]
+  assert names == ["none", "nonlinear"]
+  for run in results["runs"]:
+    metrics = run["metrics"]
+    for key in (studies.LINEAR_EVAL_TOP_1, studies.PROBE_TOP_1,
+                studies.PROBE_GH_TOP_1, studies.KNN_TOP_1):
+      assert 0.0 <= metrics[key] <= 1.0, (run["name"], key)
+    assert run["overrides"] == {"proj_head_mode": run["name"]}
+  # One repeat: no standard error, so every verdict is undecided.
+  assert {f["verdict"] for f in results["findings"]} == {
+      study_tables.UNDECIDED}
+  table = (output_dir / "results.md").read_text()
+  assert "| `nonlinear` | 1 |" in table
+  png = (output_dir / "results.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  # Runs are normal runs: their config records the study's settings.
+  stored = config_lib.ExperimentConfig.from_dict(json.loads(
+      (output_dir / "nonlinear" / "seed_0" / "config.json").read_text()))
+  assert stored.model.proj_head_mode == "nonlinear"
+  assert stored.run.keep_hub_module_max == 0
+  assert not (output_dir / "nonlinear" / "seed_0" / "saved_model").exists()
