@@ -19,8 +19,7 @@ from simclr_tf.data.errors import DataError
 
 # The rest is TensorFlow's (`tf.data`), imported on first use, so that the
 # TF-free modules of this package (`shapes_render`, `digits_data`,
-# `errors`) serve the JAX
-# backend on hosts without TensorFlow.
+# `errors`) serve the JAX backend on hosts without TensorFlow.
 _LAZY = {
     "select_label_subset": ("label_subset", "select_label_subset"),
     "build_input_fn": ("pipeline", "build_input_fn"),
