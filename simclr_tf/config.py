@@ -55,7 +55,8 @@ class DataConfig:
   """Where the images come from and how they are batched."""
   dataset: str = setting(
       "imagenet2012", "A tfds name (e.g. cifar10, imagenet2012_subset/1pct), "
-      "synthetic_shapes (built in, offline) or image_folder.",
+      "a built-in offline dataset (synthetic_shapes, sklearn_digits) or "
+      "image_folder.",
       roles=(FIXED_ON_RESUME, READS_IMAGES))
   data_dir: Optional[str] = setting(
       None, "tfds data directory; for image_folder, the folder's root "
@@ -106,7 +107,8 @@ class DataConfig:
   def validate(self) -> None:
     _check_declared(self)
     _check(bool(self.dataset), "`dataset` must not be empty. Received: "
-           "dataset=''. Use a tfds name, synthetic_shapes or image_folder.")
+           "dataset=''. Use a tfds name, synthetic_shapes, sklearn_digits or "
+           "image_folder.")
     if self.dataset == "image_folder":
       _check(bool(self.data_dir),
              "`dataset=image_folder` needs `data_dir` set to the folder root "

@@ -1,5 +1,5 @@
-"""Input data: tfds datasets, image folders, the built-in `synthetic_shapes`,
-label subsets, and the per-replica `tf.data` pipeline.
+"""Input data: tfds datasets, image folders, the built-in `synthetic_shapes`
+and `sklearn_digits`, label subsets, and the per-replica `tf.data` pipeline.
 
 Public API:
   DataError: the one-line user-facing error of this package.
@@ -18,8 +18,8 @@ import importlib
 from simclr_tf.data.errors import DataError
 
 # The rest is TensorFlow's (`tf.data`), imported on first use, so that the
-# TF-free modules of this package (`shapes_render`, `errors`) serve the JAX
-# backend on hosts without TensorFlow.
+# TF-free modules of this package (`shapes_render`, `digits_data`,
+# `errors`) serve the JAX backend on hosts without TensorFlow.
 _LAZY = {
     "select_label_subset": ("label_subset", "select_label_subset"),
     "build_input_fn": ("pipeline", "build_input_fn"),

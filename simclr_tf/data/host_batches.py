@@ -6,6 +6,8 @@
 - `synthetic_shapes`: the built-in dataset, rendered in memory by the same
   generator and seeds as its tfds builder, so both backends train on the
   same images.
+- `sklearn_digits`: the built-in 8x8 digits, in memory from the same arrays
+  and fixed split as its tfds builder (`digits_data`).
 - `image_folder`: root/<split>/<class>/<image> (or root/<split>/<image>,
   unlabeled), as the TensorFlow path reads it. Files are listed, not
   decoded, when the split opens. Pillow decodes each file when its batch is
@@ -31,13 +33,15 @@ import keras
 import numpy as np
 
 from simclr_tf.augment import batched as device_augment
+from simclr_tf.data import digits_data
 from simclr_tf.data import folder_layout
 from simclr_tf.data import shapes_render
 from simclr_tf.data.errors import DataError
 
 SYNTHETIC_SHAPES = "synthetic_shapes"
+SKLEARN_DIGITS = digits_data.NAME
 IMAGE_FOLDER = "image_folder"
-DATASETS = (SYNTHETIC_SHAPES, IMAGE_FOLDER)
+DATASETS = (SYNTHETIC_SHAPES, SKLEARN_DIGITS, IMAGE_FOLDER)
 # The built-in dataset's random streams, as its tfds builder's.
 _SPLIT_STREAMS = {"train": 0, "test": 1}
 # At or below this side the evaluation transform only resizes (the authors'
@@ -71,7 +75,7 @@ class Split:
 
 
 def load_split(data_config, split: str) -> Split:
-  """Opens a split of the built-in dataset or of an image folder.
+  """Opens a split of a built-in dataset or of an image folder.
 
   Args:
     data_config: a `simclr_tf.config.DataConfig`.
@@ -81,8 +85,8 @@ def load_split(data_config, split: str) -> Split:
     A `Split`.
 
   Raises:
-    DataError: another dataset (tfds needs TensorFlow), an unknown split or
-      an empty or missing folder.
+    DataError: another dataset (tfds needs TensorFlow), an unknown split,
+      an empty or missing folder, or sklearn_digits without scikit-learn.
   """
   cfg = data_config
   if cfg.dataset == SYNTHETIC_SHAPES:
@@ -95,6 +99,11 @@ def load_split(data_config, split: str) -> Split:
         count, cfg.image_size, cfg.synthetic_seed,
         stream=_SPLIT_STREAMS[split])
     return Split(labels, shapes_render.NUM_CLASSES, images=images)
+  if cfg.dataset == SKLEARN_DIGITS:
+    # 8x8 images: the device crops and resizes them to image_size, and
+    # evaluation resizes them (`center_crop`), as tf.data does.
+    images, labels = digits_data.load(split)
+    return Split(labels, digits_data.NUM_CLASSES, images=images)
   if cfg.dataset == IMAGE_FOLDER:
     return _folder_split(cfg.data_dir, split)
   raise DataError(

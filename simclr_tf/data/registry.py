@@ -6,12 +6,14 @@ import numpy as np
 
 from simclr_tf.data import image_folder
 from simclr_tf.data import label_subset
+from simclr_tf.data import sklearn_digits
 from simclr_tf.data import source as source_lib
 from simclr_tf.data import synthetic_shapes
 from simclr_tf.data import tfds_source
 
 IMAGE_FOLDER = "image_folder"
 SYNTHETIC_SHAPES = synthetic_shapes.NAME
+SKLEARN_DIGITS = sklearn_digits.NAME
 
 _SOURCES: Dict[tuple, source_lib.Source] = {}
 _SUBSETS: Dict[tuple, np.ndarray] = {}
@@ -33,7 +35,7 @@ def _source_key(data_config) -> tuple:
 
 
 def get_source(data_config) -> source_lib.Source:
-  """The source `data_config` names, prepared (synthetic data generated).
+  """The source `data_config` names, prepared (built-in data generated).
 
   Args:
     data_config: a `simclr_tf.config.DataConfig`.
@@ -56,6 +58,9 @@ def get_source(data_config) -> source_lib.Source:
           test_examples=cfg.synthetic_test_examples,
           seed=cfg.synthetic_seed, data_dir=cfg.data_dir)
       source = tfds_source.TfdsSource(builder, SYNTHETIC_SHAPES)
+    elif cfg.dataset == SKLEARN_DIGITS:
+      source = tfds_source.TfdsSource(
+          sklearn_digits.prepare(data_dir=cfg.data_dir), SKLEARN_DIGITS)
     else:
       source = tfds_source.TfdsSource.from_name(cfg.dataset, cfg.data_dir)
     _SOURCES[key] = source

@@ -6,16 +6,13 @@ config, so different settings never collide on disk:
 `<data_dir>/synthetic_shapes/size32_train10000_test2000_seed0/1.0.0/`.
 """
 
-import contextlib
 import dataclasses
-import logging
-import os
-import time
 from typing import Optional
 
 import tensorflow_datasets as tfds
 
 from simclr_tf.data import shapes_render
+from simclr_tf.data import tfds_prepare
 
 NAME = "synthetic_shapes"
 TRAIN_SPLIT = "train"
@@ -133,36 +130,4 @@ def prepare(image_size: int = 32, train_examples: int = 10000,
         config=config.name if config.name in predefined else config,
         data_dir=data_dir)
 
-  builder = make_builder()
-  if builder.is_prepared():
-    return builder
-  # The workers of a multi-worker job start together and would all generate
-  # into the same directory, colliding when tfds renames the result into
-  # place; one generates while the others wait, then they read its output.
-  with _preparation_lock(str(builder.data_dir_root)):
-    builder = make_builder()
-    if not builder.is_prepared():
-      start = time.time()
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(
-              try_download_gcs=False))
-      logging.info("Generated %s/%s in %s (%.1f s).", NAME, config.name,
-                   builder.data_dir, time.time() - start)
-  return builder
-
-
-@contextlib.contextmanager
-def _preparation_lock(data_dir_root: str):
-  """Holds an exclusive file lock in a local tfds data directory."""
-  if "://" in data_dir_root:
-    yield  # No file locks on object stores; generate there beforehand.
-    return
-  import fcntl  # POSIX only.
-  os.makedirs(data_dir_root, exist_ok=True)
-  path = os.path.join(data_dir_root, f".{NAME}.prepare.lock")
-  with open(path, "a") as handle:
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
+  return tfds_prepare.prepare_once(make_builder, NAME)

@@ -18,7 +18,7 @@ from simclr_tf.data.errors import DataError
 
 _TFDS_ID = "tfds_id"
 # Names the unknown-dataset message always offers.
-BUILT_IN_CHOICES = ("synthetic_shapes", "image_folder")
+BUILT_IN_CHOICES = ("synthetic_shapes", "sklearn_digits", "image_folder")
 _EXAMPLE_TFDS_NAMES = ("cifar10", "cifar100", "stl10", "imagenet2012",
                        "imagenet2012_subset/1pct", "imagenet2012_subset/10pct")
 
@@ -43,7 +43,8 @@ def check_tfds_name(name: str) -> None:
                                     n=3)
   hint = f" Did you mean {' or '.join(close)}?" if close else ""
   raise DataError(
-      f"Unknown dataset {name!r}. Choose synthetic_shapes (built in), "
+      f"Unknown dataset {name!r}. Choose synthetic_shapes or "
+      f"sklearn_digits (built in), "
       f"image_folder (with data_dir=<root>/<split>/<class>/<image>) or a tfds "
       f"name such as {', '.join(_EXAMPLE_TFDS_NAMES)} (tfds.list_builders() "
       f"has all {len(known)}).{hint}")

@@ -28,7 +28,8 @@ from simclr_tf.data import source as source_lib  # noqa: E402
 
 _DATASET = flags.DEFINE_string(
     "dataset", "synthetic_shapes",
-    "synthetic_shapes, image_folder or a prepared tfds dataset name.")
+    "synthetic_shapes, sklearn_digits, image_folder or a prepared tfds "
+    "dataset name.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "tfds data_dir, or the image folder root.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to draw images from.")
