@@ -180,6 +180,14 @@ class AugmentConfig:
       0.1, "Standard deviation of branch_transforms=noise on the [0, 1] "
       "pixel scale, before clipping (the paper gives none).", above=0.0)
 
+  def __post_init__(self):
+    # A sequence of names is kept as the flag's string, so a config equals
+    # itself read back from config.json.
+    value = self.branch_transforms
+    if value is not None and not isinstance(value, str):
+      object.__setattr__(self, "branch_transforms",
+                         ",".join(str(name) for name in value))
+
   def validate(self) -> None:
     _check_declared(self)
     for name in ("crop_area_range", "crop_aspect_ratio_range",

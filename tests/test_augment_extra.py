@@ -274,6 +274,7 @@ def test_the_settings_name_the_implemented_transforms():
   assert names.branch_transform_names == ("sobel", "noise", "rotate")
   as_tuple = AugmentConfig(branch_transforms=("cutout", "crop"))
   assert as_tuple.branch_transform_names == ("cutout", "crop")
+  assert as_tuple == AugmentConfig(branch_transforms="cutout,crop")
 
 
 @pytest.mark.parametrize("overrides, message", [
