@@ -36,6 +36,10 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 BACKENDS = ("tensorflow", "jax")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CROP_SAMPLERS = ("authors", "area_uniform")
+# The transformations of the paper's one-branch ablation (Figure 5), as
+# `simclr_tf.augment.batched` implements them.
+BRANCH_TRANSFORMS = ("crop", "flip", "color", "blur", "cutout", "sobel",
+                     "noise", "rotate")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -163,12 +167,62 @@ class AugmentConfig:
       "tf.image.sample_distorted_bounding_box as the authors' code calls "
       "it; area_uniform = the paper's wording (area uniform, log-uniform "
       "aspect ratio).", choices=CROP_SAMPLERS)
+  branch_transforms: str = setting(
+      "", "The paper's one-branch ablation (Figure 5), pretraining only: "
+      "empty is the usual two-view recipe; otherwise comma-separated names "
+      f"from {', '.join(BRANCH_TRANSFORMS)}. Both views are then random "
+      "crops resized to image_size, and only the first gets these, in this "
+      "order (crop: a second random crop; color: jitter and drop; flip, "
+      "color and blur with their probabilities, the others always).")
+  cutout_fraction: float = setting(
+      0.5, "Side of the square that branch_transforms=cutout paints black, "
+      "as a fraction of the image side (DeVries & Taylor's 16 px of 32 on "
+      "CIFAR-10; the paper gives none).", above=0.0, at_most=1.0)
+  noise_std: float = setting(
+      0.1, "Standard deviation of branch_transforms=noise on the [0, 1] "
+      "pixel scale, before clipping (the paper gives none).", above=0.0)
+
+  def __post_init__(self):
+    # A sequence of names is kept as the flag's string, so a config equals
+    # itself read back from config.json.
+    value = self.branch_transforms
+    if value is not None and not isinstance(value, str):
+      object.__setattr__(self, "branch_transforms",
+                         ",".join(str(name) for name in value))
 
   def validate(self) -> None:
     _check_declared(self)
     for name in ("crop_area_range", "crop_aspect_ratio_range",
                  "blur_sigma_range"):
       _check_pair(name, getattr(self, name))
+    names = self.branch_transform_names
+    _check("color" not in names or self.color_jitter_strength > 0,
+           "`branch_transforms` lists color, but color_jitter_strength=0 "
+           "turns colour distortion off: set color_jitter_strength > 0 or "
+           f"drop color. Received: branch_transforms={self.branch_transforms!r}")
+
+  @property
+  def branch_transform_names(self) -> Tuple[str, ...]:
+    """`branch_transforms` as a tuple of names; () for the usual recipe.
+
+    Accepts the comma-separated string of the flag, or a sequence of names.
+
+    Raises:
+      ConfigError: a name outside `BRANCH_TRANSFORMS`.
+    """
+    value = self.branch_transforms
+    if value is None:
+      return ()
+    if isinstance(value, str):
+      value = value.split(",")
+    names = tuple(str(name).strip().lower() for name in value)
+    names = tuple(name for name in names if name)
+    unknown = [name for name in names if name not in BRANCH_TRANSFORMS]
+    _check(not unknown,
+           f"`branch_transforms` must be comma-separated names from "
+           f"{', '.join(BRANCH_TRANSFORMS)} (unknown: {', '.join(unknown)}). "
+           f"Received: branch_transforms={self.branch_transforms!r}")
+    return names
 
 
 @section()
@@ -520,14 +574,16 @@ class ExperimentConfig:
 
     Returns:
       `augment` when pretraining; for fine-tuning and linear evaluation the
-      same with colour distortion and blur off: they see crops and flips
-      only, as the authors' do (colour and blur are pretraining
-      augmentations).
+      same with colour distortion, blur and `branch_transforms` off: they
+      see crops and flips only, as the authors' do (colour and blur are
+      pretraining augmentations).
     """
     if self.run.train_mode == "pretrain":
       return self.augment
+    # The one-branch protocol is a pretraining ablation: it is off here too.
     return dataclasses.replace(self.augment, color_jitter_probability=0.0,
-                               grayscale_probability=0.0, use_blur=False)
+                               grayscale_probability=0.0, use_blur=False,
+                               branch_transforms="")
 
   def for_linear_eval(self, *, model_dir: str,
                       checkpoint: Optional[str]) -> "ExperimentConfig":

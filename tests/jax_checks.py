@@ -10,6 +10,7 @@ Usage: python tests/jax_checks.py CHECK WORKDIR
   step           loss, gradients and one train step of a SimCLRModel
   data_parallel  one train step on 1 device and on 2 (DataParallel)
   augment        crop boxes and views of the batched augmentation
+  branch         the one-branch protocol (`branch_transforms`) on inputs.npz
 Each writes WORKDIR/CHECK.npz.
 """
 
@@ -152,8 +153,32 @@ def check_augment(workdir):
   return out
 
 
+def check_branch(workdir):
+  """Figure 5's protocol: the views, and the boxes each view drew first."""
+  images = np.load(os.path.join(workdir, "inputs.npz"))["images"]
+  seed = device_augment.step_seed(3, 7, device_augment.CROP_STREAM)
+  out = {}
+  for view in range(2):
+    rng = device_augment._Random(seed + np.array([1000 * (view + 1), 0],
+                                                 np.uint32))
+    boxes = device_augment.sample_crop_boxes(
+        images.shape[0], images.shape[1], images.shape[2],
+        config_lib.AugmentConfig(), rng)
+    out[f"boxes{view}"] = np.stack([np.asarray(b) for b in boxes], axis=1)
+  sobel = config_lib.AugmentConfig(branch_transforms="sobel")
+  out["views"] = np.asarray(jax.jit(lambda x: device_augment.augment_views(
+      x, 16, sobel, 2, seed))(images))
+  # The other new ops, eagerly (compiling them too would double the time).
+  others = config_lib.AugmentConfig(
+      branch_transforms="flip,cutout,noise,sobel,rotate")
+  out["others"] = np.asarray(device_augment.augment_views(images, 16, others,
+                                                          2, seed))
+  return out
+
+
 CHECKS = {"core": check_core, "step": check_step,
-          "data_parallel": check_data_parallel, "augment": check_augment}
+          "data_parallel": check_data_parallel, "augment": check_augment,
+          "branch": check_branch}
 
 
 def main(argv):

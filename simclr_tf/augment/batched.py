@@ -15,6 +15,12 @@ whole transform below, seeded per step.
 3. colour jitter in a random order per image, then grayscale;
 4. Gaussian blur, one sigma per image, reflect padding.
 
+The paper's other studied transformations (Figure 4: cutout, Sobel
+filtering, Gaussian noise, rotation) are here too, for its one-branch
+protocol of Figure 5 (`AugmentConfig.branch_transforms`): every view is a
+random crop resized to `size`, and only the first view then gets the listed
+transformations, in the listed order (`apply_branch_transforms`).
+
 Randomness is stateless: every draw derives from a seed pair, which the
 train step builds from the run's seed, the input pipeline and the optimizer
 step (`step_seed`), so a run resumed at step k draws what it would have.
@@ -40,6 +46,19 @@ CUBIC_A = -0.5
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 _NUM_JITTER_OPS = 4
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(_NUM_JITTER_OPS)
+# The one-branch protocol's transformations (`AugmentConfig.branch_transforms`;
+# `simclr_tf.config.BRANCH_TRANSFORMS` lists the same names).
+CROP, FLIP, COLOR, BLUR = "crop", "flip", "color", "blur"
+CUTOUT, SOBEL, NOISE, ROTATE = "cutout", "sobel", "noise", "rotate"
+BRANCH_TRANSFORMS = (CROP, FLIP, COLOR, BLUR, CUTOUT, SOBEL, NOISE, ROTATE)
+# Cutout paints its square black (0 on [0, 1] images).
+CUTOUT_FILL = 0.0
+# Quarter turns `rotate` draws from, uniformly: the paper's Figure 4(f),
+# "Rotate {90, 180, 270}" (the identity is not among them).
+ROTATION_TURNS = (1, 2, 3)
+# Sobel magnitudes scaled into [0, 1]: on [0, 1] images each 3x3 Sobel
+# derivative lies in [-4, 4], so |gradient| <= 4 * sqrt(2).
+SOBEL_SCALE = 1.0 / (4.0 * math.sqrt(2.0))
 # Seed streams of `step_seed`, so crops and colour never share draws.
 CROP_STREAM = 1
 DISTORT_STREAM = 2
@@ -398,6 +417,32 @@ def gaussian_blur(images, sigma, radius: int):
   return ops.transpose(out, (2, 0, 1, 3))
 
 
+def _mask(rng, num, probability):
+  """Per-image coin flips, shaped to select whole (B, H, W, C) images."""
+  return rng.bernoulli((num,), probability)[:, None, None, None]
+
+
+def _color_distortion(images, augment_config, rng):
+  # The paper's colour distortion: jitter with its probability, then an
+  # independent colour drop (grayscale).
+  cfg = augment_config
+  num = ops.shape(images)[0]
+  jitter = _mask(rng, num, cfg.color_jitter_probability)
+  images = ops.where(
+      jitter, color_jitter(images, cfg.color_jitter_strength, rng), images)
+  return ops.where(_mask(rng, num, cfg.grayscale_probability),
+                   to_grayscale(images), images)
+
+
+def _random_blur(images, radius, augment_config, rng):
+  cfg = augment_config
+  num = ops.shape(images)[0]
+  blur = _mask(rng, num, cfg.blur_probability)
+  sigma = rng.uniform((num,), cfg.blur_sigma_range[0],
+                      cfg.blur_sigma_range[1])
+  return ops.where(blur, gaussian_blur(images, sigma, radius), images)
+
+
 def distort(images, size: int, augment_config, rng):
   """Colour jitter, grayscale and blur of float (B, size, size, 3) images.
 
@@ -411,29 +456,198 @@ def distort(images, size: int, augment_config, rng):
     float32 (B, size, size, 3) in [0, 1].
   """
   cfg = augment_config
-  num = ops.shape(images)[0]
-
-  def mask(probability):
-    return rng.bernoulli((num,), probability)[:, None, None, None]
-
   # Strength 0 means no colour distortion, grayscale included, as the
   # authors' `if color_jitter_strength > 0`.
   if cfg.color_jitter_strength > 0:
-    jitter = mask(cfg.color_jitter_probability)
-    images = ops.where(
-        jitter, color_jitter(images, cfg.color_jitter_strength, rng), images)
-    images = ops.where(mask(cfg.grayscale_probability), to_grayscale(images),
-                       images)
+    images = _color_distortion(images, cfg, rng)
   radius = blur_kernel_radius(size, cfg.blur_kernel_fraction)
   if cfg.use_blur and radius > 0:
-    blur = mask(cfg.blur_probability)
-    sigma = rng.uniform((num,), cfg.blur_sigma_range[0],
-                        cfg.blur_sigma_range[1])
-    images = ops.where(blur, gaussian_blur(images, sigma, radius), images)
+    images = _random_blur(images, radius, cfg, rng)
   return ops.clip(images, 0.0, 1.0)
 
 
-def augment_batch(images, size: int, augment_config, seed):
+def cutout(images, fraction: float, rng):
+  """Paints one square per image with `CUTOUT_FILL` (DeVries & Taylor 2017).
+
+  The square's side is `round(fraction * side)` pixels (at least 1) and it
+  lies wholly inside the image, at a uniform position, so every image loses
+  exactly side**2 pixels.
+
+  Args:
+    images: float32 (B, H, W, C) with static H and W.
+    fraction: the square's side as a fraction of the image's shorter side.
+    rng: the draws.
+
+  Returns:
+    float32 (B, H, W, C).
+  """
+  height, width = images.shape[1], images.shape[2]
+  side = max(1, int(round(fraction * min(height, width))))
+  num = ops.shape(images)[0]
+  top = ops.floor(rng.uniform((num,)) * float(height - side + 1))
+  left = ops.floor(rng.uniform((num,)) * float(width - side + 1))
+  top = ops.clip(top, 0.0, float(height - side))[:, None]
+  left = ops.clip(left, 0.0, float(width - side))[:, None]
+  rows = ops.arange(height, dtype="float32")[None, :]
+  cols = ops.arange(width, dtype="float32")[None, :]
+  in_rows = (rows >= top) & (rows < top + side)                   # (B, H)
+  in_cols = (cols >= left) & (cols < left + side)                 # (B, W)
+  square = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+  return ops.where(square, CUTOUT_FILL, images)
+
+
+def sobel(images):
+  """Sobel edge magnitude of the luma, as a gray image in [0, 1].
+
+  The luma (`GRAY_WEIGHTS`) is padded by reflection (no edge at the
+  border), differentiated with the 3x3 Sobel kernels along each axis, and
+  the gradient's length times `SOBEL_SCALE` is replicated to 3 channels.
+
+  Args:
+    images: float32 (B, H, W, 3) in [0, 1], static H and W.
+
+  Returns:
+    float32 (B, H, W, 3) in [0, 1].
+  """
+  height, width = images.shape[1], images.shape[2]
+  gray = to_grayscale(images)[..., :1]
+  padded = ops.pad(gray, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+
+  def at(dy, dx):  # The neighbour (dy, dx) of every pixel.
+    return padded[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width, :]
+
+  d_x = (at(-1, 1) + 2.0 * at(0, 1) + at(1, 1)) - (
+      at(-1, -1) + 2.0 * at(0, -1) + at(1, -1))
+  d_y = (at(1, -1) + 2.0 * at(1, 0) + at(1, 1)) - (
+      at(-1, -1) + 2.0 * at(-1, 0) + at(-1, 1))
+  magnitude = ops.sqrt(ops.square(d_x) + ops.square(d_y)) * SOBEL_SCALE
+  return ops.concatenate([ops.clip(magnitude, 0.0, 1.0)] * 3, axis=-1)
+
+
+def standard_normal(shape, rng):
+  """N(0, 1) draws from uniform ones (Box-Muller), so any `rng` serves."""
+  radius = ops.sqrt(-2.0 * ops.log(1.0 - rng.uniform(shape)))  # 1 - u > 0.
+  return radius * ops.cos(2.0 * math.pi * rng.uniform(shape))
+
+
+def gaussian_noise(images, std: float, rng):
+  """Adds N(0, std^2) to every pixel and channel, then clips to [0, 1].
+
+  Args:
+    images: float32 (B, H, W, C) in [0, 1].
+    std: the noise's standard deviation, on the [0, 1] scale.
+    rng: the draws.
+
+  Returns:
+    float32 (B, H, W, C) in [0, 1]. The clip shrinks the spread near 0 and
+    1; at mid-gray it is std.
+  """
+  noise = standard_normal(ops.shape(images), rng) * std
+  return ops.clip(images + noise, 0.0, 1.0)
+
+
+def rot90(images, turns: int):
+  """Every image turned `turns` quarter turns anticlockwise (`np.rot90`).
+
+  Args:
+    images: (B, S, S, C) square images.
+    turns: 0 to 3.
+
+  Returns:
+    (B, S, S, C).
+  """
+  for _ in range(turns % 4):
+    images = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=1)
+  return images
+
+
+def random_rotation(images, rng):
+  """Each square image turned by an angle drawn from `ROTATION_TURNS`.
+
+  Args:
+    images: float32 (B, S, S, C).
+    rng: the draws.
+
+  Returns:
+    float32 (B, S, S, C).
+  """
+  num = ops.shape(images)[0]
+  pick = ops.floor(rng.uniform((num,)) * len(ROTATION_TURNS))
+  pick = ops.clip(pick, 0.0, len(ROTATION_TURNS) - 1.0)[:, None, None, None]
+  out = images
+  for index, turns in enumerate(ROTATION_TURNS):
+    out = ops.where(pick == float(index), rot90(images, turns), out)
+  return out
+
+
+def apply_branch_transforms(images, size: int, augment_config, rng):
+  """`augment_config.branch_transform_names`, in order, on one branch.
+
+  Each op draws its own parameters per image; cutout, Sobel, noise and
+  rotation always apply, flip, colour and blur with their settings'
+  probabilities (blur whatever `use_blur`, since it was asked for here).
+
+  Args:
+    images: float32 (B, size, size, 3) crops in [0, 1].
+    size: their side.
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    rng: the draws.
+
+  Returns:
+    float32 (B, size, size, 3) in [0, 1].
+  """
+  cfg = augment_config
+  num = ops.shape(images)[0]
+  for name in cfg.branch_transform_names:
+    if name == CROP:
+      # A second random crop of the resized crop, resized back.
+      boxes = sample_crop_boxes(num, size, size, cfg, rng)
+      images = ops.clip(crop_and_resize(images, boxes, size), 0.0, 1.0)
+    elif name == FLIP:
+      images = ops.where(_mask(rng, num, cfg.flip_probability),
+                         ops.flip(images, axis=2), images)
+    elif name == COLOR:
+      images = _color_distortion(images, cfg, rng)
+    elif name == BLUR:
+      radius = blur_kernel_radius(size, cfg.blur_kernel_fraction)
+      if radius > 0:
+        images = _random_blur(images, radius, cfg, rng)
+    elif name == CUTOUT:
+      images = cutout(images, cfg.cutout_fraction, rng)
+    elif name == SOBEL:
+      images = sobel(images)
+    elif name == NOISE:
+      images = gaussian_noise(images, cfg.noise_std, rng)
+    elif name == ROTATE:
+      images = random_rotation(images, rng)
+    else:
+      raise ValueError(f"`branch_transforms` must list names among "
+                       f"{', '.join(BRANCH_TRANSFORMS)}. Received: "
+                       f"branch_transforms={cfg.branch_transforms!r}")
+    images = ops.clip(images, 0.0, 1.0)
+  return images
+
+
+def one_branch_view(crops, size: int, augment_config, rng, view: int):
+  """A view of Figure 5's protocol: view 0 transformed, the others not.
+
+  Args:
+    crops: float32 (B, size, size, 3) random crops, resized, in [0, 1].
+    size: their side.
+    augment_config: a `simclr_tf.config.AugmentConfig` with
+      `branch_transforms`.
+    rng: the draws.
+    view: the view's index.
+
+  Returns:
+    float32 (B, size, size, 3) in [0, 1].
+  """
+  if view == 0:
+    return apply_branch_transforms(crops, size, augment_config, rng)
+  return crops
+
+
+def augment_batch(images, size: int, augment_config, seed, view: int = 0):
   """The whole train transform on a batch of same-size images.
 
   Args:
@@ -441,6 +655,9 @@ def augment_batch(images, size: int, augment_config, seed):
     size: output side.
     augment_config: a `simclr_tf.config.AugmentConfig`.
     seed: a (2,) seed pair (`step_seed`).
+    view: which view this is; matters only with `branch_transforms`, where
+      view 0 is the crop with the listed transformations and the others
+      the plain crop (`one_branch_view`).
 
   Returns:
     float32 (B, size, size, 3) in [0, 1].
@@ -452,6 +669,9 @@ def augment_batch(images, size: int, augment_config, seed):
   images = to_float_image(images)
   num, height, width = images.shape[0], images.shape[1], images.shape[2]
   boxes = sample_crop_boxes(num, height, width, cfg, rng)
+  if cfg.branch_transform_names:
+    crops = ops.clip(crop_and_resize(images, boxes, size), 0.0, 1.0)
+    return one_branch_view(crops, size, cfg, rng, view)
   flip = rng.bernoulli((num,), cfg.flip_probability)
   images = ops.clip(crop_and_resize(images, boxes, size, flip=flip), 0.0, 1.0)
   return distort(images, size, cfg, rng)
@@ -459,6 +679,9 @@ def augment_batch(images, size: int, augment_config, seed):
 
 def augment_views(images, size: int, augment_config, num_views: int, seed):
   """`num_views` independent views, stacked on the channel axis.
+
+  With `branch_transforms` set, Figure 5's protocol: each view is its own
+  random crop, and only view 0 gets the listed transformations.
 
   Args:
     images: uint8 or float (B, H, W, 3).
@@ -476,13 +699,16 @@ def augment_views(images, size: int, augment_config, num_views: int, seed):
   seed = ops.cast(ops.convert_to_tensor(seed), "uint32")
   views = [augment_batch(images, size, augment_config,
                          seed + ops.convert_to_tensor([1000 * (k + 1), 0],
-                                                      "uint32"))
+                                                      "uint32"), view=k)
            for k in range(num_views)]
   return ops.concatenate(views, axis=-1)
 
 
 def distort_views(views, size: int, augment_config, num_views: int, seed):
   """Flip, colour jitter, grayscale and blur of crops made on the host.
+
+  With `branch_transforms` set, view 0 gets the listed transformations
+  instead and the other views stay the host's crops (`one_branch_view`).
 
   Args:
     views: uint8 or float (B, size, size, 3 * num_views) crops.
@@ -500,6 +726,9 @@ def distort_views(views, size: int, augment_config, num_views: int, seed):
   for k in range(num_views):
     rng = _Random(seed + ops.convert_to_tensor([2000 * (k + 1), 0], "uint32"))
     images = views[..., 3 * k:3 * k + 3]
+    if augment_config.branch_transform_names:
+      out.append(one_branch_view(images, size, augment_config, rng, k))
+      continue
     flip = rng.bernoulli((images.shape[0],), augment_config.flip_probability)
     images = ops.where(flip[:, None, None, None], ops.flip(images, axis=2),
                        images)

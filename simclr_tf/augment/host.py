@@ -27,6 +27,14 @@ The train transform, in the authors' order:
    `grayscale_probability`;
 5. Gaussian blur with `blur_probability` when `use_blur`.
 
+With `branch_transforms` set, the paper's one-branch ablation (Figure 5)
+replaces steps 2-5: every view is a random crop resized to `size`, and only
+the first view gets the listed transformations (cutout, Sobel, noise and
+rotation among them), all from `simclr_tf.augment.batched`. The batched
+entry points here (`augment_batch_views`, `distort_batch_views`) follow it;
+the per-image `preprocess_for_train`, which makes one view at a time,
+refuses it.
+
 Where this differs from the authors' TF code, on purpose:
 
 - The crop sampler is plain tensor math, so the batched path shares it and
@@ -178,7 +186,7 @@ _distort_batch = device_augment.distort
 
 
 def augment_batch(images: tf.Tensor, size: int, augment_config,
-                  seed: SeedType = None) -> tf.Tensor:
+                  seed: SeedType = None, view: int = 0) -> tf.Tensor:
   """The SimCLR train transform on a whole batch, per-image parameters.
 
   Vectorised (no per-example loop): the crop, resize and flip are two batched
@@ -192,6 +200,8 @@ def augment_batch(images: tf.Tensor, size: int, augment_config,
     augment_config: a `simclr_tf.config.AugmentConfig`.
     seed: optional int or shape-[2] int tensor: stateless, repeatable draws.
       None uses TensorFlow's stateful random ops.
+    view: the view's index; with `branch_transforms`, view 0 is the crop
+      with the listed transformations and the others the plain crop.
 
   Returns:
     float32 (B, size, size, 3) in [0, 1].
@@ -205,6 +215,12 @@ def augment_batch(images: tf.Tensor, size: int, augment_config,
   boxes = _sample_crop_boxes(num, shape[1], shape[2], cfg.crop_area_range,
                              cfg.crop_aspect_ratio_range, rng,
                              cfg.crop_sampler)
+  if cfg.branch_transform_names:
+    crops = tf.clip_by_value(crop_and_resize_batch(images, boxes, size), 0.0,
+                             1.0)
+    crops = tf.ensure_shape(crops, [None, size, size, 3])
+    images = device_augment.one_branch_view(crops, size, cfg, rng, view)
+    return tf.ensure_shape(images, [None, size, size, 3])
   flip = rng.bernoulli([num], cfg.flip_probability)
   images = crop_and_resize_batch(images, boxes, size, flip=flip)
   images = tf.clip_by_value(images, 0.0, 1.0)
@@ -235,7 +251,7 @@ def augment_batch_views(images: tf.Tensor, size: int, augment_config,
   views = []
   for k in range(num_views):
     views.append(augment_batch(images, size, augment_config,
-                               seed=_view_seed(seed, 1000 + k)))
+                               seed=_view_seed(seed, 1000 + k), view=k))
   return tf.concat(views, axis=-1)
 
 
@@ -324,7 +340,9 @@ def distort_batch_views(views: tf.Tensor, size: int, augment_config,
 
   The second half of the train transform, for crops made elsewhere (by the
   host, from the full-resolution image): vectorised like `augment_batch`,
-  so it runs on an accelerator or under XLA.
+  so it runs on an accelerator or under XLA. With `branch_transforms`,
+  view 0 gets the listed transformations instead and the others stay the
+  crops.
 
   Args:
     views: uint8 or float (B, size, size, 3 * num_views) crops.
@@ -341,7 +359,11 @@ def distort_batch_views(views: tf.Tensor, size: int, augment_config,
   out = []
   for k in range(num_views):
     rng = _Random(_view_seed(seed, 2000 + k))
-    images = views[..., 3 * k:3 * k + 3]
+    images = tf.ensure_shape(views[..., 3 * k:3 * k + 3],
+                             [None, size, size, 3])
+    if cfg.branch_transform_names:
+      out.append(device_augment.one_branch_view(images, size, cfg, rng, k))
+      continue
     flip = rng.bernoulli(tf.shape(images)[:1], cfg.flip_probability)
     images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]),
                       images)
@@ -451,9 +473,14 @@ def preprocess_for_train(image: tf.Tensor, size: int, augment_config,
 
   Returns:
     float32 (size, size, 3) in [0, 1].
+
+  Raises:
+    ValueError: `branch_transforms` is set: that protocol treats the two
+      views differently, which a one-view function cannot.
   """
   _check_size(size)
   cfg = augment_config
+  check_one_view_transform(cfg, "preprocess_for_train")
   rng = _Random(seed)
   image = _random_crop(to_float_image(image), size, cfg.crop_area_range,
                        cfg.crop_aspect_ratio_range, rng, cfg.crop_sampler)
@@ -461,6 +488,25 @@ def preprocess_for_train(image: tf.Tensor, size: int, augment_config,
   image = tf.where(flip, tf.reverse(image, axis=[1]), image)
   image = _distort_batch(image[None], size, cfg, rng)[0]
   return tf.ensure_shape(image, [size, size, 3])
+
+
+def check_one_view_transform(augment_config, where: str) -> None:
+  """Refuses `branch_transforms` where views are made one at a time.
+
+  Args:
+    augment_config: a `simclr_tf.config.AugmentConfig`.
+    where: the function or tool that would make the views, for the message.
+
+  Raises:
+    ValueError: `branch_transforms` is set.
+  """
+  if augment_config.branch_transform_names:
+    raise ValueError(
+        f"`branch_transforms` (the one-branch ablation) needs both views of "
+        f"an image at once, which {where} does not make; train through the "
+        f"program (both of its input paths support it) or leave "
+        f"branch_transforms empty. Received: branch_transforms="
+        f"{augment_config.branch_transforms!r}")
 
 
 def center_crop(image: tf.Tensor, size: int,

@@ -51,7 +51,8 @@ def pretraining_views(images: tf.data.Dataset, *, image_size: int,
     tensors in [0, 1]; the last, smaller batch is dropped.
 
   Raises:
-    ValueError: for a bad size, batch or view count.
+    ValueError: for a bad size, batch or view count, or
+      `augment_config.branch_transforms` (made one view at a time here).
   """
   if batch_size < 1:
     raise ValueError(f"`batch_size` must be positive. Received: "
@@ -61,6 +62,7 @@ def pretraining_views(images: tf.data.Dataset, *, image_size: int,
                      f"num_views={num_views}")
   augment_config = augment_config or AugmentConfig()
   augment_config.validate()
+  augment.check_one_view_transform(augment_config, "pretraining_views")
   dataset = images.map(_image_of)
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
