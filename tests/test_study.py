@@ -148,6 +148,17 @@ def test_the_batch_study_scales_the_base_epochs():
       studies.BASE_OVERRIDES["train_epochs"])
 
 
+def test_the_augmentation_study_is_figure_5s_one_branch_pairs():
+  study = studies.get("augmentations")
+  # Every unordered pair of Figure 5's seven transformations, and each
+  # alone: 7 * 8 / 2 cells.
+  assert len(study.configurations) == 28
+  config = _configured("augmentations", "crop+color")
+  assert config.augment.branch_transforms == "crop,color"
+  assert _configured("augmentations", "sobel").augment.branch_transforms == \
+      "sobel"
+
+
 def test_the_colour_study_follows_table_1():
   study = studies.get("color_strength")
   config = _configured("color_strength", "strength_0.125")
@@ -204,7 +215,7 @@ def test_a_tiny_study_killed_between_runs_finishes_on_rerun(tmp_path):
                              stderr=subprocess.PIPE, text=True, cwd=REPO,
                              env=dict(os.environ, PYTHONPATH=REPO))
   first_done = output_dir / "none" / "seed_0" / "study_metrics.json"
-  deadline = time.time() + 300
+  deadline = time.time() + 600
   while not first_done.exists() and process.poll() is None:
     assert time.time() < deadline, "the first run did not finish"
     time.sleep(0.5)

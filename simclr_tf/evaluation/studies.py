@@ -333,8 +333,8 @@ def _batch_size() -> Study:
 
 STUDIES: Dict[str, Study] = {
     study.name: study for study in (
-        _color_strength(), _projection_head(), _temperature(),
-        _batch_size())}
+        _augmentations(), _color_strength(), _projection_head(),
+        _temperature(), _batch_size())}
 
 
 def get(name: str) -> Study:
