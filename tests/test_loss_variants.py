@@ -310,7 +310,7 @@ def _margin_triplet_model(semihard):
   model = simclr.SimCLRModel(
       encoder, heads.ProjectionHead("nonlinear", 8, 2, synchronized=True),
       train_mode="pretrain", temperature=0.5, loss_type="margin_triplet",
-      semihard_negatives=semihard, margin=0.4)
+      semihard_negatives=semihard, margin=0.3)
   model(np.zeros((1, 8, 8, 6), "float32"))
   model.compile(optimizer=optimizers.LARS(0.5))
   return model
@@ -322,9 +322,9 @@ def test_margin_triplet_fit_step_on_one_and_two_replicas(two_replica_strategy):
   labels = np.zeros((8, 4), "float32")
   dataset = tf.data.Dataset.from_tensors((images, labels))
   single = _margin_triplet_model(semihard=True)
-  config = single.get_config()
-  assert (config["loss_type"], config["semihard_negatives"],
-          config["margin"]) == ("margin_triplet", True, 0.4)
+  clone = simclr.SimCLRModel.from_config(single.get_config())
+  assert (clone.loss_type, clone.semihard_negatives,
+          clone.margin) == ("margin_triplet", True, 0.3)
   initial = [v.numpy() for v in single.weights]
   logs_1 = single.fit(dataset, verbose=0).history
   with two_replica_strategy.scope():
