@@ -2,7 +2,7 @@
 
 Public API (docs/library.md):
   simclr_tf.models: resnet, ProjectionHead, SupervisedHead, SimCLRModel.
-  simclr_tf.losses: contrastive_loss.
+  simclr_tf.losses: contrastive_loss, pretraining_loss.
   simclr_tf.optimizers: LARS, WarmUpAndCosineDecay.
   simclr_tf.augment.host: the SimCLR augmentations.
   simclr_tf.data: pretraining_views, build_input_fn, get_dataset_info.

@@ -40,6 +40,8 @@ CROP_SAMPLERS = ("authors", "area_uniform")
 # `simclr_tf.augment.batched` implements them.
 BRANCH_TRANSFORMS = ("crop", "flip", "color", "blur", "cutout", "sobel",
                      "noise", "rotate")
+# The paper's Table 2 losses; nt_xent is SimCLR's own and the default.
+LOSS_TYPES = ("nt_xent", "nt_logistic", "margin_triplet")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -316,13 +318,35 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """Contrastive loss."""
-  temperature: float = setting(0.1, "NT-Xent softmax temperature tau.",
-                               above=0.0)
+  temperature: float = setting(
+      0.1, "Temperature tau: NT-Xent's softmax temperature, NT-Logistic's "
+      "logit scale; margin_triplet only uses it for contrast_entropy.",
+      above=0.0)
   hidden_norm: bool = setting(True, "L2-normalise projections (cosine "
                               "similarity) in the loss.")
+  loss_type: str = setting(
+      "nt_xent", "Pretraining loss, from the paper's Table 2: nt_xent "
+      "(SimCLR's), nt_logistic or margin_triplet, each over the same global "
+      "negatives.", choices=LOSS_TYPES)
+  semihard_negatives: bool = setting(
+      False, "Semi-hard negative mining (paper section 5.1, Table 4 'sh') "
+      "for nt_logistic and margin_triplet: each anchor uses only the "
+      "negatives less similar than its positive (and, for margin_triplet, "
+      "within the margin), else its least similar negative.")
+  margin: float = setting(
+      0.4, "Margin m of margin_triplet. The paper tunes it over "
+      "{0, 0.4, 0.8, 1.6} (appendix B.10) without naming the best; 0.4 is "
+      "our pick from that grid.", at_least=0.0)
 
   def validate(self) -> None:
     _check_declared(self)
+    # NT-Xent weighs negatives by hardness itself (section 5.1): the paper
+    # mines only for the other two, and no NT-Xent mining is defined.
+    _check(not (self.semihard_negatives and self.loss_type == "nt_xent"),
+           "semihard_negatives applies to loss_type=nt_logistic or "
+           "margin_triplet only: set loss_type to one of those or drop "
+           "semihard_negatives. Received: loss_type=nt_xent, "
+           "semihard_negatives=True")
 
 
 @section()

@@ -1,8 +1,11 @@
-"""NT-Xent contrastive loss and the supervised loss.
+"""The pretraining losses (NT-Xent and the paper's Table 2 variants) and the
+supervised loss.
 
 The math is written with `keras.ops` and runs on every Keras backend; the
 cross-replica gather is `simclr_tf.replicas`'s.
 """
+
+import functools
 
 import keras
 from keras import ops
@@ -12,6 +15,35 @@ from simclr_tf import replicas
 # Added to the logits of an anchor against itself so softmax gives it ~0
 # probability; the authors' value, kept so logits compare one to one.
 LARGE_NUM = 1e9
+
+# `pretraining_loss` types (the paper's Table 2).
+NT_XENT = "nt_xent"
+NT_LOGISTIC = "nt_logistic"
+MARGIN_TRIPLET = "margin_triplet"
+LOSS_TYPES = (NT_XENT, NT_LOGISTIC, MARGIN_TRIPLET)
+
+
+def _check_hidden(hidden, temperature):
+  if temperature <= 0:
+    raise ValueError(
+        f"`temperature` must be positive. Received: temperature={temperature}")
+  if len(hidden.shape) != 2:
+    raise ValueError("`hidden` must be (2 * batch, dim). Received: "
+                     f"hidden.shape={tuple(hidden.shape)}")
+  if hidden.shape[0] is not None and hidden.shape[0] % 2:
+    raise ValueError("`hidden` must hold two views of each image, so an even "
+                     f"number of rows. Received: hidden.shape="
+                     f"{tuple(hidden.shape)}")
+
+
+def _float32_rows(hidden, hidden_norm):
+  # Softmax and log over many negatives are unsafe in half precision.
+  hidden = ops.cast(hidden, "float32")
+  if hidden_norm:
+    hidden = hidden / ops.sqrt(
+        ops.maximum(ops.sum(ops.square(hidden), axis=-1, keepdims=True),
+                    1e-12))
+  return hidden
 
 
 def contrastive_loss(hidden, *, temperature: float, hidden_norm: bool = True):
@@ -46,22 +78,8 @@ def contrastive_loss(hidden, *, temperature: float, hidden_norm: bool = True):
     ValueError: for a non-positive temperature, a non-2D input, or a batch
       that does not split into two views.
   """
-  if temperature <= 0:
-    raise ValueError(
-        f"`temperature` must be positive. Received: temperature={temperature}")
-  if len(hidden.shape) != 2:
-    raise ValueError("`hidden` must be (2 * batch, dim). Received: "
-                     f"hidden.shape={tuple(hidden.shape)}")
-  if hidden.shape[0] is not None and hidden.shape[0] % 2:
-    raise ValueError("`hidden` must hold two views of each image, so an even "
-                     f"number of rows. Received: hidden.shape="
-                     f"{tuple(hidden.shape)}")
-  # Softmax and log over many negatives are unsafe in half precision.
-  hidden = ops.cast(hidden, "float32")
-  if hidden_norm:
-    hidden = hidden / ops.sqrt(
-        ops.maximum(ops.sum(ops.square(hidden), axis=-1, keepdims=True),
-                    1e-12))
+  _check_hidden(hidden, temperature)
+  hidden = _float32_rows(hidden, hidden_norm)
   hidden1, hidden2 = ops.split(hidden, 2, axis=0)
   batch_size = ops.shape(hidden1)[0]
 
@@ -87,6 +105,141 @@ def contrastive_loss(hidden, *, temperature: float, hidden_norm: bool = True):
       labels, ops.concatenate([logits_ba, logits_bb], axis=1), from_logits=True)
   loss = ops.mean(loss_a + loss_b)
   return loss, logits_ab, labels
+
+
+def pretraining_loss(hidden, *, loss_type: str = NT_XENT, temperature: float,
+                     hidden_norm: bool = True,
+                     semihard_negatives: bool = False, margin: float = 0.4):
+  """The pretraining loss of `loss_type`, with global negatives.
+
+  The three losses of the paper's Table 2 (arXiv:2002.05709), over the same
+  anchors, positives and negatives as `contrastive_loss`: for each of the 2N
+  views of the global batch, the positive is the other view of its image
+  and the negatives are the other 2(N - 1) views, gathered from every
+  replica. With s(u, v) the (cosine, with `hidden_norm`) similarity:
+
+  - nt_xent: `contrastive_loss` itself, called as it is.
+  - nt_logistic: per (anchor u, negative v-) triplet,
+    -log sigmoid(s(u, v+) / tau) - log sigmoid(-s(u, v-) / tau).
+  - margin_triplet: per triplet, max(s(u, v-) - s(u, v+) + margin, 0).
+
+  Table 2 gives each per triplet; it fixes no weighting over negatives. We
+  average each anchor's triplets over its negatives (so the positive term of
+  nt_logistic counts once per anchor, as in NT-Xent) and then sum the two
+  directions and average over examples as `contrastive_loss` does: the
+  same scale convention (twice the mean over the 2N anchors). A global batch
+  of one image has no negatives and gives 0 for these two.
+
+  Semi-hard mining (section 5.1, after FaceNet): each anchor averages only
+  over the negatives farther than its positive, s(u, v-) < s(u, v+), and for
+  margin_triplet also within the margin, s(u, v-) > s(u, v+) - margin (those
+  whose loss term is non-zero). An anchor with no such negative uses its
+  single least similar negative instead, as TensorFlow's
+  `triplet_semihard_loss` takes the farthest negative when none is farther
+  than the positive; for margin_triplet that term is 0 unless every negative
+  is harder than the positive.
+
+  Args:
+    hidden: (2B, d) projections; rows [0, B) are view 1 and rows [B, 2B) are
+      view 2 of the same B images.
+    loss_type: one of `LOSS_TYPES`.
+    temperature: tau, > 0: NT-Xent's and NT-Logistic's scale. margin_triplet
+      ignores it except in the returned logits.
+    hidden_norm: L2-normalise rows first (cosine similarity, as Table 2).
+    semihard_negatives: mine semi-hard negatives (not for nt_xent).
+    margin: m of margin_triplet, >= 0; the other losses ignore it.
+
+  Returns:
+    `(loss, logits_ab, labels)` as `contrastive_loss` returns them, so
+    `contrastive_accuracy` and `contrastive_entropy` apply to every type:
+    logits_ab are the view-1 x view-2 similarities over the global batch
+    divided by the temperature.
+
+  Raises:
+    ValueError: for an unknown `loss_type`, semi-hard mining with nt_xent, a
+      negative margin, or the arguments `contrastive_loss` refuses.
+  """
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f"`loss_type` must be one of {', '.join(LOSS_TYPES)}. "
+                     f"Received: loss_type={loss_type!r}")
+  if semihard_negatives and loss_type == NT_XENT:
+    raise ValueError("`semihard_negatives` applies to nt_logistic and "
+                     "margin_triplet only. Received: loss_type=nt_xent, "
+                     "semihard_negatives=True")
+  if margin < 0:
+    raise ValueError(f"`margin` must be >= 0. Received: margin={margin}")
+  if loss_type == NT_XENT:
+    # The default path is NT-Xent's own code, so its values do not move.
+    return contrastive_loss(hidden, temperature=temperature,
+                            hidden_norm=hidden_norm)
+  _check_hidden(hidden, temperature)
+  hidden = _float32_rows(hidden, hidden_norm)
+  hidden1, hidden2 = ops.split(hidden, 2, axis=0)
+  batch_size = ops.shape(hidden1)[0]
+
+  hidden1_large = replicas.cross_replica_concat(hidden1)
+  hidden2_large = replicas.cross_replica_concat(hidden2)
+  enlarged_batch_size = ops.shape(hidden1_large)[0]
+  local_index = (ops.arange(batch_size, dtype="int32") +
+                 replicas.replica_id_in_sync_group() * batch_size)
+  labels = ops.one_hot(local_index, 2 * enlarged_batch_size)
+  self_mask = ops.one_hot(local_index, enlarged_batch_size)
+  # Columns [other view | same view]: everything but the positive (in the
+  # first half) and the anchor itself (in the second) is a negative.
+  negatives = 1.0 - ops.concatenate([self_mask, self_mask], axis=1)
+
+  sim_ab = ops.matmul(hidden1, ops.transpose(hidden2_large))
+  sim_aa = ops.matmul(hidden1, ops.transpose(hidden1_large))
+  sim_ba = ops.matmul(hidden2, ops.transpose(hidden1_large))
+  sim_bb = ops.matmul(hidden2, ops.transpose(hidden2_large))
+  per_anchor = functools.partial(
+      _triplet_mean, negatives=negatives, loss_type=loss_type,
+      temperature=temperature, semihard_negatives=semihard_negatives,
+      margin=margin)
+  loss_a = per_anchor(ops.concatenate([sim_ab, sim_aa], axis=1),
+                      ops.sum(sim_ab * self_mask, axis=1))
+  loss_b = per_anchor(ops.concatenate([sim_ba, sim_bb], axis=1),
+                      ops.sum(sim_ba * self_mask, axis=1))
+  loss = ops.mean(loss_a + loss_b)
+  return loss, sim_ab * (1.0 / temperature), labels
+
+
+def _triplet_mean(similarities, positive, *, negatives, loss_type,
+                  temperature, semihard_negatives, margin):
+  """Per anchor (row), the mean of its triplet terms over its negatives.
+
+  Args:
+    similarities: (B, 2 * R * B) anchor x candidate similarities.
+    positive: (B,) each anchor's similarity to its positive.
+    negatives: (B, 2 * R * B) 1.0 where the candidate is a negative.
+    loss_type, temperature, semihard_negatives, margin: as
+      `pretraining_loss`.
+
+  Returns:
+    (B,) per-anchor losses.
+  """
+  positive = positive[:, None]
+  if loss_type == NT_LOGISTIC:
+    # -log sigmoid(x) = softplus(-x), stable for large |x|.
+    terms = (ops.softplus(-positive / temperature) +
+             ops.softplus(similarities / temperature))
+    window = similarities < positive
+  else:
+    terms = ops.relu(similarities - positive + margin)
+    window = ops.logical_and(similarities < positive,
+                             similarities > positive - margin)
+  weights = negatives
+  if semihard_negatives:
+    semihard = negatives * ops.cast(window, "float32")
+    least_similar = ops.argmin(similarities + (1.0 - negatives) * LARGE_NUM,
+                               axis=1)
+    fallback = ops.one_hot(least_similar, ops.shape(similarities)[1])
+    weights = ops.where(ops.sum(semihard, axis=1, keepdims=True) > 0,
+                        semihard, fallback * negatives)
+  # Which negatives count is a selection, not something to differentiate.
+  weights = ops.stop_gradient(weights)
+  return (ops.sum(weights * terms, axis=1) /
+          ops.maximum(ops.sum(weights, axis=1), 1.0))
 
 
 def contrastive_accuracy(logits_ab, labels):

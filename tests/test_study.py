@@ -159,6 +159,15 @@ def test_the_augmentation_study_is_figure_5s_one_branch_pairs():
       "sobel"
 
 
+def test_the_loss_study_mines_semi_hard_negatives_only_where_table_4_does():
+  for name in studies.get("loss").names():
+    config = _configured("loss", name)
+    assert config.loss.loss_type == name.replace("_semihard", "")
+    assert config.loss.semihard_negatives == name.endswith("_semihard")
+  assert studies.get("loss").configuration(
+      "nt_xent").paper_top_1 == pytest.approx(0.639)  # Table 4
+
+
 def test_the_colour_study_follows_table_1():
   study = studies.get("color_strength")
   config = _configured("color_strength", "strength_0.125")

@@ -334,7 +334,7 @@ def _batch_size() -> Study:
 STUDIES: Dict[str, Study] = {
     study.name: study for study in (
         _augmentations(), _color_strength(), _projection_head(),
-        _temperature(), _batch_size())}
+        _temperature(), _loss(), _batch_size())}
 
 
 def get(name: str) -> Study:

@@ -48,8 +48,8 @@ class SimCLRModel(keras.Model):
   `(images, labels)` with one-hot labels (an all-zero row means unlabeled).
 
   Train modes:
-    pretrain: NT-Xent on the projections, negatives from the global batch. A
-      supervised head, if given, trains beside it on stop_gradient features
+    pretrain: NT-Xent (or another `losses.LOSS_TYPES` loss) on the
+      projections, negatives from the global batch. A supervised head, if given, trains beside it on stop_gradient features
       of both views (linear eval while pretraining).
     finetune: supervised loss through the head; the encoder trains except
       what `fine_tune_after_block` froze (see `resnet.freeze_through_block`).
@@ -74,11 +74,17 @@ class SimCLRModel(keras.Model):
       `optimizers.l2_weight_decay`).
     optimizer_name: "lars", "momentum" or "adam": decides which weights the
       loss term decays (LARS decays the rest itself).
+    loss_type: the pretraining loss, one of `losses.LOSS_TYPES`.
+    semihard_negatives: semi-hard negative mining (nt_logistic and
+      margin_triplet only).
+    margin: the margin of margin_triplet.
   """
 
   def __init__(self, encoder, projection_head, supervised_head=None,
                train_mode="pretrain", temperature=0.1, hidden_norm=True,
-               weight_decay=0.0, optimizer_name="lars", **kwargs):
+               weight_decay=0.0, optimizer_name="lars",
+               loss_type=losses.NT_XENT, semihard_negatives=False,
+               margin=0.4, **kwargs):
     super().__init__(**kwargs)
     if train_mode not in TRAIN_MODES:
       raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. "
@@ -89,6 +95,13 @@ class SimCLRModel(keras.Model):
     if temperature <= 0:
       raise ValueError("`temperature` must be positive. Received: "
                        f"temperature={temperature}")
+    if loss_type not in losses.LOSS_TYPES:
+      raise ValueError(f"`loss_type` must be one of {losses.LOSS_TYPES}. "
+                       f"Received: loss_type={loss_type!r}")
+    if semihard_negatives and loss_type == losses.NT_XENT:
+      raise ValueError("`semihard_negatives` applies to nt_logistic and "
+                       "margin_triplet only. Received: loss_type=nt_xent, "
+                       "semihard_negatives=True")
     self.encoder = encoder
     self.projection_head = projection_head
     self.supervised_head = supervised_head
@@ -97,6 +110,9 @@ class SimCLRModel(keras.Model):
     self.hidden_norm = hidden_norm
     self.weight_decay = weight_decay
     self.optimizer_name = optimizer_name
+    self.loss_type = loss_type
+    self.semihard_negatives = semihard_negatives
+    self.margin = margin
     self._metric_trackers = {
         name: keras.metrics.Mean(name=name) for name in self._metric_names()}
     # Top-1 by argmax as the authors do: in_top_k would count ties as hits.
@@ -199,9 +215,10 @@ class SimCLRModel(keras.Model):
         raise ValueError("Pretraining needs two views of each image: images "
                          "of 6 channels. Received: images.shape="
                          f"{tuple(images.shape)}")
-      loss, logits_ab, contrast_labels = losses.contrastive_loss(
-          outputs[PROJ_HEAD_OUTPUT], temperature=self.temperature,
-          hidden_norm=self.hidden_norm)
+      loss, logits_ab, contrast_labels = losses.pretraining_loss(
+          outputs[PROJ_HEAD_OUTPUT], loss_type=self.loss_type,
+          temperature=self.temperature, hidden_norm=self.hidden_norm,
+          semihard_negatives=self.semihard_negatives, margin=self.margin)
       terms[CONTRAST_LOSS] = loss
       terms[CONTRAST_ACC] = losses.contrastive_accuracy(logits_ab,
                                                         contrast_labels)
@@ -488,7 +505,8 @@ class SimCLRModel(keras.Model):
             self.supervised_head) if self.supervised_head else None),
         train_mode=self.train_mode, temperature=self.temperature,
         hidden_norm=self.hidden_norm, weight_decay=self.weight_decay,
-        optimizer_name=self.optimizer_name)
+        optimizer_name=self.optimizer_name, loss_type=self.loss_type,
+        semihard_negatives=self.semihard_negatives, margin=self.margin)
     return config
 
   @classmethod
@@ -522,13 +540,17 @@ def build_from_experiment(config, *, num_classes: int,
       temperature=config.loss.temperature,
       hidden_norm=config.loss.hidden_norm,
       weight_decay=config.optimizer.weight_decay,
-      optimizer_name=config.optimizer.optimizer)
+      optimizer_name=config.optimizer.optimizer,
+      loss_type=config.loss.loss_type,
+      semihard_negatives=config.loss.semihard_negatives,
+      margin=config.loss.margin)
 
 
 def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
                        with_supervised_head, temperature=0.1,
                        hidden_norm=True, weight_decay=0.0,
-                       optimizer_name="lars"):
+                       optimizer_name="lars", loss_type=losses.NT_XENT,
+                       semihard_negatives=False, margin=0.4):
   """Builds a `SimCLRModel` from a `config.ModelConfig`.
 
   Call it inside `strategy.scope()` so variables are mirrored.
@@ -545,6 +567,8 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
     hidden_norm: L2-normalise projections in the loss.
     weight_decay: weight decay rate.
     optimizer_name: optimizer the weight decay is split with.
+    loss_type, semihard_negatives, margin: the pretraining loss (see
+      `losses.pretraining_loss`).
 
   Returns:
     A built `SimCLRModel`.
@@ -574,7 +598,9 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
   model = SimCLRModel(encoder, projection_head, supervised_head,
                       train_mode=train_mode, temperature=temperature,
                       hidden_norm=hidden_norm, weight_decay=weight_decay,
-                      optimizer_name=optimizer_name, name="simclr")
+                      optimizer_name=optimizer_name, loss_type=loss_type,
+                      semihard_negatives=semihard_negatives, margin=margin,
+                      name="simclr")
   num_views = 2 if train_mode == "pretrain" else 1
   model(ops.zeros((1, image_size, image_size, 3 * num_views)))
   return model

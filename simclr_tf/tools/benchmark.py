@@ -253,8 +253,7 @@ class Benchmark:
     optimizer = model.optimizer
     weight_decay = self.config.optimizer.weight_decay
     optimizer_name = self.config.optimizer.optimizer
-    temperature = self.config.loss.temperature
-    hidden_norm = self.config.loss.hidden_norm
+    loss_config = self.config.loss
     augmentation = self.augmentation
     scope = (train_loop.xla_scope(strategy) if self.config.run.jit_compile
              else None)
@@ -268,9 +267,13 @@ class Benchmark:
         outputs = model(images, training=True)
         loss = 0.0
         if model.train_mode == "pretrain":
-          loss, _, _ = losses.contrastive_loss(
-              outputs[simclr.PROJ_HEAD_OUTPUT], temperature=temperature,
-              hidden_norm=hidden_norm)
+          loss, _, _ = losses.pretraining_loss(
+              outputs[simclr.PROJ_HEAD_OUTPUT],
+              loss_type=loss_config.loss_type,
+              temperature=loss_config.temperature,
+              hidden_norm=loss_config.hidden_norm,
+              semihard_negatives=loss_config.semihard_negatives,
+              margin=loss_config.margin)
         if simclr.LOGITS_SUP in outputs:
           logits = outputs[simclr.LOGITS_SUP]
           targets = tf.tile(labels, [tf.shape(logits)[0] //
