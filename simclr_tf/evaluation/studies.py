@@ -56,7 +56,7 @@ LINES = "lines"
 # preset, shortened so that one run takes minutes on a 2-core CPU.
 BASE_PRESET = "demo"
 BASE_OVERRIDES = {
-    "train_epochs": "30",
+    "train_epochs": "5",
     "linear_eval_train_epochs": "10",
     "knn_eval_every_epochs": "10",
     # The study probes h (and g(h)) itself; the raw-pixel and random-init
