@@ -2,38 +2,34 @@
 training strategy, the `health/` scalars, and a callback beside the kNN
 monitor.
 
-The features (`evaluation.health` computes the signals from them):
-
-- encoder features h of the first `run.health_examples` eval-split images,
-  through the evaluation transform (effective rank);
-- projection-head outputs of two training-augmentation views of eval-split
-  images (alignment, and uniformity of the first view).
-
-Every network call is in inference mode, so each example's output depends
-on that example alone and the extraction can pad and gather freely.
+The features are `health_features.forward`'s, of the first
+`run.health_examples` eval-split images, with the TensorFlow path's
+training augmentation (`augment.host.augment_batch_views`, run eagerly)
+making the two views; `evaluation.health` computes the signals from them.
 """
 
-import dataclasses
 import time
 from typing import Callable, Dict, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from simclr_tf import data as data_lib
+from simclr_tf.augment import host as augment
 from simclr_tf.evaluation import features as features_lib
 from simclr_tf.evaluation import health
+from simclr_tf.evaluation import health_features
 
 
 class HealthProbe:
-  """Measures the health signals of a model, reusing its traced steps.
+  """Measures the health signals of a model, reusing its traced step.
 
   Args:
-    model: a `SimCLRModel` (its encoder, projection head and, with
-      `augment.on_device`, its `train_augmentation`).
+    model: a `SimCLRModel`.
     config: the stage's `ExperimentConfig`.
     strategy: the training `tf.distribute.Strategy`.
-    num_examples: images to measure on (capped by the eval split).
+    num_examples: images to measure on, capped by the eval split and, when
+      at least one eval batch, rounded down to whole batches.
   """
 
   def __init__(self, model, config, strategy, *, num_examples: int):
@@ -42,51 +38,74 @@ class HealthProbe:
                        f"num_examples={num_examples}")
     run, data = config.run, config.data
     self.batch_size = run.eval_batch_size
-    self._features_input_fn, split_size = features_lib.split_input_fn(
+    self._input_fn, split_size = features_lib.split_input_fn(
         data, config.augment, split=data.eval_split,
         batch_size=self.batch_size)
-    self.num_examples = min(num_examples, split_size)
-    # The training pipeline, read from the eval split: the views training
-    # sees, of images training never sees. Label subsets concern the train
-    # split only.
-    views_data = dataclasses.replace(
-        data, train_split=data.eval_split, label_fraction=None,
-        labels_per_class=None)
-    self._views_input_fn = data_lib.build_input_fn(
-        views_data, config.train_augment(), training=True, num_views=2,
-        global_batch_size=self.batch_size, seed=run.seed, supervised=False)
-    encoder, head = model.encoder, model.projection_head
-    augmentation = model.train_augmentation
+    num_examples = min(num_examples, split_size)
+    # Whole batches when there are enough: a smaller last batch would trace
+    # the step a second time, which costs more than the measurement.
+    if num_examples >= self.batch_size:
+      num_examples -= num_examples % self.batch_size
+    self.num_examples = num_examples
+    self.feature_dim = health_features.feature_dim(model)
+    self._image_size = data.image_size
+    self._train_augment = config.train_augment()
+    self._seed = run.seed
 
-    def views_forward(images):
-      if augmentation is not None:  # uint8 crops: the step's distortion.
-        images = augmentation(images)
-      projections = [head(encoder(view, training=False), training=False)[0]
-                     for view in tf.split(images, 2, axis=-1)]
-      # Side by side, so each row stays one image's (the extractor pads).
-      return tf.concat(projections, axis=-1)
+    def forward(images):
+      # Channels 0:3 the image, 3:9 its two views.
+      return health_features.forward(model, images[..., :3], images[..., 3:])
 
-    self._features = features_lib.FeatureExtractor(
-        lambda images: encoder(images, training=False), strategy)
-    self._views = features_lib.FeatureExtractor(views_forward, strategy)
-    self.feature_dim = 0  # The encoder's width, once measured.
+    self._extractor = features_lib.FeatureExtractor(forward, strategy)
+
+  def _images(self):
+    """The first `num_examples` eval images, read whole by this process."""
+    batches, count = [], 0
+    for images, _ in self._input_fn(tf.distribute.InputContext()):
+      batches.append(images[..., :3])
+      count += int(images.shape[0])
+      if count >= self.num_examples:
+        break
+    return tf.concat(batches, axis=0)[:self.num_examples]
 
   def measure(self) -> Dict[str, float]:
     """The three signals of the model as it is now.
 
+    The views are made eagerly, one eval batch at a time: traced, the
+    augmentation's graph costs many times the measurement on a CPU. Every
+    process makes the same views (same images, same seed); the network runs
+    under the strategy.
+
     Returns:
       {health.ALIGNMENT, health.UNIFORMITY, health.EFFECTIVE_RANK}.
     """
-    features, _ = self._features(
-        self._features_input_fn, max_examples=self.num_examples,
-        batch_size=self.batch_size)
-    views, _ = self._views(self._views_input_fn,
-                           max_examples=self.num_examples,
-                           batch_size=self.batch_size)
-    half = views.shape[1] // 2
-    view_1, view_2 = views[:, :half], views[:, half:]
-    self.feature_dim = features.shape[1]
-    return health.signals(features, view_1, view_2)
+    images = self._images()
+    rows = []
+    for index, start in enumerate(range(0, len(images), self.batch_size)):
+      chunk = images[start:start + self.batch_size]
+      views = augment.augment_batch_views(
+          chunk, self._image_size, self._train_augment, num_views=2,
+          seed=[self._seed, health_features.VIEWS_SEED_STREAM + index])
+      rows.append(self._extractor(_batch_input_fn(
+          tf.concat([chunk, views], axis=-1), self.batch_size))[0])
+    return health.signals(*health_features.split_outputs(
+        np.concatenate(rows), self.feature_dim))
+
+
+def _batch_input_fn(batch, global_batch_size):
+  """An `input_fn` of one global batch, sharded over input pipelines.
+
+  The rows' order across replicas does not matter: each row holds one
+  image's three outputs.
+  """
+  def input_fn(context):
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (batch, tf.zeros([len(batch), 1])))
+    dataset = dataset.shard(context.num_input_pipelines,
+                            context.input_pipeline_id)
+    return dataset.batch(context.get_per_replica_batch_size(
+        global_batch_size))
+  return input_fn
 
 
 def build_probe(model, config, strategy) -> Optional[HealthProbe]:
