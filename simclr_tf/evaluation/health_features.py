@@ -66,8 +66,8 @@ def feature_dim(model) -> int:
   return int(model.encoder.output_shape[-1])
 
 
-def measure_host(model, config, split, *, num_examples: int,
-                 num_classes: int = 1) -> Dict[str, float]:
+def measure_host(model, config, split, *, num_examples: int
+                 ) -> Dict[str, float]:
   """The health signals of `model` on a host-loaded eval split (JAX path).
 
   Args:
@@ -75,7 +75,6 @@ def measure_host(model, config, split, *, num_examples: int,
     config: the stage's `ExperimentConfig`.
     split: the eval split, a `host_batches.Split`.
     num_examples: images to measure on (capped by the split).
-    num_classes: width of the batches' one-hot labels.
 
   Returns:
     {health.ALIGNMENT, health.UNIFORMITY, health.EFFECTIVE_RANK}.
@@ -84,7 +83,9 @@ def measure_host(model, config, split, *, num_examples: int,
   batch_size = run.eval_batch_size
   batches = host_data.Batches(
       split, batch_size, data.image_size, config.augment, training=False,
-      num_classes=num_classes, max_pixels=data.max_image_pixels)
+      # The labels are not used; their width must only hold them.
+      num_classes=max(split.num_classes, 1),
+      max_pixels=data.max_image_pixels)
   train_augment = config.train_augment()
   seed = device_augment.step_seed(run.seed, 0, VIEWS_SEED_STREAM)
 

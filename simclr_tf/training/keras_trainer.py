@@ -223,8 +223,7 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
       log(f"[{run.train_mode}] {skipped.report()}")
     result.global_step = _step(model)
   if run.train_mode == "pretrain" and run.health_examples:
-    result.health = _measure_health(model, config, eval_split, num_classes,
-                                    log)
+    result.health = _measure_health(model, config, eval_split, log)
   if "eval" in run.mode and model.supervised_head is not None:
     eval_batches = host_data.Batches(
         eval_split, run.eval_batch_size, data.image_size, config.augment,
@@ -257,14 +256,13 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
   return result
 
 
-def _measure_health(model, config, eval_split, num_classes, log):
+def _measure_health(model, config, eval_split, log):
   """The health signals of the stage's final encoder: the `health/`
   scalars (TensorBoard, beside the training curves) and one log line."""
   start = time.time()
   step = _step(model)
   signals = health_features.measure_host(
-      model, config, eval_split, num_examples=config.run.health_examples,
-      num_classes=num_classes)
+      model, config, eval_split, num_examples=config.run.health_examples)
   writer = _summary_writer(os.path.join(config.run.model_dir, "train"))
   if writer is not None:
     writer(step, {health.HEALTH_PREFIX + name: value
