@@ -512,6 +512,11 @@ class RunConfig:
   knn_temperature: float = setting(
       0.1, "kNN: votes weigh exp(cosine similarity / knn_temperature).",
       above=0.0)
+  health_examples: int = setting(
+      1024, "Label-free health signals of pretraining (health/alignment, "
+      "health/uniformity, health/effective_rank; docs/evaluation.md) on at "
+      "most this many (the first) eval-split images, at the end and with "
+      "the kNN monitor; 0 turns them off.", at_least=0)
   probe_baselines: bool = setting(
       False, "After pretraining, fit the paper's L-BFGS linear probe "
       "(logistic regression, appendix B.8) to the encoder's frozen "

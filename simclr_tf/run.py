@@ -25,6 +25,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
+from simclr_tf.evaluation import health  # noqa: E402
 from simclr_tf.tools import cli  # noqa: E402
 from simclr_tf.tools import program_flags  # noqa: E402
 from simclr_tf.tools import setting_flags  # noqa: E402
@@ -86,6 +87,9 @@ def format_summary(config, results, saved_models=True):
                  if result.random_init else
                  " (linear eval of the frozen encoder)")
     lines.append(line)
+    if getattr(result, "health", None):
+      lines.append(f"{'':12} health (eval split, docs/evaluation.md): "
+                   f"{health.describe(result.health)}")
     if getattr(result, "probe", None):
       lines.append(f"{'':12} linear probe (L-BFGS logistic regression on "
                    f"frozen features, {config.data.eval_split} split):")

@@ -50,6 +50,15 @@ def test_pretrain_linear_eval_and_resume_on_two_devices(tmp_path):
     stored = json.loads((directory / "result.json").read_text())
     assert 0.0 <= stored["label_top_1_accuracy"] <= 1.0
     assert stored["num_eval_examples"] == 32
+  # The health signals of the pretrained encoder, within their bounds
+  # (tests/test_health.py checks the formulas); linear eval has none.
+  stored = json.loads((model_dir / "result.json").read_text())
+  assert 0.0 <= stored["alignment"] <= 4.0
+  assert -4.0 <= stored["uniformity"] <= 0.0
+  assert 1.0 <= stored["effective_rank"] <= 64.0 + 1e-3
+  assert "alignment" not in json.loads(
+      (model_dir / "linear_eval" / "result.json").read_text())
+  assert "[pretrain] health at step 5" in out
   header = (model_dir / "metrics.csv").read_text().splitlines()[0]
   assert "contrast_loss" in header and "learning_rate" in header
   # TensorBoard scalars where TensorFlow is installed (it is, here).

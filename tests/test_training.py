@@ -18,6 +18,7 @@ from simclr_tf.checkpoints import ours as checkpoints
 
 from simclr_tf.checkpoints import pretrained
 from simclr_tf import config as config_lib
+from simclr_tf.evaluation import health
 from simclr_tf.training import tf_trainer as training
 from simclr_tf.models import simclr
 
@@ -26,6 +27,8 @@ TRAIN_TAGS = {"train/contrast_loss", "train/contrast_acc",
               "train/supervised_acc", "train/weight_decay",
               "train/total_loss", "learning_rate"}
 EVAL_TAGS = {"eval/label_top_1_accuracy", "eval/label_top_5_accuracy"}
+HEALTH_TAGS = {"health/alignment", "health/uniformity",
+               "health/effective_rank"}
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +129,12 @@ def test_pretraining_writes_checkpoints_summaries_and_results(pretrained_dir):
     result = json.load(f)
   assert result["global_step"] == 4
   assert result["num_eval_examples"] == 48
+  # The health signals of the final encoder (tests/test_health.py checks
+  # their formulas), within the bounds each can take (64-wide features).
+  assert HEALTH_TAGS <= tags, HEALTH_TAGS - tags
+  assert 0.0 <= result[health.ALIGNMENT] <= 4.0
+  assert -4.0 <= result[health.UNIFORMITY] <= 0.0
+  assert 1.0 <= result[health.EFFECTIVE_RANK] <= 64.0 + 1e-3
   stored = config_lib.ExperimentConfig.from_json(
       open(os.path.join(pretrained_dir, "config.json")).read())
   assert stored.run.train_steps == 4
@@ -247,6 +256,12 @@ def test_pretraining_on_two_replicas_then_linear_eval(data_dir, tmp_path,
                                               after_pretraining=True))
   results, _ = run(config, strategy=two_replica_strategy)
   assert [r.stage for r in results] == ["pretrain", "linear_eval"]
+  # Measured under the strategy (features gathered from both replicas);
+  # linear evaluation does not pretrain, so it has none.
+  assert set(results[0].health) == {health.ALIGNMENT, health.UNIFORMITY,
+                                    health.EFFECTIVE_RANK}
+  assert all(np.isfinite(v) for v in results[0].health.values())
+  assert results[1].health is None
   assert results[1].model_dir == os.path.join(str(tmp_path), "linear_eval")
   assert os.path.exists(os.path.join(str(tmp_path), "linear_eval",
                                      "result.json"))

@@ -36,6 +36,8 @@ import numpy as np
 from simclr_tf.augment import batched as device_augment
 from simclr_tf.training import faults
 from simclr_tf.data import host_batches as host_data
+from simclr_tf.evaluation import health
+from simclr_tf.evaluation import health_features
 from simclr_tf.checkpoints import keras_weights as keras_checkpoints
 from simclr_tf import optimizers
 from simclr_tf.training import preemption
@@ -220,6 +222,8 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
     if skipped.report():
       log(f"[{run.train_mode}] {skipped.report()}")
     result.global_step = _step(model)
+  if run.train_mode == "pretrain" and run.health_examples:
+    result.health = _measure_health(model, config, eval_split, log)
   if "eval" in run.mode and model.supervised_head is not None:
     eval_batches = host_data.Batches(
         eval_split, run.eval_batch_size, data.image_size, config.augment,
@@ -236,14 +240,38 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
         "global_step": result.global_step,
         # Unreadable files weigh 0 in the metrics (host_data.Batches).
         "num_eval_examples": (len(eval_split) -
-                              len(eval_batches.skipped.paths))}
+                              len(eval_batches.skipped.paths)),
+        **(result.health or {})}
     files.atomic_write_text(os.path.join(run.model_dir, RESULT_FILE),
                             json.dumps(result.eval_results, indent=2))
     log(f"[{run.train_mode}] eval top-1 "
         f"{100 * result.eval_results[simclr.EVAL_TOP_1]:.2f}% on "
         f"{result.eval_results['num_eval_examples']} images "
         f"({time.time() - start:.0f} s).")
+  elif result.health:
+    files.atomic_write_text(
+        os.path.join(run.model_dir, RESULT_FILE),
+        json.dumps(dict(result.health, global_step=result.global_step),
+                   indent=2))
   return result
+
+
+def _measure_health(model, config, eval_split, log):
+  """The health signals of the stage's final encoder: the `health/`
+  scalars (TensorBoard, beside the training curves) and one log line."""
+  start = time.time()
+  step = _step(model)
+  signals = health_features.measure_host(
+      model, config, eval_split, num_examples=config.run.health_examples)
+  writer = _summary_writer(os.path.join(config.run.model_dir, "train"))
+  if writer is not None:
+    writer(step, {health.HEALTH_PREFIX + name: value
+                  for name, value in signals.items()})
+  log(f"[{config.run.train_mode}] health at step {step} "
+      f"({min(len(eval_split), config.run.health_examples)} eval images): "
+      f"{health.describe(signals, health_features.feature_dim(model))}  "
+      f"({time.time() - start:.1f} s)")
+  return signals
 
 
 def _fit_segments(step, total_steps, steps_per_epoch):

@@ -19,6 +19,8 @@ class StageResult:
     random_init: the encoder was never trained or loaded (baseline).
     probe: {features: linear-probe result} of SimCLR and the baselines
       (`probe_baselines`), or None.
+    health: the label-free health signals of a pretrained encoder
+      (`evaluation.health` keys; also in result.json), or None.
   """
   stage: str
   model_dir: str
@@ -26,3 +28,4 @@ class StageResult:
   eval_results: Optional[Dict[str, float]] = None
   random_init: bool = False
   probe: Optional[Dict[str, dict]] = None
+  health: Optional[Dict[str, float]] = None

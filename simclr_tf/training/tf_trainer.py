@@ -21,6 +21,7 @@ from simclr_tf import data as data_lib
 from simclr_tf.training import distribute
 from simclr_tf import export as export_lib
 from simclr_tf.training import faults
+from simclr_tf.evaluation import health_monitor
 from simclr_tf.evaluation import knn
 from simclr_tf import optimizers
 from simclr_tf.training import precision
@@ -169,23 +170,33 @@ def run_stage(config: ExperimentConfig, strategy,
   result = StageResult(run.train_mode, run.model_dir, _step(model),
                        random_init=random_init)
   writer = distribute.summary_writer(run_dir)
+  probe = health_monitor.build_probe(model, config, strategy)
   try:
     if "train" in run.mode:
       _train(model, manager, config, strategy, writer, log,
              total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-             run_dir=run_dir, num_classes=max(info.num_classes, 1))
+             run_dir=run_dir, num_classes=max(info.num_classes, 1),
+             probe=probe)
       result.global_step = _step(model)
+    if run.mode == "eval" and latest is None:
+      if not run.checkpoint:
+        raise checkpoints.CheckpointError(
+            f"Nothing to evaluate: {run.model_dir} holds no checkpoint "
+            "and no --checkpoint was given.")
+      pretrained.restore_for_eval(model, run.checkpoint, log=log)
+    if probe is not None:
+      # The encoder the stage ends with, the one evaluated and exported.
+      result.health = health_monitor.measure_and_report(
+          probe, step=_step(model), summary_writer=writer, log=log,
+          stage=run.train_mode)
     if "eval" in run.mode:
-      if run.mode == "eval" and latest is None:
-        if not run.checkpoint:
-          raise checkpoints.CheckpointError(
-              f"Nothing to evaluate: {run.model_dir} holds no checkpoint "
-              "and no --checkpoint was given.")
-        pretrained.restore_for_eval(model, run.checkpoint, log=log)
       result.eval_results = evaluate(
           model, config, strategy, writer, log,
           num_eval_examples=info.num_eval_examples,
-          write_dir=run_dir.write_dir)
+          write_dir=run_dir.write_dir, extra_results=result.health)
+    elif result.health:
+      write_results(dict(result.health, global_step=_step(model)),
+                    run_dir.write_dir)
   finally:
     # Also on errors (a NaN, a lost worker): the summaries that led up to
     # it are what the user will look at.
@@ -329,7 +340,7 @@ def training_input_fn(config: ExperimentConfig, *, start_step: int,
 
 
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
-           steps_per_epoch, run_dir, num_classes):
+           steps_per_epoch, run_dir, num_classes, probe=None):
   run = config.run
   start_step = _step(model)
   if start_step >= total_steps:
@@ -372,6 +383,13 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
   knn_monitor = knn.build_monitor(
       config, strategy, steps_per_epoch=steps_per_epoch,
       summary_writer=writer, log=log)
+  extra_callbacks = [knn_monitor] if knn_monitor else []
+  if probe is not None and run.knn_eval_every_epochs:
+    # At the kNN monitor's steps (it needs labels; these do not).
+    extra_callbacks.append(health_monitor.HealthMonitor(
+        probe, every_steps=max(1, run.knn_eval_every_epochs *
+                               steps_per_epoch),
+        summary_writer=writer, log=log, stage=run.train_mode))
   log(f"[{run.train_mode}] training steps {start_step}..{total_steps} "
       f"({total_steps / steps_per_epoch:.1f} epochs of {steps_per_epoch} "
       f"steps, batch {run.train_batch_size}, "
@@ -382,7 +400,7 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     with stop_request:
       model.fit(dataset, epochs=1, steps_per_epoch=total_steps - start_step,
                 shuffle=False,
-                callbacks=[monitor] + ([knn_monitor] if knn_monitor else []),
+                callbacks=[monitor] + extra_callbacks,
                 verbose=0)
   except preemption.StoppedBySignal as stop:
     raise stop.with_checkpoint(os.path.join(
@@ -407,8 +425,20 @@ def _write_example_views(input_fn, writer, step, augmentation=None):
     callbacks_lib.write_view_pairs(writer, images.numpy(), step)
 
 
+def write_results(results, write_dir):
+  """Writes `result.json` and `result_<step>.json` in `write_dir`.
+
+  Args:
+    results: the stage's metrics, with "global_step".
+    write_dir: this process's `RunDirectory.write_dir`.
+  """
+  for name in (RESULT_FILE, f"result_{results['global_step']}.json"):
+    files.atomic_write_text(os.path.join(write_dir, name),
+                            json.dumps(results, indent=2, sort_keys=True))
+
+
 def evaluate(model, config, strategy, writer, log, *, num_eval_examples,
-             write_dir=None):
+             write_dir=None, extra_results=None):
   """Evaluates top-1/top-5 on the eval split and writes the results.
 
   Writes `result.json` and `result_<step>.json` in `write_dir` and the
@@ -423,9 +453,12 @@ def evaluate(model, config, strategy, writer, log, *, num_eval_examples,
     num_eval_examples: examples in the eval split.
     write_dir: where the result files go (this process's
       `RunDirectory.write_dir`); None is `model_dir`.
+    extra_results: more metrics for the result files (the health
+      signals), or None.
 
   Returns:
-    The metrics, with "global_step" and "num_eval_examples".
+    The metrics, with "global_step", "num_eval_examples" and
+    `extra_results`.
   """
   run = config.run
   input_fn = data_lib.build_input_fn(
@@ -439,11 +472,9 @@ def evaluate(model, config, strategy, writer, log, *, num_eval_examples,
                if run.eval_steps else num_eval_examples)
   results = {name: float(value) for name, value in metrics.items()}
   callbacks_lib.write_eval_summaries(writer, results, step)
+  results.update(extra_results or {})
   results.update(global_step=step, num_eval_examples=evaluated)
-  for name in (RESULT_FILE, f"result_{step}.json"):
-    files.atomic_write_text(
-        os.path.join(write_dir or run.model_dir, name),
-        json.dumps(results, indent=2, sort_keys=True))
+  write_results(results, write_dir or run.model_dir)
   log(f"[{run.train_mode}] eval at step {step} on {evaluated} examples: "
       f"top-1 {100 * results[simclr.EVAL_TOP_1]:.2f}%  "
       f"top-5 {100 * results[simclr.EVAL_TOP_5]:.2f}%")
