@@ -212,7 +212,7 @@ TINY = ["--synthetic_train_examples=96", "--synthetic_test_examples=32",
         "--linear_eval_train_batch_size=32", "--train_epochs=1",
         "--linear_eval_train_epochs=1", "--knn_bank_size=96",
         "--probe_train_examples=64", "--probe_num_strengths=2",
-        "--steps_per_loop=1", "--warmup_epochs=0"]
+        "--steps_per_loop=1", "--warmup_epochs=0", "--health_examples=32"]
 
 
 def test_a_tiny_study_killed_between_runs_finishes_on_rerun(tmp_path):
