@@ -11,6 +11,7 @@ import pytest
 from sklearn import linear_model
 from sklearn import model_selection
 
+from simclr_tf.data import shapes_render
 from simclr_tf.evaluation import baselines
 from simclr_tf.evaluation import linear_probe
 
@@ -132,8 +133,25 @@ def test_tool_probes_raw_pixels_and_writes_json(tmp_path):
   saved = json.loads(output.read_text())
   assert saved["feature_dim"] == 8 * 8 * 3
   assert saved["grid_size"] == 3 and saved["num_test"] == 40
-  assert saved["strength"] in (1e-3, 1.0) or 1e-3 < saved["strength"] < 1
+  # The strength is one of the grid's 3: 1e-3, 10^-1.5 and 1.
+  grid = [float(v) for v in np.logspace(-3, 0, 3)]
+  assert any(saved["strength"] == pytest.approx(v, rel=1e-12) for v in grid)
+  assert len(saved["holdout_top_1_by_strength"]) == 3
   assert 0 <= saved["top_1"] <= saved["top_5"] <= 1
+  # Its test top-1 is that of an independent scikit-learn fit with that
+  # strength on the dataset's own pixels (8 px at 8 px: the evaluation
+  # transform leaves them as they are).
+  def pixels(images):
+    return (images.astype(np.float32) / np.float32(255)).reshape(
+        len(images), -1).astype(np.float64)
+  train_images, train_labels = shapes_render.render_shapes(80, 8, 0,
+                                                           stream=0)
+  test_images, test_labels = shapes_render.render_shapes(40, 8, 0, stream=1)
+  reference = linear_model.LogisticRegression(
+      C=1.0 / (saved["strength"] * 80), solver="lbfgs", max_iter=1000).fit(
+          pixels(train_images), train_labels)
+  assert saved["top_1"] == np.mean(
+      reference.predict(pixels(test_images)) == test_labels)
   assert "raw pixels: test top-1" in result.stdout
 
 
