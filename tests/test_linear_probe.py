@@ -52,8 +52,9 @@ def test_c_makes_sklearn_minimise_mean_loss_plus_half_strength_norm():
 
 
 def test_probe_equals_a_direct_sklearn_grid_search():
-  train_x, train_y = _blobs(1, 150)
-  test_x, test_y = _blobs(2, 80)
+  # 8 classes, so that top-5 is not all classes (with 3 it is 1 always).
+  train_x, train_y = _blobs(1, 150, num_classes=8, spread=1.0)
+  test_x, test_y = _blobs(2, 80, num_classes=8, spread=1.0)
   strengths = [1e-4, 1e-2, 1e-1, 1.0, 10.0]
   result = linear_probe.run_probe(train_x, train_y, test_x, test_y,
                                   strengths=strengths, seed=3)
@@ -74,6 +75,7 @@ def test_probe_equals_a_direct_sklearn_grid_search():
   assert result["top_1"] == final.score(test_x, test_y)
   top_5 = np.argsort(-final.predict_proba(test_x), axis=1)[:, :5]
   assert result["top_5"] == np.mean((top_5 == test_y[:, None]).any(axis=1))
+  assert result["top_1"] < result["top_5"] < 1.0  # both informative
   assert result["holdout_top_1"] == best
   assert 0.4 < result["top_1"] < 1.0  # learnable, not trivial
   assert (result["num_train"], result["num_holdout"],
