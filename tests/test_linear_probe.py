@@ -144,7 +144,9 @@ def test_tool_probes_raw_pixels_and_writes_json(tmp_path):
   # strength on the dataset's own pixels (8 px at 8 px: the evaluation
   # transform leaves them as they are).
   def pixels(images):
-    return (images.astype(np.float32) / np.float32(255)).reshape(
+    # uint8 to [0, 1] as tf.image.convert_image_dtype does it: times
+    # 1/255 in float32 (dividing by 255 differs in the last bit).
+    return (images.astype(np.float32) * np.float32(1 / 255)).reshape(
         len(images), -1).astype(np.float64)
   train_images, train_labels = shapes_render.render_shapes(80, 8, 0,
                                                            stream=0)

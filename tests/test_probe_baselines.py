@@ -52,7 +52,9 @@ def test_pretraining_probes_both_baselines_and_writes_plots(tmp_path):
                                                            stream=0)
   test_images, test_labels = shapes_render.render_shapes(32, 16, 0, stream=1)
   def pixels(images):
-    return (images.astype(np.float32) / np.float32(255)).reshape(
+    # uint8 to [0, 1] as tf.image.convert_image_dtype does it: times
+    # 1/255 in float32 (dividing by 255 differs in the last bit).
+    return (images.astype(np.float32) * np.float32(1 / 255)).reshape(
         len(images), -1).astype(np.float64)
   chosen = probe["raw_pixels"]["strength"]
   reference = linear_model.LogisticRegression(
