@@ -384,7 +384,13 @@ class LinearEvalConfig:
   These settings are used by `train_mode=linear_eval` and by the linear
   evaluation that follows pretraining, so a pretrained encoder and a
   randomly initialised one are always compared under the same settings.
-  Defaults are the authors' CIFAR-10 linear-evaluation recipe.
+  The authors have no separate linear-evaluation settings (their linear
+  evaluation is a fine-tuning run), so these are this project's. Most
+  defaults are the values of the authors' CIFAR-10 linear-evaluation
+  command (momentum, learning rate 0.1, no weight decay, no warm-up, batch
+  512, 100 epochs); the batch scaling is this project's own: sqrt, where the
+  authors' default is linear, so a preset that follows their command sets
+  `linear_eval_learning_rate_scaling=linear`.
   """
   after_pretraining: bool = setting(
       False, "After pretraining, train and evaluate a linear head on the "

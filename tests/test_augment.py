@@ -49,34 +49,50 @@ def _both(image, size, config):
           "batched": _batched(image, size, config)}
 
 
+# name -> fn(image, seed); the eval transforms draw nothing.
 _TRANSFORMS = {
-    "train": lambda x: augment.preprocess_for_train(x, 24, AugmentConfig()),
-    "eval_small": lambda x: augment.preprocess_for_eval(x, 24,
-                                                        AugmentConfig()),
-    "eval_crop": lambda x: augment.preprocess_for_eval(x, 48, AugmentConfig()),
-    "crop": lambda x: augment.random_crop_with_resize(x, 24),
-    "batch": lambda x: augment.augment_batch(x[None], 24, AugmentConfig())[0],
-    "views": lambda x: augment.augment_batch_views(
-        x[None], 24, AugmentConfig(), num_views=1)[0],
+    "train": lambda x, seed: augment.preprocess_for_train(
+        x, 24, AugmentConfig(), seed=seed),
+    "eval_small": lambda x, seed: augment.preprocess_for_eval(
+        x, 24, AugmentConfig()),
+    "eval_crop": lambda x, seed: augment.preprocess_for_eval(
+        x, 48, AugmentConfig()),
+    "crop": lambda x, seed: augment.random_crop_with_resize(x, 24, seed=seed),
+    "batch": lambda x, seed: augment.augment_batch(
+        x[None], 24, AugmentConfig(), seed=seed)[0],
+    "views": lambda x, seed: augment.augment_batch_views(
+        x[None], 24, AugmentConfig(), num_views=1, seed=seed)[0],
 }
 
 
 @pytest.mark.parametrize("name", sorted(_TRANSFORMS))
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_transform_eager_and_in_dataset_map(name, dtype):
+  """Each transform gives the same image eagerly and inside Dataset.map.
+
+  Seeded, every draw is stateless, so the two must agree; unseeded, the
+  draws differ, so only the output's kind is checked.
+  """
   size = 48 if name == "eval_crop" else 24
   image = _colorful_image(40, 50)
   if dtype == "float32":
     image = image.astype(np.float32) / 255.0
-  fn = _TRANSFORMS[name]
-  eager = fn(tf.constant(image))
-  mapped = next(iter(tf.data.Dataset.from_tensors(image).map(fn)))
-  for out in (eager, mapped):
-    assert out.shape == (size, size, 3)
-    assert out.dtype == tf.float32
-    assert float(tf.reduce_min(out)) >= 0.0
-    assert float(tf.reduce_max(out)) <= 1.0
-    assert float(tf.math.reduce_std(out)) > 0.01  # Not blank.
+  for seed in (None, 7):
+    fn = lambda x, seed=seed: _TRANSFORMS[name](x, seed)  # noqa: E731
+    eager = fn(tf.constant(image))
+    mapped = next(iter(tf.data.Dataset.from_tensors(image).map(fn)))
+    for out in (eager, mapped):
+      assert out.shape == (size, size, 3)
+      assert out.dtype == tf.float32
+      assert float(tf.reduce_min(out)) >= 0.0
+      assert float(tf.reduce_max(out)) <= 1.0
+      assert float(tf.math.reduce_std(out)) > 0.01  # Not blank.
+    if seed is not None or name.startswith("eval"):
+      np.testing.assert_array_equal(mapped.numpy(), eager.numpy())
+  # The seed matters: a different one gives another view.
+  if not name.startswith("eval"):
+    other = _TRANSFORMS[name](tf.constant(image), 8)
+    assert not np.array_equal(other.numpy(), eager.numpy())
 
 
 def test_batched_crop_resize_matches_tf_image_resize():

@@ -6,6 +6,7 @@ The faults are injected with the test-only `SIMCLR_TF_TEST_FAULTS` variable
 
 import functools
 import os
+import re
 
 import numpy as np
 import pytest
@@ -61,13 +62,21 @@ def test_fault_spec_parses_and_rejects_unknown_names():
     fault_injection.parse("nan_at=3")
 
 
+_RESUME_ADVICE = (" Nothing was saved after it; rerunning resumes from it "
+                  "(a lower --learning_rate may help).")
+
+
 def test_non_finite_loss_message_names_step_and_checkpoint():
   error = faults.NonFiniteLossError(5, 8, {"total_loss": float("nan")})
-  assert str(error.with_checkpoint("/r/ckpt-4")).startswith(
+  assert str(error.with_checkpoint("/r/ckpt-4")) == (
       "non-finite loss at step 8 (in the loop of steps 5-8): total_loss nan; "
-      "the last good checkpoint is /r/ckpt-4.")
-  assert "last good checkpoint is none" in str(
-      faults.NonFiniteLossError(1, 1, {"contrast_loss": float("inf")}))
+      "the last good checkpoint is /r/ckpt-4." + _RESUME_ADVICE)
+  # One step a loop names the step alone; the losses are listed by name.
+  assert str(faults.NonFiniteLossError(
+      1, 1, {"total_loss": float("-inf"), "contrast_loss": float("inf")})) == (
+          "non-finite loss at step 1: contrast_loss inf, total_loss -inf; "
+          "the last good checkpoint is none (no checkpoint was written "
+          "before it)." + _RESUME_ADVICE)
   assert faults.non_finite_losses({"contrast_loss": 1.0,
                                    "contrast_acc": float("nan"),
                                    "total_loss": float("-inf")}) == {
@@ -99,9 +108,18 @@ def test_a_nan_stops_with_one_line_and_keeps_the_last_checkpoint(data_dir,
   assert len(errors) == 1, result.stderr[-3000:]
   # The total always carries a non-finite gradient (the fused BatchNorm
   # may keep the contrastive loss itself finite on NaN images).
-  assert errors[0].startswith("error: non-finite loss at step 3: ")
-  assert "total_loss nan" in errors[0]
-  assert f"the last good checkpoint is {tmp_path}/ckpt-2." in errors[0]
+  # The whole line: the step, the non-finite losses (total_loss among
+  # them, every one listed non-finite), the last good checkpoint, advice.
+  match = re.fullmatch(
+      r"error: non-finite loss at step 3: (?P<losses>[^;]+); the last good "
+      rf"checkpoint is {re.escape(str(tmp_path))}/ckpt-2\."
+      + re.escape(_RESUME_ADVICE), errors[0])
+  assert match, errors[0]
+  losses = dict(item.split(" ") for item in match["losses"].split(", "))
+  assert losses["total_loss"] == "nan", errors[0]
+  assert all(not np.isfinite(float(v)) for v in losses.values()), errors[0]
+  assert set(losses) <= {"total_loss", "contrast_loss", "supervised_loss"}, \
+      errors[0]
   assert "Traceback" not in result.stderr
   # Steps 1-2 trained; the poisoned step 3 was never saved.
   assert "[pretrain] step 2/6" in result.stdout

@@ -11,6 +11,7 @@ import pytest
 from sklearn import linear_model
 from sklearn import model_selection
 
+from simclr_tf.data import shapes_render
 from simclr_tf.evaluation import baselines
 from simclr_tf.evaluation import linear_probe
 
@@ -51,8 +52,9 @@ def test_c_makes_sklearn_minimise_mean_loss_plus_half_strength_norm():
 
 
 def test_probe_equals_a_direct_sklearn_grid_search():
-  train_x, train_y = _blobs(1, 150)
-  test_x, test_y = _blobs(2, 80)
+  # 8 classes, so that top-5 is not all classes (with 3 it is 1 always).
+  train_x, train_y = _blobs(1, 150, num_classes=8, spread=1.0)
+  test_x, test_y = _blobs(2, 80, num_classes=8, spread=1.0)
   strengths = [1e-4, 1e-2, 1e-1, 1.0, 10.0]
   result = linear_probe.run_probe(train_x, train_y, test_x, test_y,
                                   strengths=strengths, seed=3)
@@ -73,6 +75,7 @@ def test_probe_equals_a_direct_sklearn_grid_search():
   assert result["top_1"] == final.score(test_x, test_y)
   top_5 = np.argsort(-final.predict_proba(test_x), axis=1)[:, :5]
   assert result["top_5"] == np.mean((top_5 == test_y[:, None]).any(axis=1))
+  assert result["top_1"] < result["top_5"] < 1.0  # both informative
   assert result["holdout_top_1"] == best
   assert 0.4 < result["top_1"] < 1.0  # learnable, not trivial
   assert (result["num_train"], result["num_holdout"],
@@ -132,8 +135,27 @@ def test_tool_probes_raw_pixels_and_writes_json(tmp_path):
   saved = json.loads(output.read_text())
   assert saved["feature_dim"] == 8 * 8 * 3
   assert saved["grid_size"] == 3 and saved["num_test"] == 40
-  assert saved["strength"] in (1e-3, 1.0) or 1e-3 < saved["strength"] < 1
+  # The strength is one of the grid's 3: 1e-3, 10^-1.5 and 1.
+  grid = [float(v) for v in np.logspace(-3, 0, 3)]
+  assert any(saved["strength"] == pytest.approx(v, rel=1e-12) for v in grid)
+  assert len(saved["holdout_top_1_by_strength"]) == 3
   assert 0 <= saved["top_1"] <= saved["top_5"] <= 1
+  # Its test top-1 is that of an independent scikit-learn fit with that
+  # strength on the dataset's own pixels (8 px at 8 px: the evaluation
+  # transform leaves them as they are).
+  def pixels(images):
+    # uint8 to [0, 1] as tf.image.convert_image_dtype does it: times
+    # 1/255 in float32 (dividing by 255 differs in the last bit).
+    return (images.astype(np.float32) * np.float32(1 / 255)).reshape(
+        len(images), -1).astype(np.float64)
+  train_images, train_labels = shapes_render.render_shapes(80, 8, 0,
+                                                           stream=0)
+  test_images, test_labels = shapes_render.render_shapes(40, 8, 0, stream=1)
+  reference = linear_model.LogisticRegression(
+      C=1.0 / (saved["strength"] * 80), solver="lbfgs", max_iter=1000).fit(
+          pixels(train_images), train_labels)
+  assert saved["top_1"] == np.mean(
+      reference.predict(pixels(test_images)) == test_labels)
   assert "raw pixels: test top-1" in result.stdout
 
 

@@ -245,6 +245,31 @@ def test_float16_skips_steps_with_non_finite_gradients():
     assert 2 ** -0.5 < factor < 2 ** 0.5, (adapted, factor)
 
 
+@pytest.mark.parametrize("capabilities, expected", [
+    ([(8, 0)], "mixed_bfloat16"), ([(9, 0), (8, 6)], "mixed_bfloat16"),
+    ([(7, 5)], "float32"), ([(8, 0), (7, 0)], "float32"), ([None], "float32")])
+def test_auto_on_gpus_follows_their_compute_capability(monkeypatch,
+                                                       capabilities,
+                                                       expected):
+  """TensorFlow's device queries faked: the GPU branch on any host; the CPU
+  flags are not read when there is a GPU."""
+  gpus = [f"GPU:{i}" for i in range(len(capabilities))]
+  details = {gpu: ({} if c is None else {"compute_capability": c})
+             for gpu, c in zip(gpus, capabilities)}
+  monkeypatch.setattr(tf.config, "list_physical_devices",
+                      lambda kind=None: gpus if kind == "GPU" else [])
+  monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                      details.__getitem__)
+  monkeypatch.setattr(precision, "cpu_has_native_bfloat16",
+                      lambda *a: pytest.fail("read the CPU flags"))
+  precision._native_bfloat16.cache_clear()  # pylint: disable=protected-access
+  try:
+    assert precision.resolve("auto") == expected
+  finally:
+    monkeypatch.undo()
+    precision._native_bfloat16.cache_clear()  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize("flags_line, expected", [
     ("flags\t\t: fpu avx512f avx512_bf16 fma", True),
     ("flags\t\t: fpu amx_bf16 amx_tile", True),
@@ -258,11 +283,19 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, flags_line,
   assert precision.cpu_has_native_bfloat16(str(tmp_path / "none")) is False
 
 
-def test_auto_picks_bfloat16_exactly_where_the_cpu_has_it():
-  # No GPU in the test environment: the CPU flags decide.
-  assert not tf.config.list_physical_devices("GPU")
-  expected = ("mixed_bfloat16" if precision.cpu_has_native_bfloat16()
-              else "float32")
+def _native_bfloat16_here():
+  """Where bfloat16 is native: every GPU of compute capability 8.0 or more
+  (Ampere on), or with no GPU the CPU flags."""
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    return all(tuple(tf.config.experimental.get_device_details(gpu).get(
+        "compute_capability", (0, 0))) >= (8, 0) for gpu in gpus)
+  return precision.cpu_has_native_bfloat16()
+
+
+def test_auto_picks_bfloat16_exactly_where_the_machine_has_it():
+  # On a CPU host the CPU flags decide, on a GPU host the GPUs.
+  expected = "mixed_bfloat16" if _native_bfloat16_here() else "float32"
   assert precision.resolve("auto") == expected
   with precision.policy_scope("auto") as policy:
     assert policy.name == expected

@@ -3,9 +3,12 @@
 import json
 import os
 
+import numpy as np
 import PIL.Image
+from sklearn import linear_model
 
 from simclr_tf import config as config_lib
+from simclr_tf.data import shapes_render
 from simclr_tf import run as run_lib
 from simclr_tf.training import tf_trainer as training
 
@@ -32,6 +35,33 @@ def test_pretraining_probes_both_baselines_and_writes_plots(tmp_path):
   assert [probe[name]["feature_dim"] for name in probe] == [64, 768, 64]
   assert all(result["num_train"] == 64 and result["num_test"] == 32
              for result in probe.values())
+  # Two training steps teach the encoder little, so SimCLR beating raw
+  # pixels would be luck here; the values are checked instead.
+  grid = [1e-6, 1e5]  # probe_num_strengths=2 over the paper's range.
+  for result in probe.values():
+    assert 0.0 <= result["top_1"] <= result["top_5"] <= 1.0
+    assert result["strength"] in grid
+    assert all(0.0 <= a <= 1.0
+               for a in result["holdout_top_1_by_strength"].values())
+  # The raw-pixel probe against an independent fit: the dataset's own
+  # pixels (a 16 px image at 16 px goes through the evaluation transform
+  # unchanged: a same-size resize), scikit-learn's logistic regression
+  # with the chosen strength as C = 1 / (strength * n) (appendix B.8's
+  # penalty on the mean loss), scored by its own predict.
+  train_images, train_labels = shapes_render.render_shapes(64, 16, 0,
+                                                           stream=0)
+  test_images, test_labels = shapes_render.render_shapes(32, 16, 0, stream=1)
+  def pixels(images):
+    # uint8 to [0, 1] as tf.image.convert_image_dtype does it: times
+    # 1/255 in float32 (dividing by 255 differs in the last bit).
+    return (images.astype(np.float32) * np.float32(1 / 255)).reshape(
+        len(images), -1).astype(np.float64)
+  chosen = probe["raw_pixels"]["strength"]
+  reference = linear_model.LogisticRegression(
+      C=1.0 / (chosen * 64), solver="lbfgs", max_iter=1000).fit(
+          pixels(train_images), train_labels)
+  expected = np.mean(reference.predict(pixels(test_images)) == test_labels)
+  assert probe["raw_pixels"]["top_1"] == expected
   saved = json.loads((tmp_path / "run" / "probe.json").read_text())
   assert saved["results"]["raw_pixels"]["top_1"] == probe["raw_pixels"][
       "top_1"]

@@ -196,7 +196,7 @@ PRESET_SOURCES = {
         _PAPER_FINETUNE, batch=512, lr=0.05 * 512 / 256, image_size=32,
         resnet_depth=18, train_mode="finetune", fine_tune_after_block=-1),
     "imagenet_pretrain.cfg": dict(
-        # Section 4 / appendix B; Table 6 for 1000 epochs.
+        # Sections 2.3 and 6 / appendix B; Table 6 for 1000 epochs.
         dataset="imagenet2012", image_size=224, resnet_depth=50,
         width_multiplier=1.0, batch=4096, epochs=1000, optimizer="lars",
         learning_rate=0.3, lr=4.8, weight_decay=1e-6, temperature=0.1,
@@ -210,9 +210,11 @@ PRESET_SOURCES = {
     "imagenet_finetune_10pct.cfg": dict(
         _PAPER_FINETUNE, dataset="imagenet2012_subset/10pct", epochs=30),
     "stl10_pretrain.cfg": dict(
-        # The paper's ImageNet recipe at batch 512; B.6 linear evaluation.
+        # The paper's ImageNet recipe at batch 512 with its head (an MLP
+        # with one hidden layer, section 2.1); B.6 linear evaluation.
         optimizer="lars", learning_rate=0.3, lr=0.3 * 512 / 256,
         weight_decay=1e-6, temperature=0.1, use_blur=True,
+        proj_head_mode="nonlinear", num_proj_layers=2,
         linear_eval=dict(optimizer="momentum", lr=0.1 * 512 / 256,
                          weight_decay=0.0, warmup_epochs=0.0)),
 }

@@ -19,6 +19,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+# TensorBoard's own event reader. tf.compat.v1.train.summary_iterator logs
+# a deprecation warning (for tf_record_iterator) at the end of a run; this
+# reader opens event files without one, and stops cleanly at a truncated
+# last record (a file still being written).
+from tensorboard.backend.event_processing import event_file_loader  # noqa: E402
+from tensorboard.util import tensor_util  # noqa: E402
 
 from simclr_tf.storage import run_dir as run_dir_lib  # noqa: E402
 
@@ -57,11 +63,13 @@ def _read_dir(directory, prefix, series):
   for name in sorted(tf.io.gfile.listdir(directory)):
     if not name.startswith("events.out.tfevents"):
       continue
-    for event in tf.compat.v1.train.summary_iterator(
-        os.path.join(directory, name)):
+    # EventFileLoader also migrates legacy `simple_value` scalars to
+    # tensors, so both kinds come out alike.
+    loader = event_file_loader.EventFileLoader(os.path.join(directory, name))
+    for event in loader.Load():
       for value in event.summary.value:
         if value.HasField("tensor") and not value.tensor.string_val:
-          number = tf.make_ndarray(value.tensor)
+          number = tensor_util.make_ndarray(value.tensor)
           if number.size != 1:
             continue
           number = float(number)
