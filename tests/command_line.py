@@ -27,7 +27,9 @@ def tiny_flags(data_dir, model_dir, **overrides):
       image_size=16, resnet_depth=18, width_multiplier=0.125,
       proj_out_dim=16, temperature=0.5, use_blur="false",
       train_batch_size=32, eval_batch_size=32, warmup_epochs=0,
-      model_dir=model_dir)
+      # Off unless a test asks: each JAX pretraining pays ~17 s to compile
+      # the measurement op by op.
+      health_examples=0, model_dir=model_dir)
   flags.update(overrides)
   return [f"--{name}={value}" for name, value in flags.items()]
 

@@ -35,7 +35,7 @@ def _flags(tmp_path, model_dir, **overrides):
 
 def test_pretrain_linear_eval_and_resume_on_two_devices(tmp_path):
   model_dir = tmp_path / "run"
-  result = run_program(_flags(tmp_path, model_dir))
+  result = run_program(_flags(tmp_path, model_dir, health_examples=32))
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   assert "Keras jax backend on 1 device(s)" in out
