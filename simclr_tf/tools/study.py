@@ -163,15 +163,32 @@ def _last_error(log_path):
 
 class _Child:
   """The run in progress; SIGTERM to the study is passed on to it, so it
-  saves a checkpoint and the rerun resumes it."""
+  saves a checkpoint and the rerun resumes it.
+
+  A SIGTERM that comes between runs (while the study probes or draws) is
+  remembered, so the study stops before the next run instead of losing it.
+  """
 
   def __init__(self):
     self.process = None
+    self.stop_requested = False
 
   def forward(self, signum, frame):
     del frame
+    self.stop_requested = True
     if self.process is not None and self.process.poll() is None:
       self.process.send_signal(signum)
+
+  def note_interrupt(self, signum, frame):
+    del signum, frame
+    self.stop_requested = True
+
+  def start(self, command, log_file):
+    self.process = subprocess.Popen(command, stdout=log_file,
+                                    stderr=subprocess.STDOUT)
+    if self.stop_requested:  # the signal came while the run was starting
+      self.process.send_signal(signal.SIGTERM)
+    return self.process
 
 
 def _write_results(study, output_dir, runs, header):
@@ -228,6 +245,9 @@ def main(argv):
         f"machine: {cpu_description()}", flush=True)
   child = _Child()
   signal.signal(signal.SIGTERM, child.forward)
+  # Ctrl-C reaches the run by itself (same process group); the study only
+  # notes it, so it stops after the run has saved its checkpoint.
+  signal.signal(signal.SIGINT, child.note_interrupt)
   runs, spent = [], []
   for index, (configuration, seed) in enumerate(plan, start=1):
     model_dir = os.path.join(output_dir, configuration.name, f"seed_{seed}")
@@ -236,6 +256,11 @@ def main(argv):
       with open(done_path) as handle:
         runs.append(json.load(handle))
       continue
+    if child.stop_requested:
+      print(f"[study {study.name}] stopped before {configuration.name} "
+            f"seed {seed}. Rerun the same command to continue.",
+            file=sys.stderr, flush=True)
+      return cli.STOPPED_BY_SIGNAL
     os.makedirs(model_dir, exist_ok=True)
     command = run_command(tokens, configuration, base, model_dir, seed)
     start = time.time()
@@ -243,17 +268,10 @@ def main(argv):
     with open(log_path, "a") as log_file:
       log_file.write("$ " + " ".join(command[1:]) + "\n")
       log_file.flush()
-      try:
-        child.process = subprocess.Popen(command, stdout=log_file,
-                                         stderr=subprocess.STDOUT)
-        status = child.process.wait()
-      except KeyboardInterrupt:
-        # Ctrl-C reached the run too (same process group): it saves a
-        # checkpoint and stops.
-        status = child.process.wait()
-        status = status if status else cli.STOPPED_BY_SIGNAL
+      status = child.start(command, log_file).wait()
       child.process = None
-    if status == cli.STOPPED_BY_SIGNAL or status < 0:
+    if (status == cli.STOPPED_BY_SIGNAL or status < 0 or
+        (status != 0 and child.stop_requested)):
       print(f"[study {study.name}] stopped during {configuration.name} "
             f"seed {seed}; its checkpoint is kept. Rerun the same command "
             "to continue.", file=sys.stderr, flush=True)
