@@ -206,6 +206,17 @@ def test_bad_study_command_lines_stop_with_one_line(args, message, tmp_path):
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
 
 
+def test_a_signal_between_runs_stops_the_next_run_as_it_starts():
+  from simclr_tf.tools import study as study_tool  # pylint: disable=g-import-not-at-top
+  child = study_tool._Child()  # pylint: disable=protected-access
+  child.forward(signal.SIGTERM, None)  # no run in progress: only noted
+  assert child.stop_requested
+  with open(os.devnull, "w") as sink:
+    process = child.start([sys.executable, "-c", "import time; "
+                           "time.sleep(60)"], sink)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+
+
 TINY = ["--synthetic_train_examples=96", "--synthetic_test_examples=32",
         "--image_size=16", "--width_multiplier=0.125", "--proj_out_dim=8",
         "--train_batch_size=32", "--eval_batch_size=32",

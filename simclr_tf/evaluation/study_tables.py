@@ -155,7 +155,8 @@ def markdown(study: studies.Study, rows: Sequence[Mapping],
   has_paper = any(row["paper_top_1"] is not None for row in rows)
   lines = [f"# {study.title}", ""]
   if header:
-    lines += [header, ""]
+    # Fenced: the command line and the machine, kept as typed.
+    lines += ["```text", header, "```", ""]
   lines += ["Accuracies in %, as mean ± standard error over the repeats "
             "(n); alignment, uniformity and effective rank as numbers.", ""]
   columns = ["configuration", "n"] + present + (
