@@ -22,6 +22,8 @@ from simclr_tf.data import build_input_fn
 from simclr_tf.data import host_batches as host_data
 from simclr_tf.data import registry
 from simclr_tf.training import keras_trainer
+from simclr_tf.training import tf_trainer
+from tests import command_line
 
 NUM_IMAGES = 24
 NUM_CLASSES = 4
@@ -29,6 +31,8 @@ SIZE = 16
 # Crops and flips only: a flat image stays flat, so its colour names it.
 FLAT_SAFE = AugmentConfig(color_jitter_probability=0.0,
                           grayscale_probability=0.0, use_blur=False)
+# The host's part with --augment_on_device: crops, still uint8.
+CROPS_ONLY = AugmentConfig(on_device=True)
 # The segments of a run of 15 steps interrupted 5 times.
 CUTS = (0, 2, 5, 7, 11, 13, 15)
 
@@ -81,17 +85,18 @@ def _indices(images):
 
 
 def test_synthetic_resume_continues_the_stream(tmp_path):
-  # Same-size path: cached decoded images, whole-batch crops and the full
-  # colour distortion; 24 examples, 3 batches of 8 an epoch.
-  config = DataConfig(dataset="synthetic_shapes", data_dir=str(tmp_path),
-                      image_size=SIZE, synthetic_train_examples=NUM_IMAGES,
-                      synthetic_test_examples=8)
+  # The TF trainer's input on the same-size path: cached decoded images,
+  # whole-batch crops and the full colour distortion; 24 examples, 3
+  # batches of 8 an epoch.
+  config = command_line.config_of(command_line.tiny_flags(
+      str(tmp_path / "data"), str(tmp_path / "run"), seed=3,
+      synthetic_train_examples=NUM_IMAGES, synthetic_test_examples=8,
+      train_batch_size=8))
   registry.clear_caches()
 
   def input_fn(start_step):
-    return build_input_fn(config, AugmentConfig(), training=True,
-                          num_views=2, global_batch_size=8, seed=3,
-                          start_step=start_step)
+    return tf_trainer.training_input_fn(config, start_step=start_step,
+                                        num_classes=NUM_CLASSES)
 
   reference = _batches(input_fn(0), 7)
   resumed = _batches(input_fn(4), 3)  # mid-epoch 1, into epoch 2
@@ -102,15 +107,17 @@ def test_synthetic_resume_continues_the_stream(tmp_path):
 
 
 def test_image_folder_resume_continues_the_stream(indexed_folder):
-  # Any-size path: per-image crops from the file, batched flips. One input
-  # pipeline feeding 2 replicas: 2 batches of 4 per step.
+  # Any-size path: per-image crops from the file (as uint8 for the device,
+  # which keeps the test free of XLA compiles; the distortion's seeds are
+  # shared with the same-size path above). One input pipeline feeding 2
+  # replicas: 2 batches of 4 per step.
   config = _folder_config(indexed_folder)
   context = tf.distribute.InputContext(num_input_pipelines=1,
                                        input_pipeline_id=0,
                                        num_replicas_in_sync=2)
 
   def input_fn(start_step):
-    return build_input_fn(config, FLAT_SAFE, training=True, num_views=2,
+    return build_input_fn(config, CROPS_ONLY, training=True, num_views=2,
                           global_batch_size=8, seed=5, start_step=start_step)
 
   reference = _batches(input_fn(0), 14, context)
@@ -128,10 +135,9 @@ def test_interrupted_run_sees_each_example_as_often(indexed_folder):
   # 15 steps of 8 over 24 images: 5 epochs, each image exactly 5 times.
   # Crops only (as for --augment_on_device), which keep flat images flat.
   config = _folder_config(indexed_folder)
-  crops_only = AugmentConfig(on_device=True)
 
   def seen(start, stop):
-    input_fn = build_input_fn(config, crops_only, training=True,
+    input_fn = build_input_fn(config, CROPS_ONLY, training=True,
                               num_views=2, global_batch_size=8, seed=1,
                               start_step=start)
     batches = _batches(input_fn, stop - start)
