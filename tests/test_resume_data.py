@@ -39,18 +39,24 @@ CUTS = (0, 2, 5, 7, 11, 13, 15)
 
 @pytest.fixture
 def indexed_folder(tmp_path):
-  """Image i is flat with red = 10 * i, of size 20 + i % 3 (any-size
-  path); its class is i % 4."""
+  """Image i has a flat red = 10 * i (its id) and green and blue ramps (so
+  that two crop boxes give different views), of size 20 + i % 3 (the
+  any-size path); its class is i % 4."""
   root = tmp_path / "indexed"
   for i in range(NUM_IMAGES):
     class_dir = root / "train" / f"c{i % NUM_CLASSES}"
     class_dir.mkdir(parents=True, exist_ok=True)
-    image = np.zeros((20 + i % 3, 20, 3), np.uint8)
-    image[..., 0] = 10 * i
-    tf.io.write_file(str(class_dir / f"{i:02d}.png"), tf.io.encode_png(image))
+    tf.io.write_file(str(class_dir / f"{i:02d}.png"),
+                     tf.io.encode_png(_indexed_image(i, 20 + i % 3)))
   registry.clear_caches()
   yield root
   registry.clear_caches()
+
+
+def _indexed_image(index, height, width=20):
+  rows, cols = np.mgrid[0:height, 0:width]
+  return np.stack([np.full((height, width), 10 * index), 12 * cols,
+                   12 * rows], axis=-1).astype(np.uint8)
 
 
 def _folder_config(root, **kwargs):
@@ -75,7 +81,7 @@ def _assert_same(got, expected):
 
 
 def _indices(images):
-  """Example ids of flat views: red = 10 * id (float [0, 1] or uint8)."""
+  """Example ids of views: red = 10 * id (float [0, 1] or uint8)."""
   images = np.asarray(images, np.float32)
   if images.max() <= 1.0:
     images = images * 255
@@ -155,6 +161,9 @@ def test_interrupted_run_sees_each_example_as_often(indexed_folder):
   for (ids, views), (ids_ref, views_ref) in zip(segments, uninterrupted):
     np.testing.assert_array_equal(ids, ids_ref)
     np.testing.assert_array_equal(views, views_ref)
+  # The views tell crop boxes apart: the two views of an image differ.
+  views = np.concatenate([v for _, v in uninterrupted])
+  assert (views[..., :3] != views[..., 3:]).any(axis=(1, 2, 3)).mean() > 0.5
 
 
 def test_start_step_is_checked(indexed_folder):
@@ -189,8 +198,7 @@ def test_jax_host_batches_continue_the_stream(indexed_folder, in_memory):
   ids = np.array([int(p.stem) for p in paths])
   labels = ids % NUM_CLASSES
   if in_memory:  # whole images; the device crops them
-    images = np.zeros((NUM_IMAGES, 20, 20, 3), np.uint8)
-    images[..., 0] = (10 * ids)[:, None, None]
+    images = np.stack([_indexed_image(i, 20) for i in ids])
     split = host_data.Split(labels, NUM_CLASSES, images=images)
   else:  # files: the host crops each view
     split = host_data.Split(labels, NUM_CLASSES,
