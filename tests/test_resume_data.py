@@ -90,7 +90,15 @@ def _indices(images):
   return np.round(red[:, 0] / 10).astype(int)
 
 
-def test_synthetic_resume_continues_the_stream(tmp_path):
+@pytest.fixture
+def global_seed_0():
+  """The program sets TensorFlow's global seed from --seed (0 here)."""
+  tf.random.set_seed(0)
+  yield
+  tf.random.set_seed(None)
+
+
+def test_synthetic_resume_continues_the_stream(tmp_path, global_seed_0):
   # The TF trainer's input on the same-size path: cached decoded images,
   # whole-batch crops and the full colour distortion; 24 examples, 3
   # batches of 8 an epoch.

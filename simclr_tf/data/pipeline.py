@@ -72,6 +72,8 @@ from simclr_tf.data.source import DatasetInfo
 AUTO_CACHE_MAX_BYTES = 2 * 1024 ** 3
 _AUTOTUNE = tf.data.AUTOTUNE
 _PROBLEM = "_problem"
+# The graph-level seed of each epoch's shuffle (TensorFlow's default one).
+_EPOCH_GRAPH_SEED = 87654321
 
 
 def _validate(data_config, augment_config=None) -> None:
@@ -417,9 +419,15 @@ def _training_stream(ds, buffer_size, seed, first_example, counts,
                     "file was skipped (see the skipped-files report).")
 
   def epoch(index):
+    if seed is None:
+      return ds.shuffle(buffer_size, reshuffle_each_iteration=False)
+    # This function's own graph: a fixed graph-level seed, so the order
+    # depends on `seed` and the epoch alone, whatever global seed the
+    # program set (and `shuffle` takes a tensor seed only beside a nonzero
+    # one: with 0 its seed check compares the tensor as a Python bool).
+    tf.random.set_seed(_EPOCH_GRAPH_SEED)
     # Negative positions: apart from the draws' seeds of positions >= 0.
-    epoch_seed = None if seed is None else _seed_of(seed, -1 - index)
-    return ds.shuffle(buffer_size, seed=epoch_seed,
+    return ds.shuffle(buffer_size, seed=_seed_of(seed, -1 - index),
                       reshuffle_each_iteration=False)
   # Skipped before decoding: the examples are still encoded (or cached).
   return tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
