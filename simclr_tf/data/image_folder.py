@@ -137,7 +137,9 @@ class ImageFolderSource(source_lib.Source):
       ds = ds.shard(input_context.num_input_pipelines,
                     input_context.input_pipeline_id)
     if shuffle_files:
-      ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+      # One seeded order for every pass: the pipeline reshuffles each
+      # epoch by (seed, epoch), so a resumed run's epochs match.
+      ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
 
     return ds.map(lambda path, label: {source_lib.IMAGE_KEY: path,
                                        source_lib.NAME_KEY: path,

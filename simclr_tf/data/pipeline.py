@@ -38,6 +38,19 @@ Elements are `(images, labels)`:
 Augmentations draw from stateless seeds that fold the pipeline's
 `input_pipeline_id` into `seed`: every worker and input pipeline draws its
 own, and a seed and cluster shape reproduce them.
+
+The training stream is a function of its position, so a resumed run
+continues it (`start_step`) instead of replaying its head:
+
+- epoch e of a pipeline is its shard (files in the seeded order of the
+  source) shuffled with a seed of (seed, pipeline, e), the same whichever
+  epoch the input starts at;
+- the crop draws of the stream's n-th example and the distortion draws of
+  its n-th batch are seeded by (seed, pipeline, n), not by how far this
+  input has been iterated;
+- `start_step` starts the stream at the epoch and example the interrupted
+  run had reached: whole epochs cost nothing, the examples already done in
+  the current epoch are skipped before decoding.
 """
 
 import math
@@ -59,6 +72,8 @@ from simclr_tf.data.source import DatasetInfo
 AUTO_CACHE_MAX_BYTES = 2 * 1024 ** 3
 _AUTOTUNE = tf.data.AUTOTUNE
 _PROBLEM = "_problem"
+# The graph-level seed of each epoch's shuffle (TensorFlow's default one).
+_EPOCH_GRAPH_SEED = 87654321
 
 
 def _validate(data_config, augment_config=None) -> None:
@@ -167,7 +182,8 @@ def batch_augmenter(size: int, augment_config, num_views: int,
 
 def build_input_fn(data_config, augment_config, *, training: bool,
                    num_views: int, global_batch_size: int,
-                   seed: Optional[int] = None, supervised: bool = True
+                   seed: Optional[int] = None, supervised: bool = True,
+                   start_step: int = 0
                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
   """Builds the `input_fn` for `strategy.distribute_datasets_from_function`.
 
@@ -188,6 +204,10 @@ def build_input_fn(data_config, augment_config, *, training: bool,
     supervised: with a label subset, True (fine-tuning, linear evaluation)
       reads only the subset's examples; False (pretraining) reads every
       example, and only the subset's keep their labels.
+    start_step: training only: the optimizer steps already done (a resumed
+      run); the stream starts where an uninterrupted run is after them,
+      with the same order and draws (exact with a `seed` when every listed
+      example is usable; without a seed the draws are fresh anyway).
 
   Returns:
     `input_fn(input_context)` returning this pipeline's dataset of
@@ -205,6 +225,9 @@ def build_input_fn(data_config, augment_config, *, training: bool,
   if global_batch_size < 1:
     raise DataError(f"The global batch size must be positive. Received: "
                     f"global_batch_size={global_batch_size}")
+  if start_step < 0 or (start_step and not training):
+    raise DataError(f"`start_step` must be 0 for evaluation and at least 0 "
+                    f"for training. Received: start_step={start_step}")
   cfg, aug = data_config, augment_config
   source = registry.get_source(cfg)
   split = cfg.train_split if training else cfg.eval_split
@@ -225,6 +248,10 @@ def build_input_fn(data_config, augment_config, *, training: bool,
     if stored_bytes is not None and keep is not None:
       stored_bytes *= len(keep) / max(source.num_examples(split), 1)
 
+  # Examples per epoch of each pipeline, counted once per `input_fn` when
+  # resuming (the example views and the training input both need it).
+  counts = {}
+
   def input_fn(input_context: Optional[tf.distribute.InputContext] = None):
     context = input_context or tf.distribute.InputContext()
     replicas = context.num_replicas_in_sync
@@ -235,6 +262,8 @@ def build_input_fn(data_config, augment_config, *, training: bool,
     batch = context.get_per_replica_batch_size(global_batch_size)
     pipelines = max(context.num_input_pipelines, 1)
     own_seed = pipeline_seed(seed, context.input_pipeline_id)
+    # A pipeline feeds its replicas one batch each per step.
+    first_batch = start_step * max(replicas // pipelines, 1)
     cache = cfg.cache_dataset
     if cache is None:
       cache = (stored_bytes is not None and
@@ -244,14 +273,19 @@ def build_input_fn(data_config, augment_config, *, training: bool,
                      keep_keys=keep, labeled_keys=labeled)
     if fixed is not None:
       if cache:
-        ds = ds.map(source.decode, num_parallel_calls=_AUTOTUNE).cache()
+        ds = ds.map(source.decode, num_parallel_calls=_AUTOTUNE)
+        uncached, ds = ds, ds.cache()
     else:
       ds = _usable_encoded(ds, source, cfg.max_image_pixels)
+      uncached = ds
       if cache:
         ds = ds.cache()
     if training:
-      ds = ds.shuffle(shuffle_buffer_size(cfg, batch), seed=own_seed,
-                      reshuffle_each_iteration=True).repeat()
+      if fixed is not None and not cache:
+        uncached = ds
+      ds = _training_stream(ds, shuffle_buffer_size(cfg, batch), own_seed,
+                            first_batch * batch, counts,
+                            context.input_pipeline_id, uncached)
     if fixed is not None and not cache:
       ds = ds.map(source.decode, num_parallel_calls=_AUTOTUNE)
 
@@ -260,10 +294,10 @@ def build_input_fn(data_config, augment_config, *, training: bool,
       ds = ds.batch(batch, drop_remainder=False)
     elif fixed is not None:
       ds = _same_size_training_views(ds, size, aug, num_views, batch,
-                                     own_seed, on_device)
+                                     own_seed, on_device, first_batch)
     else:
       ds = _any_size_training_views(ds, source, size, aug, num_views, batch,
-                                    own_seed, on_device)
+                                    own_seed, on_device, first_batch)
     ds = ds.map(lambda images, labels: (images,
                                         tf.one_hot(labels, num_classes)))
     ds = ds.prefetch(_AUTOTUNE)
@@ -324,34 +358,107 @@ def _map_skipping_failures(ds, fn):
   Each element gets its own one-element dataset, so `ignore_errors` sees
   only that element's decoding: an error upstream (a file that vanished)
   still stops the pipeline instead of being retried forever after
-  `repeat`.
+  `repeat`. The order follows `tf.data.Options.deterministic`: in order for
+  evaluation; in training, parallel elements may swap places unless the
+  options ask for determinism (each element keeps its own crop seed).
   """
   def one(*element):
     return tf.data.Dataset.from_tensors(element).map(fn).ignore_errors(
         log_warning=True)
   return ds.interleave(one, cycle_length=_AUTOTUNE, block_length=1,
-                       num_parallel_calls=_AUTOTUNE, deterministic=False)
+                       num_parallel_calls=_AUTOTUNE)
 
 
-def _with_seeds(ds, seed):
-  return tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed)))
+def _seed_of(seed: int, position) -> tf.Tensor:
+  """A full-range int64 seed of (seed, position), stateless: the same for
+  a position whichever element the input started at."""
+  return tf.random.stateless_uniform(
+      [], tf.stack([tf.constant(seed, tf.int64),
+                    tf.cast(position, tf.int64)]),
+      minval=None, maxval=None, dtype=tf.int64)
+
+
+def examples_per_epoch(ds: tf.data.Dataset) -> int:
+  """The elements of one pass of `ds`: its cardinality when known, else
+  counted by one pass (which fills a cache that `ds` ends with).
+
+  Args:
+    ds: a finite dataset.
+
+  Returns:
+    The number of elements.
+  """
+  count = int(ds.cardinality())
+  if count >= 0:
+    return count
+  return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def _training_stream(ds, buffer_size, seed, first_example, counts,
+                     pipeline_id, uncached):
+  """Epochs of `ds` without end, each shuffled with its own seed, from
+  example `first_example` of the stream.
+
+  Epoch e's order depends on (seed, e) only, so a resumed input draws the
+  order an uninterrupted one draws there. `ds` must give the same elements
+  in the same order on every pass (a cache, or a source read with a fixed
+  file order). `counts` remembers its length by `pipeline_id`. `uncached`
+  is `ds` before its cache, which a fresh input reads one element of: an
+  empty epoch would make the stream spin forever.
+  """
+  first_epoch, offset = 0, 0
+  if first_example and seed is not None:
+    if pipeline_id not in counts:
+      counts[pipeline_id] = examples_per_epoch(ds)
+    count = counts[pipeline_id]
+    first_epoch, offset = divmod(first_example, max(count, 1))
+  else:
+    count = sum(1 for _ in uncached.take(1))
+  if count == 0:
+    raise DataError("The training split has no usable examples: every "
+                    "file was skipped (see the skipped-files report).")
+
+  def epoch(index):
+    if seed is None:
+      return ds.shuffle(buffer_size, reshuffle_each_iteration=False)
+    # This function's own graph: a fixed graph-level seed, so the order
+    # depends on `seed` and the epoch alone, whatever global seed the
+    # program set (and `shuffle` takes a tensor seed only beside a nonzero
+    # one: with 0 its seed check compares the tensor as a Python bool).
+    tf.random.set_seed(_EPOCH_GRAPH_SEED)
+    # Negative positions: apart from the draws' seeds of positions >= 0.
+    return ds.shuffle(buffer_size, seed=_seed_of(seed, -1 - index),
+                      reshuffle_each_iteration=False)
+  # Skipped before decoding: the examples are still encoded (or cached).
+  return tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
+
+
+def _with_seeds(ds, seed, first_position):
+  """Pairs the n-th element of `ds` with the seed of position
+  `first_position + n` (random seeds when `seed` is None)."""
+  if seed is None:
+    seeds = tf.data.Dataset.random(seed=None)
+  else:
+    seeds = tf.data.Dataset.counter(first_position).map(
+        lambda position: _seed_of(seed, position))
+  return tf.data.Dataset.zip((ds, seeds))
 
 
 def _same_size_training_views(ds, size, aug, num_views, batch, own_seed,
-                              on_device):
+                              on_device, first_batch):
   """Batches of full-resolution images, cropped (and distorted) at once."""
   ds = ds.map(lambda ex: (ex[source_lib.IMAGE_KEY], ex[source_lib.LABEL_KEY]))
   ds = ds.batch(batch, drop_remainder=True)
   transform = (augment.crop_views_batch if on_device
                else augment.augment_batch_views)
   views = batch_augmenter(size, aug, num_views, transform)
-  return _with_seeds(ds, own_seed).map(
+  return _with_seeds(ds, own_seed, first_batch).map(
       lambda element, seed: (views(element[0], seed=seed), element[1]),
       num_parallel_calls=_AUTOTUNE)
 
 
 def _any_size_training_views(ds, source, size, aug, num_views, batch,
-                             own_seed, on_device):
+                             own_seed, on_device, first_batch):
   """Per-image crops from the full-resolution image, then batched rest."""
 
   def crops(example, seed):
@@ -378,11 +485,12 @@ def _any_size_training_views(ds, source, size, aug, num_views, batch,
     return views, example[source_lib.LABEL_KEY]
 
   crop_seed = None if own_seed is None else own_seed + 1
-  ds = _map_skipping_failures(_with_seeds(ds, crop_seed), crops)
+  ds = _map_skipping_failures(
+      _with_seeds(ds, crop_seed, first_batch * batch), crops)
   ds = ds.batch(batch, drop_remainder=True)
   if on_device:
     return ds
   distort = batch_augmenter(size, aug, num_views, augment.distort_batch_views)
-  return _with_seeds(ds, own_seed).map(
+  return _with_seeds(ds, own_seed, first_batch).map(
       lambda element, seed: (distort(element[0], seed=seed), element[1]),
       num_parallel_calls=_AUTOTUNE)

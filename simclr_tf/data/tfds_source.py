@@ -148,7 +148,10 @@ class TfdsSource(source_lib.Source):
                   input_context=None, with_ids=False):
     read_config = tfds.ReadConfig(
         try_autocache=False, add_tfds_id=with_ids, shuffle_seed=seed,
-        input_context=input_context)
+        # One seeded file order for every pass: the pipeline reshuffles the
+        # examples each epoch by (seed, epoch), so a resumed run's epochs
+        # match an uninterrupted run's.
+        shuffle_reshuffle_each_iteration=False, input_context=input_context)
     decoders = None
     if self._encoded:
       decoders = {self._image_key: tfds.decode.SkipDecoding()}

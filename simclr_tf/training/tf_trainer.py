@@ -324,19 +324,22 @@ def training_input_fn(config: ExperimentConfig, *, start_step: int,
 
   Args:
     config: the stage's config.
-    start_step: the optimizer step training starts (or resumes) from.
+    start_step: the optimizer step training starts (or resumes) from: the
+      input continues the data stream there (order and crop draws of an
+      uninterrupted run), rather than replaying its first batches.
     num_classes: classes of the one-hot labels.
 
   Returns:
     A function from a `tf.distribute.InputContext` to the dataset of
     (views, one-hot labels) batches of one replica.
   """
-  del start_step, num_classes  # The data does not depend on them.
+  del num_classes  # The one-hot width comes from the source.
   num_views = stages.num_views(config.run.train_mode)
   return data_lib.build_input_fn(
       config.data, train_augment_config(config), training=True,
       num_views=num_views, global_batch_size=config.run.train_batch_size,
-      seed=config.run.seed, supervised=config.run.train_mode != "pretrain")
+      seed=config.run.seed, supervised=config.run.train_mode != "pretrain",
+      start_step=start_step)
 
 
 def _train(model, manager, config, strategy, writer, log, *, total_steps,
