@@ -304,3 +304,39 @@ def test_auto_picks_bfloat16_exactly_where_the_machine_has_it():
   # "auto" never means float16, so never loss scaling.
   assert not isinstance(precision.wrap_optimizer(_lars(), "auto"),
                         keras.optimizers.LossScaleOptimizer)
+
+
+@pytest.mark.parametrize("precision_name, cpu_bf16, gpus, warns", [
+    ("mixed_bfloat16", False, [], True),
+    ("mixed_bfloat16", True, [], False),
+    ("mixed_float16", False, [], True),
+    ("mixed_float16", False, ["GPU:0"], False),
+    ("float32", False, [], False),
+    ("auto", False, [], False),
+])
+def test_a_forced_mixed_policy_warns_where_the_hardware_emulates_it(
+    monkeypatch, precision_name, cpu_bf16, gpus, warns):
+  """The hardware faked where TensorFlow and /proc/cpuinfo are asked."""
+  monkeypatch.setattr(tf.config, "list_physical_devices",
+                      lambda kind=None: gpus if kind == "GPU" else [])
+  monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                      lambda gpu: {"compute_capability": (7, 0)})
+  monkeypatch.setattr(precision, "cpu_has_native_bfloat16",
+                      lambda *a: cpu_bf16)
+  precision._native_bfloat16.cache_clear()  # pylint: disable=protected-access
+  try:
+    line = precision.emulation_warning(precision_name)
+  finally:
+    monkeypatch.undo()
+    precision._native_bfloat16.cache_clear()  # pylint: disable=protected-access
+  if not warns:
+    assert line is None
+    return
+  assert "\n" not in line
+  assert f"--precision={precision_name} is emulated" in line
+  assert "--precision=auto" in line and "--precision=float32" in line
+
+
+def test_emulation_warning_rejects_an_unknown_precision():
+  with pytest.raises(ValueError, match="Received: precision='float8'"):
+    precision.emulation_warning("float8")

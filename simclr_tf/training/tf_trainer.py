@@ -152,6 +152,9 @@ def run_stage(config: ExperimentConfig, strategy,
   # seed alone, or a worker that generated data would start elsewhere.
   keras.utils.set_random_seed(run.seed)
   model = build_model(config, strategy, info, total_steps)
+  emulated = precision.emulation_warning(config.run.precision)
+  if emulated:
+    log(f"[{config.run.train_mode}] {emulated}")
   run_dir_lib.check_free_space(
       run_dir.write_dir, run_dir_lib.CHECKPOINT_SPACE_FACTOR *
       run_dir_lib.checkpoint_bytes(list(model.variables) +
