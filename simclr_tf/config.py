@@ -532,8 +532,8 @@ class RunConfig:
       45, "Probe: l2 strengths in the grid, log-spaced over the paper's "
       "[1e-6, 1e5] (the paper: 45).", at_least=1)
   probe_train_examples: int = setting(
-      0, "Probe: fit on at most this many (the first) train examples, to "
-      "bound its cost; 0 uses all.", at_least=0)
+      0, "Probe: fit on at most this many train examples (a seeded, "
+      "class-stratified sample), to bound its cost; 0 uses all.", at_least=0)
   write_plots: bool = setting(
       False, "At the end of pretraining, write PNGs of the training curves "
       "and of an embedding of eval features to model_dir/plots "

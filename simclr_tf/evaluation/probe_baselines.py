@@ -23,6 +23,7 @@ from simclr_tf.evaluation import baselines
 from simclr_tf import export
 from simclr_tf.evaluation import features as features_lib
 from simclr_tf.evaluation import linear_probe
+from simclr_tf.evaluation import sampling
 from simclr_tf.storage import files
 from simclr_tf.models import simclr
 
@@ -80,9 +81,9 @@ def compare(config, checkpoint: str, *, log, write_dir=None) -> Dict:
         batch_size=run.eval_batch_size)
     extract_seconds = time.time() - start
     (train_x, train_y), (test_x, test_y) = data[splits[0]], data[splits[1]]
-    if run.probe_train_examples:
-      train_x = train_x[:run.probe_train_examples]
-      train_y = train_y[:run.probe_train_examples]
+    keep = sampling.capped_indices(train_y, run.probe_train_examples,
+                                   seed=run.seed)
+    train_x, train_y = train_x[keep], train_y[keep]
     result = linear_probe.run_probe(train_x, train_y, test_x, test_y,
                                     strengths=grid, seed=run.seed)
     result["extract_seconds"] = extract_seconds

@@ -21,6 +21,7 @@ import json
 import os
 from typing import Dict, Optional
 
+from simclr_tf.evaluation import sampling
 from simclr_tf.evaluation import studies
 from simclr_tf.storage import run_dir as run_dir_lib
 
@@ -145,13 +146,15 @@ def probe_run(model_dir: str, *, head_output: bool, log) -> Dict:
       batch_size=run.eval_batch_size)
   (train_x, train_y), (test_x, test_y) = (data[train_split],
                                           data[data_config.eval_split])
-  cap = run.probe_train_examples or None
+  keep = sampling.capped_indices(train_y, run.probe_train_examples,
+                                 seed=run.seed)
+  train_x, train_y = train_x[keep], train_y[keep]
   results, offset = {}, 0
   for name in outputs:
     columns = slice(offset, offset + widths[name])
     offset += widths[name]
     results[name] = linear_probe.run_probe(
-        train_x[:cap, columns], train_y[:cap], test_x[:, columns], test_y,
+        train_x[:, columns], train_y, test_x[:, columns], test_y,
         strengths=probe_baselines.strengths(run.probe_num_strengths),
         seed=run.seed)
     log(f"[probe] {linear_probe.format_result(name, results[name])}")

@@ -58,8 +58,8 @@ _RANDOM_INIT_BN = flags.DEFINE_enum(
 _BN_EXAMPLES = flags.DEFINE_integer(
     "bn_examples", 2560, "random_init: training images the BatchNorm "
     "statistics are averaged over.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random init and of "
-                             "the held-out split.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random init, of "
+                             "the held-out split and of the train cap.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON result file to write.")
 _OUTPUT_KEY = flags.DEFINE_string(
     "output_key", "final_avg_pool", "The model output probed.")
@@ -69,8 +69,8 @@ _TEST_SPLIT = flags.DEFINE_string("test_split", "test", "Split scored.")
 _IMAGE_SIZE = dataset_flags.IMAGE_SIZE
 _BATCH_SIZE = dataset_flags.BATCH_SIZE
 _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "max_train_examples", 0, "Use only the first this many train examples; "
-    "0 uses all.")
+    "max_train_examples", 0, "Fit on at most this many train examples, a "
+    "seeded (--seed) class-stratified sample; 0 uses all.")
 _NUM_STRENGTHS = flags.DEFINE_integer(
     "num_strengths", 45, "Grid size: log-spaced l2 strengths between "
     "--min_strength and --max_strength (the paper: 45).")
@@ -117,6 +117,7 @@ def main(argv) -> int:
   from simclr_tf import export
   from simclr_tf.evaluation import features as features_lib
   from simclr_tf.evaluation import linear_probe
+  from simclr_tf.evaluation import sampling
   from simclr_tf.storage import files
   from simclr_tf.config import AugmentConfig
   from simclr_tf.config import ExperimentConfig
@@ -155,9 +156,9 @@ def main(argv) -> int:
       splits=(_TRAIN_SPLIT.value, _TEST_SPLIT.value),
       batch_size=_BATCH_SIZE.value, log=say, log_every=20)
   train_x, train_y = splits[_TRAIN_SPLIT.value]
-  if _MAX_TRAIN_EXAMPLES.value:
-    train_x = train_x[:_MAX_TRAIN_EXAMPLES.value]
-    train_y = train_y[:_MAX_TRAIN_EXAMPLES.value]
+  keep = sampling.capped_indices(train_y, _MAX_TRAIN_EXAMPLES.value,
+                                 seed=_SEED.value)
+  train_x, train_y = train_x[keep], train_y[keep]
   test_x, test_y = splits[_TEST_SPLIT.value]
   strengths = [float(s) for s in np.logspace(
       np.log10(_MIN_STRENGTH.value), np.log10(_MAX_STRENGTH.value),
