@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import fault_injection
+from simclr_tf.training import callbacks
 from simclr_tf.training import faults
 from simclr_tf import run as run_lib
 from simclr_tf.storage import run_dir
@@ -106,20 +107,25 @@ def test_a_nan_stops_with_one_line_and_keeps_the_last_checkpoint(data_dir,
   errors = [line for line in result.stderr.splitlines()
             if line.startswith("error:")]
   assert len(errors) == 1, result.stderr[-3000:]
-  # The total always carries a non-finite gradient (the fused BatchNorm
-  # may keep the contrastive loss itself finite on NaN images).
-  # The whole line: the step, the non-finite losses (total_loss among
-  # them, every one listed non-finite), the last good checkpoint, advice.
+  # NaN images reach the loss, or (the fused BatchNorm may keep the loss
+  # finite on NaN inputs) only the gradients: either line, as it happens.
+  # The whole line: the step, what went non-finite, the last good
+  # checkpoint, advice.
+  checkpoint = rf"; the last good checkpoint is {re.escape(str(tmp_path))}/ckpt-2\."
   match = re.fullmatch(
-      r"error: non-finite loss at step 3: (?P<losses>[^;]+); the last good "
-      rf"checkpoint is {re.escape(str(tmp_path))}/ckpt-2\."
+      r"error: non-finite loss at step 3: (?P<losses>[^;]+)" + checkpoint
       + re.escape(_RESUME_ADVICE), errors[0])
-  assert match, errors[0]
-  losses = dict(item.split(" ") for item in match["losses"].split(", "))
-  assert losses["total_loss"] == "nan", errors[0]
-  assert all(not np.isfinite(float(v)) for v in losses.values()), errors[0]
-  assert set(losses) <= {"total_loss", "contrast_loss", "supervised_loss"}, \
-      errors[0]
+  if match:
+    losses = dict(item.split(" ") for item in match["losses"].split(", "))
+    assert losses["total_loss"] == "nan", errors[0]
+    assert all(not np.isfinite(float(v)) for v in losses.values()), errors[0]
+    assert set(losses) <= {"total_loss", "contrast_loss",
+                           "supervised_loss"}, errors[0]
+  else:
+    assert re.fullmatch(
+        r"error: non-finite gradients at step 3 \(grad_norm (nan|inf); the "
+        r"losses were finite: [^;]+\)" + checkpoint
+        + re.escape(_RESUME_ADVICE), errors[0]), errors[0]
   assert "Traceback" not in result.stderr
   # Steps 1-2 trained; the poisoned step 3 was never saved.
   assert "[pretrain] step 2/6" in result.stdout
@@ -153,3 +159,39 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_restorable(
   assert progress == ["3/6", "4/6", "5/6", "6/6"]
   assert results[0].global_step == 6
   assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-6")
+
+
+def test_non_finite_gradients_with_finite_losses_say_gradients():
+  """The callback's check, given the logs of a loop whose gradient norm
+  overflowed while every loss stayed finite."""
+  monitor = callbacks.TrainingMonitor(
+      stage="pretrain", total_steps=10, global_batch_size=4,
+      checkpoint_manager=None, checkpoint_every=5, summary_writer=None,
+      log=lambda line: None)
+
+  class _Optimizer:
+    iterations = tf.Variable(0, dtype=tf.int64)
+    learning_rate = 0.1
+
+  class _Model:
+    optimizer = _Optimizer()
+
+    def reset_train_metrics(self):
+      pass
+
+  monitor.set_model(_Model())
+  monitor.on_train_begin()
+  _Model.optimizer.iterations.assign(3)
+  with pytest.raises(faults.NonFiniteGradientsError) as raised:
+    monitor.on_train_batch_end(0, {"total_loss": 2.5, "contrast_loss": 2.4,
+                                   "weight_decay": 0.1,
+                                   "grad_norm": float("inf")})
+  message = str(raised.value.with_checkpoint("/r/ckpt-2"))
+  assert message.startswith(
+      "non-finite gradients at step 3 (in the loop of steps 1-3) (grad_norm "
+      "inf; the losses were finite: contrast_loss 2.4, total_loss 2.5); the "
+      "last good checkpoint is /r/ckpt-2."), message
+  assert isinstance(raised.value, faults.NonFiniteLossError)
+  # Finite gradients pass.
+  _Model.optimizer.iterations.assign(4)
+  monitor.on_train_batch_end(0, {"total_loss": 2.5, "grad_norm": 7.0})

@@ -231,8 +231,14 @@ def test_contrastive_loss_falls_over_30_fit_steps_on_a_fixed_batch():
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
   for name in ("contrast_loss", "contrast_acc", "contrast_entropy",
                "supervised_loss", "supervised_acc", "weight_decay",
-               "total_loss"):
+               "total_loss", "grad_norm"):
     assert name in history.history, sorted(history.history)
+  # The logged total is the sum of its logged parts (nothing folded in).
+  logged = {name: history.history[name][-1] for name in history.history}
+  np.testing.assert_allclose(
+      logged["total_loss"], logged["contrast_loss"] +
+      logged["supervised_loss"] + logged["weight_decay"], rtol=1e-6)
+  assert np.isfinite(logged["grad_norm"]) and logged["grad_norm"] > 0
 
 
 class _PerBatchLoss(keras.callbacks.Callback):

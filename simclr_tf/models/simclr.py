@@ -30,6 +30,11 @@ TOTAL_LOSS = "total_loss"
 # Logged by the JAX train step: 1.0 while every weight and moving statistic
 # is finite after the update, else 0.0 (see faults.NonFiniteWeightsError).
 WEIGHTS_FINITE = "weights_finite"
+# Logged by the TensorFlow train step: the global norm of the gradients
+# (unscaled; under float16 loss scaling, the mean over the steps that were
+# applied). Checked beside the losses (see faults.NonFiniteGradientsError).
+GRAD_NORM = "grad_norm"
+_GRAD_NORM_WEIGHT = "grad_norm_weight"
 EVAL_TOP_1 = "label_top_1_accuracy"
 EVAL_TOP_5 = "label_top_5_accuracy"
 
@@ -147,7 +152,10 @@ class SimCLRModel(keras.Model):
       names += [CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY]
     if self.supervised_head is not None:
       names += [SUPERVISED_LOSS, SUPERVISED_ACC]
-    return names + [WEIGHT_DECAY, TOTAL_LOSS]
+    names += [WEIGHT_DECAY, TOTAL_LOSS]
+    if keras.backend.backend() == "tensorflow":
+      names.append(GRAD_NORM)
+    return names
 
   @property
   def metrics(self):
@@ -246,6 +254,9 @@ class SimCLRModel(keras.Model):
     for name, tracker in self._metric_trackers.items():
       if name == SUPERVISED_ACC:
         tracker.update_state(terms[name], sample_weight=terms["label_mask"])
+      elif name == GRAD_NORM:
+        tracker.update_state(terms[name],
+                             sample_weight=terms[_GRAD_NORM_WEIGHT])
       else:
         tracker.update_state(terms[name])
     return self.metric_results()
@@ -453,14 +464,20 @@ class SimCLRModel(keras.Model):
     variables = self.trainable_variables
     gradients = tape.gradient(loss, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
-    if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-      # A non-finite gradient poisons every weight it touches, but need not
-      # show in this step's loss: under oneDNN graph rewrites TensorFlow's
-      # fused BatchNorm turns NaN inputs into finite outputs. Folding the
-      # gradients' norm into the logged total makes the loss check
-      # (`faults`) see it. (A loss-scaled optimizer skips such steps itself.)
-      terms[TOTAL_LOSS] = terms[TOTAL_LOSS] + 0.0 * ops.cast(
-          tf.linalg.global_norm(gradients), terms[TOTAL_LOSS].dtype)
+    # A non-finite gradient poisons every weight it touches, but need not
+    # show in this step's loss: under oneDNN graph rewrites TensorFlow's
+    # fused BatchNorm turns NaN inputs into finite outputs. So the norm is
+    # logged and checked on its own (`faults`).
+    norm = tf.linalg.global_norm(gradients)
+    if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+      # Scaled gradients; a non-finite one is a skipped step, not damage.
+      norm = norm / ops.cast(self.optimizer.scale_loss(1.0), norm.dtype)
+      weight = ops.cast(tf.math.is_finite(norm), "float32")
+      norm = tf.where(weight > 0, norm, ops.zeros_like(norm))
+    else:
+      weight = ops.ones(())
+    terms[GRAD_NORM] = ops.cast(norm, "float32")
+    terms[_GRAD_NORM_WEIGHT] = weight
     return self._update_train_metrics(terms)
 
   def test_step(self, *args):

@@ -36,8 +36,8 @@ class TrainingMonitor(keras.callbacks.Callback):
 
   Training metrics are averaged over each loop and reset after it, so each
   summary and console line describes the steps since the previous one. A
-  non-finite loss raises `faults.NonFiniteLossError` before anything is
-  saved.
+  non-finite loss raises `faults.NonFiniteLossError`, a non-finite gradient
+  norm `faults.NonFiniteGradientsError`, before anything is saved.
 
   Args:
     stage: label shown on the console ("pretrain", "linear_eval", ...).
@@ -88,6 +88,11 @@ class TrainingMonitor(keras.callbacks.Callback):
     if bad:
       # Stop before anything is saved: the weights are already poisoned.
       raise faults.NonFiniteLossError(self._last_step + 1, step, bad)
+    if faults.non_finite_gradients(values):
+      raise faults.NonFiniteGradientsError(
+          self._last_step + 1, step,
+          {name: value for name, value in values.items()
+           if name in faults.LOSS_METRICS + (faults.GRAD_NORM_METRIC,)})
     self.model.reset_train_metrics()
     self.log(self._progress_line(step, values, learning_rate))
     if step // self.checkpoint_every > self.last_saved_step // \

@@ -1,4 +1,5 @@
-"""Faults that stop training: a non-finite loss (or, on JAX, weights).
+"""Faults that stop training: a non-finite loss, gradients (TF) or weights
+(JAX).
 
 A NaN or infinite loss poisons the weights of every later step. Training
 stops at the end of the loop that produced it, before anything is saved, so
@@ -71,6 +72,46 @@ class NonFiniteLossError(RuntimeError):
 
   def __str__(self):
     return self.message()
+
+
+# The TensorFlow train step's gradient norm (models.simclr.GRAD_NORM).
+GRAD_NORM_METRIC = "grad_norm"
+
+
+def non_finite_gradients(values: Dict[str, float]) -> bool:
+  """Whether the logged gradient norm among `values` is NaN or infinite.
+
+  Args:
+    values: metric name to value, as logged after a training loop.
+
+  Returns:
+    True if `values` has a non-finite `GRAD_NORM_METRIC`.
+  """
+  value = values.get(GRAD_NORM_METRIC)
+  return value is not None and not math.isfinite(value)
+
+
+class NonFiniteGradientsError(NonFiniteLossError):
+  """The gradients went NaN or infinite while the logged losses stayed
+  finite: an overflow in the backward pass, or NaN inputs that the fused
+  BatchNorm kept out of the loss. The update has already poisoned the
+  weights, so nothing is saved.
+
+  Args:
+    first_step: first step of the loop whose gradients were non-finite.
+    step: last step of that loop.
+    losses: the loss metrics and the gradient norm logged for that loop.
+    last_good_checkpoint: the newest checkpoint, written before the fault.
+  """
+
+  def message(self) -> str:
+    norm = self.losses.get(GRAD_NORM_METRIC)
+    finite = ", ".join(f"{name} {value:.4g}" for name, value in
+                       sorted(self.losses.items())
+                       if name != GRAD_NORM_METRIC)
+    return self._line(f"non-finite gradients {self._where()} "
+                      f"(grad_norm {norm}; the losses were finite: "
+                      f"{finite or 'none logged'})")
 
 
 class NonFiniteWeightsError(NonFiniteLossError):
