@@ -62,7 +62,7 @@ class SimCLRModel(keras.Model):
       frozen (BatchNorm in inference mode); only the head trains.
 
   The loss for gradients is divided by the replica count once, here, because
-  the optimizer sums gradients over replicas. Metrics report unscaled values.
+  the train step sums gradients over replicas. Metrics report unscaled values.
 
   `compile(train_augmentation=...)` augments on the device: `fit` data are
   then `(uint8 crops (B, H, W, 3 * views), labels)` and the function makes the
@@ -462,7 +462,11 @@ class SimCLRModel(keras.Model):
       loss = terms[TOTAL_LOSS] / replicas.num_replicas_in_sync()
       loss = self.optimizer.scale_loss(loss)
     variables = self.trainable_variables
-    gradients = tape.gradient(loss, variables)
+    # The replicas' gradients are summed here rather than inside the
+    # optimizer, so that the logged norm is the step's global gradient on
+    # any number of replicas (one all-reduce, as before).
+    gradients = _sum_over_replicas(tape.gradient(loss, variables))
+    _leave_aggregation_to_the_step(self.optimizer)
     self.optimizer.apply_gradients(zip(gradients, variables))
     # A non-finite gradient poisons every weight it touches, but need not
     # show in this step's loss: under oneDNN graph rewrites TensorFlow's
@@ -621,3 +625,54 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
   num_views = 2 if train_mode == "pretrain" else 1
   model(ops.zeros((1, image_size, image_size, 3 * num_views)))
   return model
+
+
+def _sum_over_replicas(gradients):
+  """The gradients summed over the replicas in sync (None stays None)."""
+  import tensorflow as tf  # tf.distribute is the TF backend's.
+  context = tf.distribute.get_replica_context()
+  present = [index for index, gradient in enumerate(gradients)
+             if gradient is not None]
+  if context is None or not present:
+    return list(gradients)
+  summed = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                              [gradients[index] for index in present])
+  result = list(gradients)
+  for index, gradient in zip(present, summed):
+    result[index] = gradient
+  return result
+
+
+def _identity_aggregation(grads_and_vars):
+  return list(grads_and_vars)
+
+
+def _leave_aggregation_to_the_step(optimizer):
+  """Stops `optimizer` from summing gradients the step has summed already.
+
+  Keras 3's TensorFlow optimizers all-reduce inside `apply_gradients`
+  (`_all_reduce_sum_gradients`) and have no switch to skip it, unlike
+  Keras 2's `experimental_aggregate_gradients=False`; a second sum would
+  multiply every gradient by the number of replicas. The loss-scale
+  wrapper's finiteness check then also sees the same summed gradients on
+  every replica, as its own comment assumes.
+
+  Args:
+    optimizer: the model's optimizer, possibly a LossScaleOptimizer.
+
+  Raises:
+    RuntimeError: this Keras has no such method to replace (a newer
+      Keras changed its internals; the pinned version has it).
+  """
+  chain = [optimizer]
+  inner = getattr(optimizer, "inner_optimizer", None)
+  if inner is not None:
+    chain.append(inner)
+  for each in chain:
+    if not hasattr(each, "_all_reduce_sum_gradients"):
+      raise RuntimeError(
+          f"keras {keras.__version__}: {type(each).__name__} has no "
+          "_all_reduce_sum_gradients; install the Keras version in "
+          "requirements.txt.")
+    # Set on the instance, so only this model's optimizer changes.
+    each._all_reduce_sum_gradients = _identity_aggregation
