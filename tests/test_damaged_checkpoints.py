@@ -5,6 +5,7 @@ data file (a partial copy, a full disk during another tool's write) and one
 flipped bit (bit rot), which TensorFlow's per-tensor CRC32C catches.
 """
 
+import errno
 import functools
 import os
 import shutil
@@ -161,3 +162,85 @@ def test_a_damaged_checkpoint_flag_is_one_error_line(data_dir, trained_run,
                             "ckpt-N of the same run, or its export.")
   with open(data_file(prefix), "rb") as handle:
     assert handle.read() == damaged_bytes  # left as it was
+
+
+def _failing_reads(monkeypatch, failures):
+  """Makes the first `failures` checkpoint opens raise OSError(EIO)."""
+  real = tf.train.load_checkpoint
+  calls = []
+
+  def load_checkpoint(prefix):
+    calls.append(prefix)
+    if len(calls) <= failures:
+      raise OSError(errno.EIO, os.strerror(errno.EIO), prefix + ".index")
+    return real(prefix)
+
+  monkeypatch.setattr(tf.train, "load_checkpoint", load_checkpoint)
+  monkeypatch.setattr(checkpoints, "RETRY_DELAYS_S", (0.01, 0.02, 0.03))
+  return calls
+
+
+def _listing(model_dir):
+  return {name: os.path.getsize(os.path.join(model_dir, name))
+          for name in os.listdir(model_dir)}
+
+
+def test_a_transient_read_error_is_retried_and_nothing_is_renamed(
+    trained_run, tmp_path, monkeypatch):
+  model_dir = copy_of(trained_run, tmp_path)
+  before = _listing(model_dir)
+  calls = _failing_reads(monkeypatch, failures=2)
+  lines = []
+  latest = checkpoints.resumable_checkpoint(model_dir, log=lines.append)
+  assert latest == f"{model_dir}/ckpt-4"  # the newest, not a fallback
+  assert calls == [latest] * 3
+  assert [line.split(" (")[0] for line in lines] == [
+      f"WARNING: reading checkpoint {latest} failed"] * 2
+  assert "Input/output error" in lines[0]
+  assert lines[1].endswith("(attempt 3 of 4).")
+  assert _listing(model_dir) == before
+
+
+def test_a_lasting_read_error_stops_in_one_line_and_changes_nothing(
+    trained_run, tmp_path, monkeypatch):
+  model_dir = copy_of(trained_run, tmp_path)
+  before = _listing(model_dir)
+  calls = _failing_reads(monkeypatch, failures=100)
+  with pytest.raises(checkpoints.CheckpointReadError) as error:
+    checkpoints.resumable_checkpoint(model_dir, log=lambda line: None)
+  assert len(calls) == 4  # the first attempt and three retries
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(f"cannot read {model_dir}/ckpt-4 (")
+  assert "tried 4 times" in message and "nothing was changed" in message
+  # Not damage: ckpt-2 was not tried in its place, nothing set aside.
+  assert not isinstance(error.value, checkpoints.DamagedCheckpointError)
+  assert _listing(model_dir) == before
+
+
+def test_only_proof_of_damage_counts_as_damage(tmp_path):
+  # Each damage TensorFlow's reader can report, made to a real checkpoint,
+  # against failures of the storage that say nothing about the bytes.
+  variables = [tf.Variable(tf.random.normal([64, 64])), tf.Variable(1.0)]
+  prefix = tf.train.Checkpoint(v=variables).write(str(tmp_path / "c"))
+  damages = {
+      "truncated data": lambda p: truncate(data_file(p)),
+      "flipped data": lambda p: flip_a_bit(data_file(p)),
+      "flipped index": lambda p: flip_a_bit(p + ".index"),
+      "truncated index": lambda p: truncate(p + ".index"),
+      "missing data": lambda p: os.remove(data_file(p)),
+  }
+  for name, damage in damages.items():
+    copy = str(tmp_path / name.replace(" ", "_"))
+    for path in tf.io.gfile.glob(prefix + ".*"):
+      shutil.copy(path, copy + path[len(prefix):])
+    damage(copy)
+    with pytest.raises(checkpoints.DamagedCheckpointError):
+      checkpoints.verify(copy)
+  for error in (OSError(errno.EIO, "Input/output error"),
+                OSError(errno.ECONNRESET, "Connection reset by peer"),
+                tf.errors.UnavailableError(None, None, "503 Service "
+                                           "Unavailable"),
+                tf.errors.DeadlineExceededError(None, None, "timed out"),
+                PermissionError(errno.EACCES, "Permission denied")):
+    assert not checkpoints.is_corruption(error), error

@@ -32,6 +32,7 @@ import pytest
 import tensorflow as tf
 
 import fault_injection
+from simclr_tf.checkpoints import ours as checkpoints
 from simclr_tf.storage import export_layout
 from simclr_tf import run as run_lib
 from simclr_tf.storage import run_dir
@@ -300,7 +301,15 @@ def test_stopped_killed_and_restarted_two_worker_job_matches_mirrored(
   lock_left = os.path.exists(os.path.join(model_dir, run_dir.LOCK_FILE))
   killed_at = max(progress_steps(second, "[worker 0] ") or [0])
 
-  # 3. The same command again: resume and finish.
+  # 3. The latest checkpoint damaged, the same command again: the chief
+  # alone judges the checkpoints, and both workers resume from the one it
+  # falls back to, then finish.
+  damaged = f"{model_dir}/ckpt-{saved}"
+  fallback = checkpoints.listed_checkpoints(model_dir)[1]
+  resumed = checkpoints.checkpoint_step(fallback)
+  data_files = glob.glob(damaged + ".data-*")
+  with open(data_files[0], "r+b") as handle:
+    handle.truncate(os.path.getsize(data_files[0]) // 2)
   start = time.time()
   result = subprocess.run(command, capture_output=True, text=True,
                           timeout=300, cwd=REPO, env=env)
@@ -311,11 +320,14 @@ def test_stopped_killed_and_restarted_two_worker_job_matches_mirrored(
     # The chief was killed before it noticed: its lock is taken over.
     assert "[worker 0] Took over the stale lock" in out
     assert f"of process {chief} on" in out
+  assert f"[worker 0] WARNING: checkpoint {damaged}: " in out
+  assert "[worker 1] WARNING: checkpoint" not in out  # it did not judge
+  assert os.path.exists(f"{damaged}.{checkpoints.DAMAGED_TAG}.index")
   for index in (0, 1):
-    assert (f"[worker {index}] Resumed from {model_dir}/ckpt-{saved} at "
-            f"step {saved}.") in out
+    assert (f"[worker {index}] Resumed from {fallback} at "
+            f"step {resumed}.") in out, out[-4000:]
     assert progress_steps(out, f"[worker {index}] ") == list(
-        range(saved + 1, steps + 1))
+        range(resumed + 1, steps + 1))
   assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{steps}")
   assert saved_iterations(f"{model_dir}/ckpt-{steps}") == steps
   assert not os.path.exists(os.path.join(model_dir, run_dir.LOCK_FILE))
@@ -355,7 +367,7 @@ def test_stopped_killed_and_restarted_two_worker_job_matches_mirrored(
                  for step, values in workers.items() for value in values]
   print(f"\n2-worker job: {stopped_seconds:.1f} s until stopped at step "
         f"{stopped_at}, {killed_seconds:.1f} s until killed at step "
-        f"{killed_at}, {finished_seconds:.1f} s to resume from step {saved} "
+        f"{killed_at}, {finished_seconds:.1f} s to resume from step {resumed} "
         f"and finish; mirrored in process {mirrored_seconds:.1f} s; "
         f"contrast_loss {mirrored}; max |workers - mirrored| = "
         f"{max(differences):.3g}")

@@ -19,6 +19,7 @@ functions here hand such paths to it.
 
 import os
 import re
+import time
 from typing import Callable, List, Optional, Sequence
 
 import keras
@@ -55,6 +56,23 @@ class DamagedCheckpointError(CheckpointError):
     super().__init__(f"{path} is damaged ({reason})")
 
 
+class CheckpointReadError(CheckpointError):
+  """A checkpoint that could not be read, with no sign of damage.
+
+  An interrupted read, a storage outage (a GCS 5xx), a permission error:
+  the bytes may well be intact, so nothing is set aside.
+
+  Args:
+    prefix: the checkpoint prefix.
+    reason: what the storage or TensorFlow said, one line.
+  """
+
+  def __init__(self, prefix: str, reason: str):
+    self.prefix = prefix
+    self.reason = reason
+    super().__init__(f"cannot read {prefix} ({reason})")
+
+
 # Suffix of a damaged checkpoint's files, renamed aside (see
 # `resumable_checkpoint`): `ckpt-6.index` becomes `ckpt-6.damaged.index`.
 DAMAGED_TAG = "damaged"
@@ -64,6 +82,17 @@ _SHARD = re.compile(r"shard (\d+)")
 # (DataLossError for a checksum mismatch, NotFoundError), and IndexError for
 # a truncated file ("Read less bytes than requested").
 _READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError)
+# TensorFlow's checkpoint reader raises every failure as a plain OpError
+# (code UNKNOWN), so corruption is told from a failed read by its message:
+# a checksum, a truncation, a file that is not a bundle, a shard missing.
+_CORRUPTION_MARKERS = ("Checksum does not match",
+                       "Read less bytes than requested", "sstable",
+                       "Perhaps the file is corrupt", "Data loss",
+                       "No such file or directory")
+# Seconds between the attempts to read a checkpoint that failed without a
+# sign of damage: five attempts over 15 s ride out a dropped connection or
+# a storage node's restart, and a lasting outage still stops the run soon.
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
 
 def make_manager(model, model_dir, max_to_keep):
@@ -203,19 +232,57 @@ def verify(prefix) -> None:
       ".../variables/variables").
 
   Raises:
-    DamagedCheckpointError: naming the first damaged file.
+    DamagedCheckpointError: naming the first damaged file, for a checksum
+      mismatch, a truncated or malformed file, or a missing shard.
+    CheckpointReadError: a read failed without any of those signs.
   """
   index = prefix + ".index"
   try:
     reader = tf.train.load_checkpoint(prefix)
   except _READ_ERRORS as error:
-    raise DamagedCheckpointError(prefix, index, first_line(error)) from error
+    raise _read_failure(prefix, index, error) from error
   for key in sorted(reader.get_variable_to_dtype_map()):
     try:
       reader.get_tensor(key)
     except _READ_ERRORS as error:
-      raise DamagedCheckpointError(prefix, _damaged_data_file(prefix, error),
-                                   first_line(error)) from error
+      raise _read_failure(prefix, _damaged_data_file(prefix, error),
+                          error) from error
+
+
+def is_corruption(error) -> bool:
+  """Whether a read error proves the bytes wrong, not the storage busy."""
+  if isinstance(error, (IndexError, tf.errors.DataLossError)):
+    return True
+  text = getattr(error, "message", None) or str(error)
+  return any(marker in text for marker in _CORRUPTION_MARKERS)
+
+
+def _read_failure(prefix, path, error) -> CheckpointError:
+  if is_corruption(error):
+    return DamagedCheckpointError(prefix, path, first_line(error))
+  return CheckpointReadError(prefix, first_line(error))
+
+
+def _with_retries(action, prefix, log):
+  """`action()`, tried again after each `CheckpointReadError`.
+
+  Raises:
+    CheckpointReadError: the last attempt failed too; its message says how
+      often it was tried and that nothing was changed.
+  """
+  for attempt, delay in enumerate(RETRY_DELAYS_S + (None,), start=1):
+    try:
+      return action()
+    except CheckpointReadError as error:
+      if delay is None:
+        raise CheckpointReadError(
+            prefix, f"{error.reason}; tried {attempt} times over "
+            f"{sum(RETRY_DELAYS_S):.0f} s; nothing was changed. Check the "
+            "storage, then rerun to resume") from error
+      log(f"WARNING: reading checkpoint {prefix} failed ({error.reason}); "
+          f"trying again in {delay:.0f} s (attempt {attempt + 1} of "
+          f"{len(RETRY_DELAYS_S) + 1}).")
+      time.sleep(delay)
 
 
 def listed_checkpoints(model_dir) -> List[str]:
@@ -227,6 +294,27 @@ def listed_checkpoints(model_dir) -> List[str]:
   if state.model_checkpoint_path in paths:
     paths.remove(state.model_checkpoint_path)
   return [state.model_checkpoint_path] + paths[::-1]
+
+
+def checkpoint_step(prefix) -> int:
+  """The step a run's checkpoint was saved at: 6 for ".../ckpt-6"."""
+  name = os.path.basename(prefix)
+  match = re.fullmatch(re.escape(CHECKPOINT_NAME) + r"-(\d+)", name)
+  if match is None:
+    raise CheckpointError(f"{prefix} is not a run's checkpoint (its name is "
+                          f"not {CHECKPOINT_NAME}-<step>).")
+  return int(match.group(1))
+
+
+def prefix_of_step(model_dir, step) -> str:
+  """The prefix of `model_dir`'s checkpoint of `step`.
+
+  Spelled as the state file spells it where it lists that checkpoint.
+  """
+  for prefix in listed_checkpoints(model_dir):
+    if os.path.basename(prefix) == f"{CHECKPOINT_NAME}-{step}":
+      return prefix
+  return os.path.join(model_dir, f"{CHECKPOINT_NAME}-{step}")
 
 
 def _rewrite_state(model_dir, latest, dropped):
@@ -280,6 +368,11 @@ def resumable_checkpoint(model_dir, *, log: Callable[[str], None] = print,
   If no listed checkpoint is intact, it refuses rather than starting the
   run afresh beside (and later deleting) the damaged ones.
 
+  Only proof of damage (see `verify`) sets a checkpoint aside. A read that
+  fails otherwise, such as an interrupted network read, is tried again
+  after each of `RETRY_DELAYS_S`, with a warning each time; if every
+  attempt fails the run stops, and nothing is renamed or rewritten.
+
   Args:
     model_dir: the run's directory.
     log: where warnings go.
@@ -291,17 +384,19 @@ def resumable_checkpoint(model_dir, *, log: Callable[[str], None] = print,
 
   Raises:
     CheckpointError: checkpoints are named but none is intact.
+    CheckpointReadError: a checkpoint could not be read, with no sign of
+      damage, on any attempt.
   """
   listed = listed_checkpoints(model_dir)
   damaged, missing, intact = [], [], None
   for prefix in listed:
-    if not tf.io.gfile.exists(prefix + ".index"):
+    if not _with_retries(lambda: _index_exists(prefix), prefix, log):
       log(f"WARNING: checkpoint {prefix} is named in "
           f"{os.path.join(model_dir, 'checkpoint')} but its files are gone.")
       missing.append(prefix)
       continue
     try:
-      verify(prefix)
+      _with_retries(lambda: verify(prefix), prefix, log)
     except DamagedCheckpointError as error:
       log(f"WARNING: checkpoint {prefix}: {error}.")
       damaged.append(prefix)
@@ -324,6 +419,13 @@ def resumable_checkpoint(model_dir, *, log: Callable[[str], None] = print,
       + (f"; the damaged checkpoint is kept as {', '.join(kept)}"
          if kept else "") + ".")
   return intact
+
+
+def _index_exists(prefix) -> bool:
+  try:
+    return tf.io.gfile.exists(prefix + ".index")
+  except _READ_ERRORS as error:
+    raise CheckpointReadError(prefix, first_line(error)) from error
 
 
 def _run_checkpoint(model):

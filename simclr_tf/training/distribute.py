@@ -235,6 +235,36 @@ def is_chief(strategy) -> bool:
                        resolver.cluster_spec().as_dict())
 
 
+def chiefs_value(strategy, value: int, *, is_chief: bool) -> int:
+  """The chief's `value` on every process of a multi-worker job.
+
+  A decision that must not depend on each worker's own view of the shared
+  storage (which checkpoint to resume from) is taken by the chief and
+  handed to the others by an all-reduce, which also makes them wait for it.
+
+  Args:
+    strategy: a `tf.distribute.Strategy`.
+    value: this process's value; only the chief's counts. A non-negative
+      integer below 2**52.
+    is_chief: whether this process is the chief.
+
+  Returns:
+    The chief's value (this process's own under a single-process strategy).
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return value
+  if not 0 <= value < 2 ** 52:
+    raise ValueError(f"value must be in [0, 2**52). Received: value={value}")
+  # Each of the chief's local replicas carries an equal share; float64 sums
+  # them exactly enough for the rounding below to give the integer back.
+  local_replicas = len(strategy.extended.worker_devices)
+  share = (value / local_replicas) if is_chief else 0.0
+  shares = strategy.experimental_distribute_values_from_function(
+      lambda context: tf.constant(share, tf.float64))
+  total = strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None)
+  return int(round(float(total.numpy())))
+
+
 def task_name(strategy) -> str:
   """This process in a multi-worker cluster ("worker 1"), else ""."""
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -138,10 +138,8 @@ def run_stage(config: ExperimentConfig, strategy,
   if run_dir is None:
     run_dir = distribute.run_directory(run.model_dir, strategy)
   tf.io.gfile.makedirs(run_dir.write_dir)
-  # Every worker resumes from the chief's model_dir, from the newest intact
-  # checkpoint; only the chief sets damaged ones aside.
-  latest = checkpoints.resumable_checkpoint(run.model_dir, log=log,
-                                            repair=run_dir.is_chief)
+  latest = _resumable_checkpoint(run.model_dir, strategy, run_dir.is_chief,
+                                 log)
   resuming = run_dir_lib.check_resume_config(
       config, log, has_checkpoint=latest is not None)
 
@@ -252,6 +250,43 @@ def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
 
 def _step(model):
   return int(model.optimizer.iterations.numpy())
+
+
+# What the chief sends instead of a step when it cannot choose one.
+_CHIEF_FAILED = 2 ** 52 - 1
+
+
+def _resumable_checkpoint(model_dir, strategy, is_chief, log):
+  """The checkpoint every process of the job resumes from, or None.
+
+  The chief alone verifies the checkpoints of `model_dir` (and sets damaged
+  ones aside); the other workers restore the one it chose. A worker that
+  judged for itself could see a checkpoint the chief is renaming, or a
+  transient read error the chief did not, and resume from another step.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return checkpoints.resumable_checkpoint(model_dir, log=log, repair=True)
+  # The code sent: the chosen step + 1, 0 for none, or _CHIEF_FAILED, so
+  # that the other workers stop with the chief rather than wait for it.
+  chosen, code, failure = None, 0, None
+  if is_chief:
+    try:
+      chosen = checkpoints.resumable_checkpoint(model_dir, log=log,
+                                                repair=True)
+      if chosen is not None:
+        code = checkpoints.checkpoint_step(chosen) + 1
+    except checkpoints.CheckpointError as error:
+      code, failure = _CHIEF_FAILED, error
+  code = distribute.chiefs_value(strategy, code, is_chief=is_chief)
+  if failure is not None:
+    raise failure
+  if code == _CHIEF_FAILED:
+    raise checkpoints.CheckpointError(
+        f"the chief could not choose a checkpoint of {model_dir} to resume "
+        "from; its output says why.")
+  if is_chief or code == 0:
+    return chosen
+  return checkpoints.prefix_of_step(model_dir, code - 1)
 
 
 def _initialise(model, latest, config, log):
