@@ -195,3 +195,63 @@ def test_non_finite_gradients_with_finite_losses_say_gradients():
   # Finite gradients pass.
   _Model.optimizer.iterations.assign(4)
   monitor.on_train_batch_end(0, {"total_loss": 2.5, "grad_norm": 7.0})
+
+
+@pytest.mark.parametrize("poisoned, expected", [
+    ("moving_variance", faults.NonFiniteStatisticsError),
+    ("gamma", faults.NonFiniteWeightsError),
+    (None, None)])
+def test_a_checkpoint_is_refused_when_weights_or_statistics_are_not_finite(
+    tmp_path, poisoned, expected):
+  import keras
+  norm = keras.layers.BatchNormalization()
+  norm.build((None, 3))
+  dense = keras.layers.Dense(2)
+  dense.build((None, 3))
+
+  class _Optimizer:
+    iterations = tf.Variable(0, dtype=tf.int64)
+    learning_rate = 0.1
+
+  class _Model:
+    optimizer = _Optimizer()
+    weights = norm.weights + dense.weights
+
+    def reset_train_metrics(self):
+      pass
+
+  checkpoint = tf.train.Checkpoint(weights=[v.value for v in _Model.weights])
+  manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), 3)
+  monitor = callbacks.TrainingMonitor(
+      stage="pretrain", total_steps=10, global_batch_size=4,
+      checkpoint_manager=manager, checkpoint_every=2, summary_writer=None,
+      log=lambda line: None)
+  monitor.set_model(_Model())
+  monitor.on_train_begin()
+  if poisoned:
+    variable = getattr(norm, poisoned)
+    value = np.ones(3, np.float32)
+    value[1] = np.nan
+    variable.assign(value)
+  _Model.optimizer.iterations.assign(2)
+  logs = {"total_loss": 2.5, "contrast_loss": 2.4, "grad_norm": 3.0}
+  if expected is None:
+    monitor.on_train_batch_end(0, logs)
+    assert manager.latest_checkpoint.endswith("ckpt-2")
+    return
+  with pytest.raises(expected) as raised:
+    monitor.on_train_batch_end(0, logs)
+  assert manager.latest_checkpoint is None  # nothing saved
+  message = str(raised.value.with_checkpoint("/r/ckpt-0"))
+  assert "\n" not in message
+  if poisoned == "moving_variance":
+    assert message.startswith(
+        "non-finite BatchNorm statistics at step 2 (in the loop of steps "
+        f"1-2) (1 tensor, the first {norm.moving_variance.path}; the losses "
+        "and gradients were finite); the last good checkpoint is "
+        "/r/ckpt-0."), message
+  else:
+    assert message.startswith(
+        "non-finite weights at step 2 (in the loop of steps 1-2) (the losses "
+        "were finite: contrast_loss 2.4, total_loss 2.5); the last good "
+        "checkpoint is /r/ckpt-0."), message

@@ -37,7 +37,9 @@ class TrainingMonitor(keras.callbacks.Callback):
   Training metrics are averaged over each loop and reset after it, so each
   summary and console line describes the steps since the previous one. A
   non-finite loss raises `faults.NonFiniteLossError`, a non-finite gradient
-  norm `faults.NonFiniteGradientsError`, before anything is saved.
+  norm `faults.NonFiniteGradientsError`, before anything is saved; before
+  each checkpoint, a non-finite weight raises `faults.NonFiniteWeightsError`
+  and a non-finite BatchNorm statistic `faults.NonFiniteStatisticsError`.
 
   Args:
     stage: label shown on the console ("pretrain", "linear_eval", ...).
@@ -76,6 +78,7 @@ class TrainingMonitor(keras.callbacks.Callback):
     self._start_step = self._last_step = self._step()
     self._start_time = self._last_time = time.time()
     self.last_saved_step = self._start_step
+    self._last_values = {}
 
   def on_train_batch_end(self, batch, logs=None):
     step = self._step()
@@ -93,6 +96,7 @@ class TrainingMonitor(keras.callbacks.Callback):
           self._last_step + 1, step,
           {name: value for name, value in values.items()
            if name in faults.LOSS_METRICS + (faults.GRAD_NORM_METRIC,)})
+    self._last_values = values
     self.model.reset_train_metrics()
     self.log(self._progress_line(step, values, learning_rate))
     if step // self.checkpoint_every > self.last_saved_step // \
@@ -112,8 +116,20 @@ class TrainingMonitor(keras.callbacks.Callback):
       self.save(step)
 
   def save(self, step):
-    """Writes a checkpoint for `step` (if there is a manager)."""
+    """Writes a checkpoint for `step` (if there is a manager).
+
+    Raises:
+      faults.NonFiniteWeightsError, faults.NonFiniteStatisticsError: the
+        state to be saved is not finite; nothing is saved.
+    """
     if self.checkpoint_manager is not None:
+      # The losses and gradient norm are checked each loop; the weights and
+      # the BatchNorm statistics, which a NaN can reach without showing in
+      # either, before each checkpoint, so that none saves a poisoned state.
+      faults.check_finite_state(
+          self.model.weights, self.last_saved_step + 1, step,
+          {name: value for name, value in self._last_values.items()
+           if name in faults.LOSS_METRICS})
       checkpoints.save(self.checkpoint_manager, step)
     if self.summary_writer is not None:
       # Whatever survives a crash, the summaries up to the checkpoint do.

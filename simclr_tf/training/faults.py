@@ -1,5 +1,5 @@
-"""Faults that stop training: a non-finite loss, gradients (TF) or weights
-(JAX).
+"""Faults that stop training: a non-finite loss, gradients (TF), weights
+or BatchNorm statistics.
 
 A NaN or infinite loss poisons the weights of every later step. Training
 stops at the end of the loop that produced it, before anything is saved, so
@@ -7,7 +7,13 @@ the last checkpoint stays the last good state; the error names it.
 """
 
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# A variable whose path ends with one of these is a BatchNorm moving
+# statistic (Keras' names, kept by `models.batch_norm`).
+BATCH_NORM_STATISTICS = ("moving_mean", "moving_variance")
 
 # Logged metrics that are losses; any of them non-finite stops training.
 LOSS_METRICS = ("contrast_loss", "supervised_loss", "total_loss")
@@ -122,7 +128,8 @@ class NonFiniteWeightsError(NonFiniteLossError):
   3-element one keeps it), so ReLU can turn a NaN from the input or an
   overflow into a number: the weights go bad while the loss stays finite.
   The JAX train step reports whether the weights after the update are
-  finite.
+  finite; the TensorFlow trainer checks them before each checkpoint
+  (`check_finite_state`).
 
   Args:
     first_step: first step of the loop after which the weights were bad.
@@ -136,6 +143,87 @@ class NonFiniteWeightsError(NonFiniteLossError):
                       sorted(self.losses.items()))
     return self._line(f"non-finite weights {self._where()} (the losses "
                       f"were finite: {shown})")
+
+
+def non_finite_variables(variables) -> Tuple[List[str], List[str]]:
+  """The paths of the variables holding a NaN or an infinity.
+
+  Read on the host, one variable at a time (once per checkpoint, so the
+  cost is one copy of the weights, not one per step).
+
+  Args:
+    variables: Keras variables, e.g. `model.weights`.
+
+  Returns:
+    (paths of non-finite weights, paths of non-finite BatchNorm moving
+    statistics); both empty when everything is finite.
+  """
+  weights, statistics = [], []
+  for variable in variables:
+    if np.all(np.isfinite(np.asarray(variable.numpy()))):
+      continue
+    path = variable.path
+    if path.rsplit("/", 1)[-1] in BATCH_NORM_STATISTICS:
+      statistics.append(path)
+    else:
+      weights.append(path)
+  return weights, statistics
+
+
+class NonFiniteStatisticsError(NonFiniteLossError):
+  """BatchNorm moving statistics went NaN or infinite while the losses and
+  gradients stayed finite, found before a checkpoint would save them.
+
+  They are updated from the batch, not by the gradients, so a NaN image
+  that the fused kernel keeps out of the loss can still reach them, and
+  they only matter at evaluation and in the exported model.
+
+  Args:
+    first_step: first step after the last checkpoint (checked finite).
+    step: the step the checkpoint was for.
+    losses: the (finite) loss metrics of the last loop.
+    last_good_checkpoint: the newest checkpoint, written before the fault.
+    paths: the non-finite statistics' variable paths.
+  """
+
+  def __init__(self, first_step: int, step: int, losses: Dict[str, float],
+               last_good_checkpoint: Optional[str] = None,
+               paths: Sequence[str] = ()):
+    self.paths = tuple(paths)
+    super().__init__(first_step, step, losses, last_good_checkpoint)
+
+  def with_checkpoint(self, path):
+    return type(self)(self.first_step, self.step, self.losses, path,
+                      self.paths)
+
+  def message(self) -> str:
+    first = self.paths[0] if self.paths else "?"
+    count = len(self.paths)
+    return self._line(
+        f"non-finite BatchNorm statistics {self._where()} "
+        f"({count} tensor{'' if count == 1 else 's'}, the first {first}; "
+        "the losses and gradients were finite)")
+
+
+def check_finite_state(variables, first_step: int, step: int,
+                       losses: Dict[str, float]) -> None:
+  """Raises if any weight or BatchNorm statistic is NaN or infinite.
+
+  Args:
+    variables: the model's variables (`model.weights`).
+    first_step: the first step since the state was last found finite.
+    step: the current step.
+    losses: the last logged (finite) losses, for the message.
+
+  Raises:
+    NonFiniteWeightsError: a weight is non-finite.
+    NonFiniteStatisticsError: only BatchNorm statistics are.
+  """
+  weights, statistics = non_finite_variables(variables)
+  if weights:
+    raise NonFiniteWeightsError(first_step, step, losses)
+  if statistics:
+    raise NonFiniteStatisticsError(first_step, step, losses, paths=statistics)
 
 
 def _lost_tasks(text: str) -> str:
