@@ -512,8 +512,9 @@ class RunConfig:
       "(eval/knn_top_1, eval/knn_top_5) every this many epochs and at the "
       "end; 0 turns the monitor off.", at_least=0)
   knn_bank_size: int = setting(
-      10000, "kNN memory bank: at most this many (the first) train-split "
-      "examples, which bounds its cost.", at_least=1)
+      10000, "kNN memory bank: at most this many train-split examples (a "
+      "seeded, class-stratified sample), which bounds its cost.",
+      at_least=1)
   knn_k: int = setting(200, "kNN: neighbours per query.", at_least=1)
   knn_temperature: float = setting(
       0.1, "kNN: votes weigh exp(cosine similarity / knn_temperature).",
@@ -521,8 +522,9 @@ class RunConfig:
   health_examples: int = setting(
       1024, "Label-free health signals of pretraining (health/alignment, "
       "health/uniformity, health/effective_rank; docs/evaluation.md) on at "
-      "most this many (the first) eval-split images, at the end and with "
-      "the kNN monitor; 0 turns them off.", at_least=0)
+      "most this many eval-split images (a seeded, class-stratified "
+      "sample), at the end and with the kNN monitor; 0 turns them off.",
+      at_least=0)
   probe_baselines: bool = setting(
       False, "After pretraining, fit the paper's L-BFGS linear probe "
       "(logistic regression, appendix B.8) to the encoder's frozen "

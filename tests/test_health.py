@@ -190,10 +190,12 @@ def test_probe_under_two_replicas_equals_the_models_own_outputs(probed):
   replica that ran it: the reference runs the model's own call (views on
   the batch axis) on one device, batch by batch, then numpy."""
   model, config, probe = probed
-  # 40 eval images in batches of 16: whole batches, 32.
+  # 40 eval images in batches of 16: whole batches, 32, sampled (the
+  # sample itself is tested in test_sampling.py).
   assert probe.num_examples == 32
   input_fn, _ = features_lib.split_input_fn(
-      config.data, config.augment, split="test", batch_size=16)
+      config.data, config.augment, split="test", batch_size=16,
+      sample_size=32, seed=config.run.seed)
   h, z1, z2 = [], [], []
   for index, (images, _) in enumerate(input_fn(None).take(2)):
     images = images[..., :3]

@@ -63,3 +63,57 @@ def test_no_cap_or_a_cap_at_the_split_size_keeps_everything(cap):
 def test_a_negative_cap_is_refused():
   with pytest.raises(ValueError, match="Received: cap=-1"):
     sampling.capped_indices([0, 1], -1, seed=0)
+
+
+def test_no_label_agrees_with_the_data_sources():
+  from simclr_tf.data import source
+  assert sampling.NO_LABEL == source.NO_LABEL
+
+
+def test_the_knn_bank_of_a_class_sorted_folder_covers_every_class(tmp_path):
+  # An image folder lists its files by class; the bank, the random-init
+  # BatchNorm images and the health images are read through this sample.
+  import tensorflow as tf
+  from simclr_tf.config import AugmentConfig, DataConfig
+  from simclr_tf.data import registry
+  from simclr_tf.evaluation import features
+
+  sizes = [13, 2, 7, 1, 9]  # unequal classes
+  rng = np.random.default_rng(0)
+  for label, size in enumerate(sizes):
+    class_dir = tmp_path / "train" / f"class_{label}"
+    class_dir.mkdir(parents=True)
+    for index in range(size):
+      # Non-square images of mixed sizes.
+      height, width = rng.integers(24, 60), rng.integers(24, 60)
+      image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+      tf.io.write_file(str(class_dir / f"{index:03d}.jpg"),
+                       tf.io.encode_jpeg(image))
+  registry.clear_caches()
+  config = DataConfig(dataset="image_folder", data_dir=str(tmp_path),
+                      train_split="train", eval_split="train", image_size=16)
+  cap = 10
+  input_fn, count = features.split_input_fn(
+      config, AugmentConfig(), split="train", batch_size=4, sample_size=cap,
+      seed=5)
+  assert count == cap
+  labels = np.concatenate([np.argmax(one_hot, axis=-1) for _, one_hot in
+                           input_fn(None).as_numpy_iterator()])
+  assert len(labels) == cap
+  counts = np.bincount(labels, minlength=len(sizes))
+  shares = cap * np.asarray(sizes) / sum(sizes)
+  assert np.all(np.abs(counts - shares) < 1), (counts, shares)
+  # The head of the listing would have been class 0 only.
+  assert np.count_nonzero(counts) >= 4
+  # Seeded: the same seed reads the same images, another seed others.
+  again, _ = features.split_input_fn(
+      config, AugmentConfig(), split="train", batch_size=4, sample_size=cap,
+      seed=5)
+  first = np.concatenate([i for i, _ in input_fn(None).as_numpy_iterator()])
+  second = np.concatenate([i for i, _ in again(None).as_numpy_iterator()])
+  np.testing.assert_array_equal(first, second)
+  other, _ = features.split_input_fn(
+      config, AugmentConfig(), split="train", batch_size=4, sample_size=cap,
+      seed=6)
+  third = np.concatenate([i for i, _ in other(None).as_numpy_iterator()])
+  assert not np.array_equal(first, third)

@@ -73,6 +73,13 @@ class Split:
   def __len__(self):
     return len(self.labels)
 
+  def take(self, indices) -> "Split":
+    """The examples at `indices`, as a `Split` of the same classes."""
+    indices = np.asarray(indices, np.int64)
+    return Split(self.labels[indices], self.num_classes,
+                 images=None if self.images is None else self.images[indices],
+                 paths=None if self.paths is None else self.paths[indices])
+
 
 def load_split(data_config, split: str) -> Split:
   """Opens a split of a built-in dataset or of an image folder.

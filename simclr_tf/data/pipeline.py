@@ -183,7 +183,8 @@ def batch_augmenter(size: int, augment_config, num_views: int,
 def build_input_fn(data_config, augment_config, *, training: bool,
                    num_views: int, global_batch_size: int,
                    seed: Optional[int] = None, supervised: bool = True,
-                   start_step: int = 0
+                   start_step: int = 0,
+                   eval_keys: Optional[np.ndarray] = None
                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
   """Builds the `input_fn` for `strategy.distribute_datasets_from_function`.
 
@@ -208,6 +209,8 @@ def build_input_fn(data_config, augment_config, *, training: bool,
       run); the stream starts where an uninterrupted run is after them,
       with the same order and draws (exact with a `seed` when every listed
       example is usable; without a seed the draws are fresh anyway).
+    eval_keys: evaluation only: read only the examples with these keys (a
+      sample of the split, e.g. the kNN monitor's bank); None reads all.
 
   Returns:
     `input_fn(input_context)` returning this pipeline's dataset of
@@ -232,9 +235,14 @@ def build_input_fn(data_config, augment_config, *, training: bool,
   source = registry.get_source(cfg)
   split = cfg.train_split if training else cfg.eval_split
   num_examples = source.num_examples(split)
+  if eval_keys is not None and training:
+    raise DataError("`eval_keys` selects examples of an evaluation pass; "
+                    "training reads the label subset instead.")
   subset = registry.get_label_subset_keys(cfg) if training else None
   keep = subset if supervised else None
   labeled = None if supervised else subset
+  if eval_keys is not None:
+    keep = np.asarray(eval_keys)
   if keep is not None:
     num_examples = len(keep)
   num_classes = source.num_classes

@@ -91,24 +91,28 @@ def set_batch_norm_statistics(encoder, batches) -> int:
 
 
 def train_image_batches(data_config, augment_config, *, split, batch_size,
-                        num_examples):
-  """The first `num_examples` images of `split` (eval transform), batched.
+                        num_examples, seed=0):
+  """A seeded, class-stratified sample of `split`'s images, batched.
+
+  The sample is `features.sample_keys`', not the head of the listing,
+  which in an image folder is its first classes only.
 
   Args:
     data_config: a `DataConfig`.
     augment_config: an `AugmentConfig`.
     split: the split to read.
     batch_size: images per batch.
-    num_examples: images in all (the last batch is cut to fit).
+    num_examples: images in all.
+    seed: the sample's seed.
 
   Returns:
     A `tf.data.Dataset` of float (B, H, W, 3) image batches.
   """
   from simclr_tf.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
   input_fn, _ = features_lib.split_input_fn(
-      data_config, augment_config, split=split, batch_size=batch_size)
-  return input_fn(None).unbatch().take(num_examples).batch(batch_size).map(
-      lambda images, labels: images)
+      data_config, augment_config, split=split, batch_size=batch_size,
+      sample_size=num_examples, seed=seed)
+  return input_fn(None).map(lambda images, labels: images)
 
 
 def random_init_forward(model_config, image_size, *, seed=0,

@@ -16,10 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf import data as data_lib
+from simclr_tf.data import registry
+from simclr_tf.evaluation import sampling
 
 
 def split_input_fn(data_config, augment_config, *, split: str,
-                   batch_size: int):
+                   batch_size: int, sample_size: Optional[int] = None,
+                   seed: int = 0):
   """The evaluation pipeline of `split`: one pass, in order, eval transform.
 
   Args:
@@ -27,17 +30,51 @@ def split_input_fn(data_config, augment_config, *, split: str,
     augment_config: an `AugmentConfig` (its evaluation transform is used).
     split: the split to read (train or eval split alike).
     batch_size: global images per batch.
+    sample_size: read only a seeded sample of this many examples, class-
+      stratified where the split has labels (`sampling.capped_indices`),
+      instead of the whole split; None (or a size at least the split's)
+      reads everything. Image folders list their files sorted by class, so
+      the first N of a split would cover its first few classes only.
+    seed: the sample's seed.
 
   Returns:
-    (`input_fn(input_context)`, number of examples in the split).
+    (`input_fn(input_context)`, number of examples it reads).
   """
   config = dataclasses.replace(data_config, eval_split=split)
   info = data_lib.get_dataset_info(
       dataclasses.replace(config, train_split=split))
+  keys = None
+  count = info.num_eval_examples
+  if sample_size is not None and sample_size < count:
+    keys = sample_keys(config, split, sample_size, seed=seed)
+    count = len(keys)
   input_fn = data_lib.build_input_fn(
       config, augment_config, training=False, num_views=1,
-      global_batch_size=batch_size)
-  return input_fn, info.num_eval_examples
+      global_batch_size=batch_size, eval_keys=keys)
+  return input_fn, count
+
+
+def sample_keys(data_config, split: str, size: int, *,
+                seed: int) -> np.ndarray:
+  """The keys of a seeded, class-stratified sample of `size` examples.
+
+  The listing is sorted by key first, so the sample does not depend on the
+  order a source lists its examples in. Reading the labels of a tfds split
+  reads its records once (without decoding the images).
+
+  Args:
+    data_config: a `DataConfig`.
+    split: the split to sample.
+    size: examples in the sample.
+    seed: the sample's seed.
+
+  Returns:
+    The sampled examples' keys.
+  """
+  keys, labels = registry.get_source(data_config).keys_and_labels(split)
+  order = np.argsort(keys, kind="stable")
+  keys, labels = keys[order], labels[order]
+  return keys[sampling.capped_indices(labels, size, seed=seed)]
 
 
 def labels_from_one_hot(one_hot):

@@ -26,6 +26,7 @@ from keras import ops
 from simclr_tf.augment import batched as device_augment
 from simclr_tf.data import host_batches as host_data
 from simclr_tf.evaluation import health
+from simclr_tf.evaluation import sampling
 
 # Folded into the run's seed for the views' draws.
 VIEWS_SEED_STREAM = 7_777
@@ -74,13 +75,18 @@ def measure_host(model, config, split, *, num_examples: int
     model: a `SimCLRModel`.
     config: the stage's `ExperimentConfig`.
     split: the eval split, a `host_batches.Split`.
-    num_examples: images to measure on (capped by the split).
+    num_examples: images to measure on (capped by the split), a seeded
+      class-stratified sample of it.
 
   Returns:
     {health.ALIGNMENT, health.UNIFORMITY, health.EFFECTIVE_RANK}.
   """
   run, data = config.run, config.data
   batch_size = run.eval_batch_size
+  # A seeded, class-stratified sample, as on TensorFlow (health_monitor);
+  # unreadable files in it are left out, not replaced.
+  split = split.take(sampling.capped_indices(split.labels, num_examples,
+                                             seed=run.seed))
   batches = host_data.Batches(
       split, batch_size, data.image_size, config.augment, training=False,
       # The labels are not used; their width must only hold them.

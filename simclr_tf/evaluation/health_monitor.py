@@ -2,8 +2,8 @@
 training strategy, the `health/` scalars, and a callback beside the kNN
 monitor.
 
-The features are `health_features.forward`'s, of the first
-`run.health_examples` eval-split images, with the TensorFlow path's
+The features are `health_features.forward`'s, of a seeded, class-stratified
+sample of `run.health_examples` eval-split images, with the TensorFlow path's
 training augmentation (`augment.host.augment_batch_views`, run eagerly)
 making the two views; `evaluation.health` computes the signals from them.
 """
@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf import data as data_lib
 from simclr_tf.augment import host as augment
 from simclr_tf.evaluation import features as features_lib
 from simclr_tf.evaluation import health
@@ -28,8 +29,9 @@ class HealthProbe:
     model: a `SimCLRModel`.
     config: the stage's `ExperimentConfig`.
     strategy: the training `tf.distribute.Strategy`.
-    num_examples: images to measure on, capped by the eval split and, when
-      at least one eval batch, rounded down to whole batches.
+    num_examples: images to measure on (a seeded, class-stratified sample
+      of the eval split), capped by the split and, when at least one eval
+      batch, rounded down to whole batches.
   """
 
   def __init__(self, model, config, strategy, *, num_examples: int):
@@ -38,15 +40,18 @@ class HealthProbe:
                        f"num_examples={num_examples}")
     run, data = config.run, config.data
     self.batch_size = run.eval_batch_size
-    self._input_fn, split_size = features_lib.split_input_fn(
-        data, config.augment, split=data.eval_split,
-        batch_size=self.batch_size)
+    split_size = data_lib.get_dataset_info(data).num_eval_examples
     num_examples = min(num_examples, split_size)
     # Whole batches when there are enough: a smaller last batch would trace
     # the step a second time, which costs more than the measurement.
     if num_examples >= self.batch_size:
       num_examples -= num_examples % self.batch_size
     self.num_examples = num_examples
+    # A seeded, class-stratified sample, not the head of a class-sorted
+    # listing: the effective rank of one class's images is not the model's.
+    self._input_fn, _ = features_lib.split_input_fn(
+        data, config.augment, split=data.eval_split,
+        batch_size=self.batch_size, sample_size=num_examples, seed=run.seed)
     self.feature_dim = health_features.feature_dim(model)
     self._image_size = data.image_size
     self._train_augment = config.train_augment()
@@ -59,7 +64,7 @@ class HealthProbe:
     self._extractor = features_lib.FeatureExtractor(forward, strategy)
 
   def _images(self):
-    """The first `num_examples` eval images, read whole by this process."""
+    """The sampled eval images, read whole by this process."""
     batches, count = [], 0
     for images, _ in self._input_fn(tf.distribute.InputContext()):
       batches.append(images[..., :3])

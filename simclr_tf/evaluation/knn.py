@@ -248,7 +248,8 @@ def build_monitor(config, strategy, *, steps_per_epoch, summary_writer,
   bank_split = config.linear_eval.train_split or config.data.train_split
   bank_input_fn, _ = features_lib.split_input_fn(
       config.data, config.augment, split=bank_split,
-      batch_size=run.eval_batch_size)
+      batch_size=run.eval_batch_size, sample_size=run.knn_bank_size,
+      seed=run.seed)
   query_input_fn, _ = features_lib.split_input_fn(
       config.data, config.augment, split=config.data.eval_split,
       batch_size=run.eval_batch_size)

@@ -31,7 +31,8 @@ PROBE_FILE = "probe.json"
 SIMCLR = "simclr"
 # Probed in this order; the summary prints them so.
 FEATURES = (SIMCLR, baselines.RAW_PIXELS, baselines.RANDOM_INIT)
-# Images the random-init encoder's BatchNorm statistics are averaged over.
+# Images the random-init encoder's BatchNorm statistics are averaged over:
+# a seeded, class-stratified sample of the train split.
 BN_EXAMPLES = 2560
 
 
@@ -64,7 +65,7 @@ def compare(config, checkpoint: str, *, log, write_dir=None) -> Dict:
   image_size = data_config.image_size
   bn_batches = baselines.train_image_batches(
       data_config, config.augment, split=data_config.train_split,
-      batch_size=run.eval_batch_size, num_examples=BN_EXAMPLES)
+      batch_size=run.eval_batch_size, num_examples=BN_EXAMPLES, seed=run.seed)
   forwards = {
       SIMCLR: lambda images: model(images)[simclr.FINAL_AVG_POOL],
       baselines.RAW_PIXELS: baselines.raw_pixels,

@@ -8,7 +8,10 @@ class gets its share of the cap, within one example), uniform otherwise.
 
 import numpy as np
 
-from simclr_tf.data.source import NO_LABEL
+# `data.source.NO_LABEL`, spelled out so that the JAX trainer's host path
+# can sample without importing TensorFlow (tests/test_sampling.py checks
+# that the two agree).
+NO_LABEL = -1
 
 
 def capped_indices(labels, cap, *, seed: int) -> np.ndarray:

@@ -57,7 +57,7 @@ _RANDOM_INIT_BN = flags.DEFINE_enum(
     "initial mean 0 / variance 1.")
 _BN_EXAMPLES = flags.DEFINE_integer(
     "bn_examples", 2560, "random_init: training images the BatchNorm "
-    "statistics are averaged over.")
+    "statistics are averaged over (a seeded class-stratified sample).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random init, of "
                              "the held-out split and of the train cap.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON result file to write.")
@@ -138,7 +138,8 @@ def main(argv) -> int:
   elif _BASELINE.value == "random_init":
     bn_batches = baselines.train_image_batches(
         data_config, augment_config, split=_TRAIN_SPLIT.value,
-        batch_size=_BATCH_SIZE.value, num_examples=_BN_EXAMPLES.value)
+        batch_size=_BATCH_SIZE.value, num_examples=_BN_EXAMPLES.value,
+        seed=_SEED.value)
     forward = baselines.random_init_forward(
         run_config.model, image_size, seed=_SEED.value,
         bn_mode=_RANDOM_INIT_BN.value, bn_batches=bn_batches, log=say)
