@@ -322,3 +322,48 @@ def test_augment_batch_under_xla_and_seeds():
 def test_bad_size_is_rejected():
   with pytest.raises(ValueError, match="Received: size=0"):
     augment.preprocess_for_train(tf.zeros([8, 8, 3]), 0, AugmentConfig())
+
+
+def _numpy_separable_blur(image, sigma, radius):
+  """Reflect-pad and convolve, rows then columns, in float64."""
+  taps = np.arange(-radius, radius + 1)
+  kernel = np.exp(-taps ** 2 / (2 * sigma ** 2))
+  kernel /= kernel.sum()
+  padded = np.pad(image.astype(np.float64),
+                  [(radius, radius), (radius, radius), (0, 0)],
+                  mode="reflect")
+  height, width = image.shape[:2]
+  rows = sum(kernel[t] * padded[t:t + height] for t in range(len(taps)))
+  return sum(kernel[t] * rows[:, t:t + width] for t in range(len(taps)))
+
+
+@pytest.mark.parametrize("height, width, radius", [
+    (15, 15, 3), (24, 17, 8), (224, 224, 11), (40, 64, 1)])
+def test_gaussian_blur_matches_numpy_at_the_borders(height, width, radius):
+  # Random images, so that every reflected tap near the borders counts;
+  # non-square, and a radius close to the shorter side.
+  rng = np.random.default_rng(radius)
+  images = rng.random((3, height, width, 3)).astype(np.float32)
+  sigmas = np.array([0.1, 1.3, 2.0], np.float32)
+  out = augment.gaussian_blur_batch(tf.constant(images), tf.constant(sigmas),
+                                    radius).numpy()
+  for index in range(3):
+    expected = _numpy_separable_blur(images[index], sigmas[index], radius)
+    np.testing.assert_allclose(out[index], expected, atol=2e-6)
+  # As the authors compute it: reflect padding, then depthwise convolution.
+  kernel = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * 1.3 ** 2))
+  kernel = (kernel / kernel.sum()).astype(np.float32)
+  padded = tf.pad(images[1:2], [[0, 0], [radius, radius], [radius, radius],
+                                [0, 0]], mode="REFLECT")
+  horizontal = tf.nn.depthwise_conv2d(
+      padded, np.tile(kernel[None, :, None, None], (1, 1, 3, 1)),
+      [1, 1, 1, 1], "VALID")
+  both = tf.nn.depthwise_conv2d(
+      horizontal, np.tile(kernel[:, None, None, None], (1, 1, 3, 1)),
+      [1, 1, 1, 1], "VALID")
+  np.testing.assert_allclose(out[1], both[0], atol=2e-6)
+
+
+def test_gaussian_blur_refuses_a_radius_as_large_as_the_image():
+  with pytest.raises(ValueError, match="radius=8 for 8x20"):
+    augment.gaussian_blur_batch(tf.zeros((1, 8, 20, 3)), tf.ones((1,)), 8)

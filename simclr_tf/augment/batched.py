@@ -29,6 +29,7 @@ step (`step_seed`), so a run resumed at step k draws what it would have.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 AUTHORS_SAMPLER = "authors"
@@ -386,11 +387,15 @@ def blur_kernel_radius(size: int, kernel_fraction: float) -> int:
 def gaussian_blur(images, sigma, radius: int):
   """Separable Gaussian blur, one sigma per image, reflect padding.
 
-  The batch is folded into the channel axis, so one depthwise convolution
-  applies every image's own kernel.
+  Each 1-D pass is a matrix product with a banded (L, L) matrix per image
+  whose rows hold the kernel, with the reflect padding folded in. It equals
+  padding and convolving (the authors' `depthwise_conv2d`), up to the order
+  of the sums, and it runs fast under XLA on CPU, whose depthwise
+  convolutions are many times slower than TensorFlow's own: at 224 px the
+  convolution made the XLA-compiled host augmentation ten times slower.
 
   Args:
-    images: float32 (B, H, W, C) with H, W > radius.
+    images: float32 (B, H, W, C) with static H and W > radius.
     sigma: float32 (B,) standard deviations in pixels.
     radius: kernel radius r (2r + 1 taps); 0 returns the images.
 
@@ -399,22 +404,33 @@ def gaussian_blur(images, sigma, radius: int):
   """
   if radius <= 0:
     return images
-  batch, height, width, channels = ops.shape(images)
+  height, width = int(images.shape[1]), int(images.shape[2])
+  if radius >= min(height, width):
+    raise ValueError(f"The blur radius must be below the image side. "
+                     f"Received: radius={radius} for {height}x{width}")
   taps = ops.arange(-radius, radius + 1, dtype="float32")
   kernel = ops.exp(-ops.square(taps)[None, :] /
                    (2.0 * ops.square(sigma)[:, None]))
   kernel = kernel / ops.sum(kernel, axis=1, keepdims=True)        # (B, K)
-  kernel = ops.repeat(ops.transpose(kernel), channels, axis=1)    # (K, B*C)
-  folded = ops.reshape(ops.transpose(images, (1, 2, 0, 3)),
-                       (1, height, width, batch * channels))
-  folded = ops.pad(folded, [[0, 0], [radius, radius], [radius, radius],
-                            [0, 0]], mode="reflect")
-  folded = ops.depthwise_conv(folded, kernel[None, :, :, None], 1, "valid",
-                              data_format="channels_last")
-  folded = ops.depthwise_conv(folded, kernel[:, None, :, None], 1, "valid",
-                              data_format="channels_last")
-  out = ops.reshape(folded, (height, width, batch, channels))
-  return ops.transpose(out, (2, 0, 1, 3))
+  rows = ops.einsum("bk,ikj->bij", kernel, _reflect_taps(height, radius))
+  out = ops.einsum("bij,bjwc->biwc", rows, images)
+  columns = rows if width == height else ops.einsum(
+      "bk,ikj->bij", kernel, _reflect_taps(width, radius))
+  return ops.einsum("bij,bhjc->bhic", columns, out)
+
+
+def _reflect_taps(length: int, radius: int) -> np.ndarray:
+  """(L, K, L) one-hots: tap k of output i reads input j.
+
+  Reflect padding as numpy's and TensorFlow's "reflect" mode: the edge is
+  not repeated (index -1 reads 1, index L reads L - 2).
+  """
+  positions = (np.arange(length)[:, None] +
+               np.arange(-radius, radius + 1)[None, :])
+  positions = np.abs(positions)
+  positions = np.where(positions > length - 1, 2 * (length - 1) - positions,
+                       positions)
+  return np.eye(length, dtype=np.float32)[positions]
 
 
 def _mask(rng, num, probability):
