@@ -313,7 +313,11 @@ def build_input_fn(data_config, augment_config, *, training: bool,
     options.deterministic = not training
     return ds.with_options(options)
 
-  return input_fn
+  # The pipeline's functions use TensorFlow control flow (`tf.cond`), not
+  # Python's, so AutoGraph has nothing to convert; converting them anyway
+  # (tf.data's default) took half of building the input: at 224 px on a
+  # 2-core AVX2 CPU, 8 s -> 4 s.
+  return tf.autograph.experimental.do_not_convert(input_fn)
 
 
 def _usable_encoded(ds, source, max_pixels):
