@@ -181,8 +181,8 @@ class FeatureExtractor:
 
 
 def split_features(forward, data_config, augment_config, *, splits,
-                   batch_size, max_examples=None, strategy=None, log=None,
-                   log_every=0):
+                   batch_size, max_examples=None, seed=0, strategy=None,
+                   log=None, log_every=0):
   """`forward`'s outputs and the labels of each split in `splits`.
 
   Args:
@@ -191,7 +191,9 @@ def split_features(forward, data_config, augment_config, *, splits,
     augment_config: an `AugmentConfig` (its evaluation transform).
     splits: split names.
     batch_size: global images per batch.
-    max_examples: cap on the examples of each split; None for all.
+    max_examples: cap on the examples of each split, a seeded class-
+      stratified sample of it (`split_input_fn`); None for all.
+    seed: the sample's seed.
     strategy: a `tf.distribute.Strategy`, or None for one device.
     log: where progress lines go, or None.
     log_every: progress every this many batches; 0 never.
@@ -203,8 +205,9 @@ def split_features(forward, data_config, augment_config, *, splits,
   results = {}
   for split in splits:
     input_fn, num_examples = split_input_fn(
-        data_config, augment_config, split=split, batch_size=batch_size)
+        data_config, augment_config, split=split, batch_size=batch_size,
+        sample_size=max_examples, seed=seed)
     results[split] = extractor(
-        input_fn, num_examples=num_examples, max_examples=max_examples,
-        batch_size=batch_size, log=log, log_every=log_every, name=split)
+        input_fn, num_examples=num_examples, batch_size=batch_size, log=log,
+        log_every=log_every, name=split)
   return results

@@ -221,7 +221,8 @@ def write_for_run(config, checkpoint: Optional[str] = None, *, log=None,
     checkpoint: the model to embed with; None is the run's model_dir.
     log: function taking one line, or None.
     output_dir: where the PNGs go; None is `model_dir/plots`.
-    max_points: eval examples embedded (the first ones).
+    max_points: eval examples embedded (a seeded, class-stratified
+      sample of the split).
 
   Returns:
     The paths written.
@@ -237,7 +238,7 @@ def write_for_run(config, checkpoint: Optional[str] = None, *, log=None,
   data = features_lib.split_features(
       lambda images: model(images)[simclr.FINAL_AVG_POOL], config.data,
       config.augment, splits=(split,), batch_size=config.run.eval_batch_size,
-      max_examples=max_points)
+      max_examples=max_points, seed=config.run.seed)
   written = write_run_plots(run_dir, *data[split], output_dir=output_dir,
                             max_points=max_points)
   if log:
