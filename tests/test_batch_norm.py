@@ -61,7 +61,7 @@ MOVING_VARIANCE = np.array([2.0, 0.5, 4.0])
 def _expected_path(fused, synchronized, replicas, training):
   if fused and (not training or not synchronized or replicas == 1):
     return batch_norm.FUSED
-  return batch_norm.UNFUSED
+  return batch_norm.SYNCHRONIZED_FUSED if fused else batch_norm.UNFUSED
 
 
 @pytest.mark.parametrize("rank", [2, 4])
@@ -153,7 +153,7 @@ def test_synchronized_on_two_replicas_uses_global_statistics(
   x = _data(rank)
   layer, halves = _run_on_two_replicas(
       two_replica_strategy, lambda: _layer(fused, True, rank), x, True)
-  assert layer.last_path == batch_norm.UNFUSED
+  assert layer.last_path == _expected_path(fused, True, 2, True)
   # Each replica held 4 rows but normalised with the statistics of all 8.
   expected, mean, variance = _reference(x, GAMMA, BETA)
   np.testing.assert_allclose(np.concatenate(halves), expected, rtol=1e-5,
@@ -229,3 +229,87 @@ def test_batch_norm_relu_round_trips_fused_and_keeps_variable_names():
 def test_fused_must_be_a_bool():
   with pytest.raises(ValueError, match="Received: fused='yes'"):
     batch_norm.BatchNormalization(fused="yes")
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+@pytest.mark.parametrize("fused", [True, False])
+def test_synchronized_gradients_on_two_replicas_match_the_global_ones(
+    two_replica_strategy, fused, rank):
+  # The loss is sum(w * y) over the global batch; each replica holds half
+  # of it. d/dx goes through the global statistics, so a replica's rows
+  # depend on the other replica's: the float64 reference differentiates
+  # the whole batch at once.
+  x = _data(rank)
+  weights = np.random.default_rng(2).normal(size=x.shape).astype("float32")
+  with two_replica_strategy.scope():
+    layer = _layer(fused, True, rank)
+
+  @tf.function
+  def step(inputs, w):
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      loss = tf.reduce_sum(layer(inputs, training=True) * w)
+    return tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+
+  dataset = two_replica_strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors((x, weights)))
+  inputs, w = next(iter(dataset))
+  dx, dgamma, dbeta = two_replica_strategy.run(step, args=(inputs, w))
+  assert layer.last_path == _expected_path(fused, True, 2, True)
+  local = two_replica_strategy.experimental_local_results
+  dx = np.concatenate([part.numpy() for part in local(dx)])
+  # Each replica's gamma and beta gradients are its own rows' sums.
+  dgamma = sum(part.numpy() for part in local(dgamma))
+  dbeta = sum(part.numpy() for part in local(dbeta))
+
+  x64, w64 = x.astype(np.float64), weights.astype(np.float64)
+  axes = tuple(range(x.ndim - 1))
+  mean, variance = x64.mean(axes), x64.var(axes)
+  x_hat = (x64 - mean) / np.sqrt(variance + EPSILON)
+  dy = w64 * GAMMA
+  expected_dx = (dy - dy.mean(axes) - x_hat * (dy * x_hat).mean(axes)) / (
+      np.sqrt(variance + EPSILON))
+  np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dgamma, (w64 * x_hat).sum(axes), rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(dbeta, w64.sum(axes), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_synchronized_on_two_replicas(two_replica_strategy):
+  # The fused kernels both ways in bfloat16, statistics and the gradient's
+  # sums in float32, against float64 on the bfloat16-rounded inputs.
+  x = _data(4)
+  rounded = tf.cast(tf.cast(x, tf.bfloat16), tf.float32).numpy()
+  weights = np.random.default_rng(3).normal(size=x.shape).astype("float32")
+  with precision.policy_scope("mixed_bfloat16"):
+    with two_replica_strategy.scope():
+      layer = _layer(True, True, 4)
+
+  @tf.function
+  def step(inputs, w):
+    inputs = tf.cast(inputs, tf.bfloat16)
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      y = layer(inputs, training=True)
+      loss = tf.reduce_sum(tf.cast(y, tf.float32) * w)
+    return y, tape.gradient(loss, inputs)
+
+  dataset = two_replica_strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors((x, weights)))
+  y, dx = two_replica_strategy.run(step, args=next(iter(dataset)))
+  assert layer.last_path == batch_norm.SYNCHRONIZED_FUSED
+  local = two_replica_strategy.experimental_local_results
+  y = np.concatenate([tf.cast(p, tf.float32).numpy() for p in local(y)])
+  dx = np.concatenate([tf.cast(p, tf.float32).numpy() for p in local(dx)])
+  expected, mean, variance = _reference(rounded, GAMMA, BETA)
+  np.testing.assert_allclose(layer.moving_variance.numpy(),
+                             DECAY * MOVING_VARIANCE + (1 - DECAY) * variance,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y, expected, rtol=1e-2, atol=2e-2)
+  x_hat = (rounded - mean) / np.sqrt(variance + EPSILON)
+  dy = weights.astype(np.float64) * GAMMA
+  expected_dx = (dy - dy.mean((0, 1, 2)) - x_hat * (dy * x_hat).mean(
+      (0, 1, 2))) / np.sqrt(variance + EPSILON)
+  # dx is rounded to bfloat16 once: 8 bits of mantissa.
+  np.testing.assert_allclose(dx, expected_dx, rtol=2e-2,
+                             atol=2e-2 * np.abs(expected_dx).max())

@@ -40,6 +40,7 @@ if keras.backend.backend() == "tensorflow":
 # What `call` ran in the last trace, for tests that must know which path a
 # configuration takes.
 FUSED = "fused"
+SYNCHRONIZED_FUSED = "synchronized_fused"
 UNFUSED = "unfused"
 KERAS = "keras"
 
@@ -87,6 +88,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
     if self.fused and (not training or local_statistics):
       self.last_path = FUSED
       return self._fused_call(inputs, training)
+    if self.fused:
+      self.last_path = SYNCHRONIZED_FUSED
+      return self._synchronized_fused_call(inputs)
     self.last_path = UNFUSED
     return self._statistics_call(inputs, training)
 
@@ -130,6 +134,72 @@ class BatchNormalization(keras.layers.BatchNormalization):
           variance=tf.convert_to_tensor(self.moving_variance),
           epsilon=self.epsilon, exponential_avg_factor=1.0,
           data_format="NHWC", is_training=False)
+    if rank_2:
+      y = y[:, 0, 0, :]
+    return tf.cast(y, self.compute_dtype)
+
+  def _synchronized_fused_call(self, inputs):
+    """Training with global statistics, on the fused kernels both ways.
+
+    The forward pass is the fused kernel in inference mode, given the
+    global mean and variance. Its gradient treats those as constants, so
+    the custom gradient adds their part: with N the global count and
+    x_hat = (x - mean) / sqrt(variance + eps),
+
+      dx = gamma / sqrt(variance + eps) *
+           (dy - sum(dy) / N - x_hat * sum(dy * x_hat) / N),
+
+    where the two per-channel sums are over the global batch: the fused
+    gradient kernel gives this replica's, and one all-reduce adds the
+    others'. The gradients of gamma and beta are this replica's sums; the
+    step's gradient all-reduce adds them up like any other weight's.
+    """
+    x = tf.convert_to_tensor(inputs)
+    rank_2 = len(x.shape) == 2
+    if rank_2:
+      x = x[:, None, None, :]
+    if x.dtype not in (tf.float16, tf.bfloat16):
+      x = tf.cast(x, tf.float32)
+    gamma, beta = self._scale_and_offset(x.shape[-1])
+    context = tf.distribute.get_replica_context()
+    epsilon = self.epsilon
+
+    @tf.custom_gradient
+    def normalise(x, gamma, beta):
+      x32 = tf.cast(x, tf.float32)
+      mean, variance = self._global_moments(x32)
+      y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+          x=x, scale=gamma, offset=beta, mean=mean, variance=variance,
+          epsilon=epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+          is_training=False)
+
+      def gradient(dy, unused_dmean, unused_dvariance):
+        # Local parts: dy * gamma / sqrt(variance + eps), sum(dy * x_hat)
+        # and sum(dy), from the fused gradient kernel.
+        dx_local, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+            y_backprop=dy, x=x, scale=gamma, reserve_space_1=mean,
+            reserve_space_2=variance,
+            reserve_space_3=tf.constant([], tf.float32), epsilon=epsilon,
+            data_format="NHWC", is_training=False)
+        channels = x.shape[-1]
+        count = tf.cast(tf.size(x, out_type=tf.int64) // channels,
+                        tf.float32)
+        sums = context.all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            tf.concat([dbeta, dgamma, count[None]], 0))
+        sum_dy, sum_dy_x_hat = sums[:channels], sums[channels:-1]
+        total = sums[-1]
+        inv_std = tf.math.rsqrt(variance + epsilon)
+        # dx = dx_local - (a + b * x), per channel a and b.
+        b = gamma * tf.square(inv_std) * sum_dy_x_hat / total
+        a = gamma * inv_std * sum_dy / total - b * mean
+        dx = tf.cast(dx_local, tf.float32) - (a + b * x32)
+        return tf.cast(dx, x.dtype), dgamma, dbeta
+
+      return (y, mean, variance), gradient
+
+    y, mean, variance = normalise(x, gamma, beta)
+    self._update_moving(mean, variance)
     if rank_2:
       y = y[:, 0, 0, :]
     return tf.cast(y, self.compute_dtype)
