@@ -4,6 +4,7 @@ Imports matplotlib (Agg backend); import it only to draw.
 """
 
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -16,6 +17,8 @@ from simclr_tf.evaluation import studies  # noqa: E402
 
 FIGURE_FILE = "results.png"
 DPI = 100
+# Characters of a subtitle line at fontsize 10 across the 9-inch figure.
+_SUBTITLE_CHARACTERS = 110
 
 
 def _mean(row, metric):
@@ -114,8 +117,10 @@ def draw(study: studies.Study, rows: Sequence[Mapping], path: str, *,
     _lines(rows, axis, base_epochs)
   else:
     _bars(study, rows, axis)
-  axis.set_title(study.title + (f"\n{subtitle}" if subtitle else ""),
-                 fontsize=10)
+  # A subtitle holds a command line, longer than the figure is wide: wrapped
+  # at spaces, so that no flag is cut off at the edges.
+  lines = [study.title] + textwrap.wrap(subtitle, width=_SUBTITLE_CHARACTERS)
+  axis.set_title("\n".join(lines), fontsize=10)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)
