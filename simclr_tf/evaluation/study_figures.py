@@ -25,7 +25,9 @@ def _mean(row, metric):
   summary = row["metrics"].get(metric)
   if summary is None:
     return math.nan, 0.0
-  return 100 * summary["mean"], 100 * (summary["standard_error"] or 0.0)
+  error = summary["standard_error"]
+  # One repeat has no standard error: no bar drawn, rather than one of 0.
+  return 100 * summary["mean"], (math.nan if error is None else 100 * error)
 
 
 def _bars(study, rows, axis):
@@ -36,6 +38,7 @@ def _bars(study, rows, axis):
   groups = metrics + (["paper"] if has_paper else [])
   width = 0.8 / max(len(groups), 1)
   positions = np.arange(len(rows))
+  highest = 0.0
   for index, metric in enumerate(groups):
     if metric == "paper":
       values = [100 * row["paper_top_1"] if row["paper_top_1"] is not None
@@ -45,6 +48,7 @@ def _bars(study, rows, axis):
     else:
       values, errors = zip(*[_mean(row, metric) for row in rows])
       label = metric.replace("_", " ")
+    highest = max([highest] + [v for v in values if math.isfinite(v)])
     axis.bar(positions + (index - (len(groups) - 1) / 2) * width, values,
              width, yerr=errors, capsize=3, label=label,
              hatch="//" if metric == "paper" else None)
@@ -52,7 +56,9 @@ def _bars(study, rows, axis):
   axis.set_xticklabels([row["name"] for row in rows], rotation=30,
                        ha="right")
   axis.set_ylabel("top-1 accuracy (%), mean ± SE")
-  axis.legend(fontsize=8)
+  # Room above the bars, so that the legend hides none of them.
+  axis.set_ylim(0, 1.3 * highest if highest > 0 else 1.0)
+  axis.legend(fontsize=8, loc="upper center", ncol=len(groups))
 
 
 def _heat_map(rows, axis, figure):
