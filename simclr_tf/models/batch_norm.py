@@ -107,16 +107,21 @@ class BatchNormalization(keras.layers.BatchNormalization):
     self.moving_variance.assign(self.moving_variance * self.momentum
                                 + variance * (1.0 - self.momentum))
 
-  def _fused_call(self, inputs, training):
+  def _fused_inputs(self, inputs):
+    """(x as the fused kernels take it, whether it was rank 2, gamma, beta)."""
     x = tf.convert_to_tensor(inputs)
     rank_2 = len(x.shape) == 2
     if rank_2:
       x = x[:, None, None, :]
-    # The kernel takes float32, float16 or bfloat16 (the policy's compute
-    # dtype) and keeps float32 statistics.
+    # The kernels take float32, float16 or bfloat16 (the policy's compute
+    # dtype) and keep float32 statistics.
     if x.dtype not in (tf.float16, tf.bfloat16):
       x = tf.cast(x, tf.float32)
     gamma, beta = self._scale_and_offset(x.shape[-1])
+    return x, rank_2, gamma, beta
+
+  def _fused_call(self, inputs, training):
+    x, rank_2, gamma, beta = self._fused_inputs(inputs)
     if training:
       empty = tf.constant([], tf.float32)
       y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
@@ -154,13 +159,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     others'. The gradients of gamma and beta are this replica's sums; the
     step's gradient all-reduce adds them up like any other weight's.
     """
-    x = tf.convert_to_tensor(inputs)
-    rank_2 = len(x.shape) == 2
-    if rank_2:
-      x = x[:, None, None, :]
-    if x.dtype not in (tf.float16, tf.bfloat16):
-      x = tf.cast(x, tf.float32)
-    gamma, beta = self._scale_and_offset(x.shape[-1])
+    x, rank_2, gamma, beta = self._fused_inputs(inputs)
     context = tf.distribute.get_replica_context()
     epsilon = self.epsilon
 
