@@ -325,16 +325,33 @@ def _user_errors():
 _command_line = []
 
 
+def argv_to_parse(argv):
+  """The command line the study parses: the base under the user's program
+  settings, then the study's own flags, a preset's flagfile first.
+
+  Parsed as each run will be, so a bad flag stops the study before any run
+  and the flags hold the base.
+
+  Args:
+    argv: the command line as typed, program name first.
+
+  Returns:
+    The argv for absl.
+
+  Raises:
+    config_lib.ConfigError: for an unknown preset.
+  """
+  own = [token for token in argv[1:]
+         if not token.startswith("-") or _flag_name(token) in OWN_FLAGS]
+  merged = [argv[0]] + base_tokens(program_tokens(argv)) + own
+  return program_flags.argv_with_preset(merged, demo_by_default=False)
+
+
 def entry():
   """Console-script entry point."""
   _command_line[:] = sys.argv
-  # Parsed as each run will be (the base under the user's settings), so a
-  # bad flag stops the study before any run and the flags hold the base.
-  own = [token for token in sys.argv[1:]
-         if not token.startswith("-") or _flag_name(token) in OWN_FLAGS]
-  argv = [sys.argv[0]] + base_tokens(program_tokens(sys.argv)) + own
   try:
-    sys.argv = program_flags.argv_with_preset(argv, demo_by_default=False)
+    sys.argv = argv_to_parse(sys.argv)
   except Exception as error:  # pylint: disable=broad-except
     sys.exit(cli.fail(str(error), tool=TOOL))
   cli.run(TOOL, main, _user_errors)
