@@ -5,7 +5,8 @@ kill in the middle of a checkpoint write, and, to compare multi-worker and
 single-process runs, inputs that do not depend on how the data is sharded
 and a dump of each worker's final weights. The library carries no hook for
 them: `install` replaces `training.training_input_fn`, `training._train` and
-`checkpoints._save_files` with wrappers that add the faults in force.
+`tf.train.CheckpointManager.save` with wrappers that add the faults in
+force.
 
 They are switched on either in process, with `injected(...)`, or for a
 command-line run by running `tests/fault_program.py` (the program with the
@@ -38,7 +39,6 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.checkpoints import ours as checkpoints
 from simclr_tf.training import tf_trainer as training
 
 ENV_VAR = "SIMCLR_TF_TEST_FAULTS"
@@ -91,7 +91,7 @@ def current() -> Faults:
 _ORIGINALS = {
     (training, "training_input_fn"): training.training_input_fn,
     (training, "_train"): training._train,  # pylint: disable=protected-access
-    (checkpoints, "_save_files"): checkpoints._save_files,  # pylint: disable=protected-access
+    (tf.train.CheckpointManager, "save"): tf.train.CheckpointManager.save,
 }
 
 
@@ -111,9 +111,12 @@ def _faulty_train(model, *args, run_dir, **kwargs):
   return result
 
 
-def _faulty_save(manager, step):
-  prefix = manager.save(checkpoint_number=step,
-                        options=checkpoint_options(step))
+def _faulty_save(manager, checkpoint_number=None, **kwargs):
+  # TensorFlow's own save, given the options that plant the kill.
+  kwargs["options"] = checkpoint_options(checkpoint_number)
+  prefix = _ORIGINALS[(tf.train.CheckpointManager, "save")](
+      manager, checkpoint_number=checkpoint_number, **kwargs)
+  step = checkpoint_number
   if _current.hold_after_saving == step:
     while True:
       time.sleep(1)
@@ -123,7 +126,7 @@ def _faulty_save(manager, step):
 _PATCHES = {
     (training, "training_input_fn"): _faulty_training_input_fn,
     (training, "_train"): _faulty_train,
-    (checkpoints, "_save_files"): _faulty_save,
+    (tf.train.CheckpointManager, "save"): _faulty_save,
 }
 
 

@@ -7,6 +7,7 @@ float64: biased batch variance, y = gamma (x - mean) / sqrt(var + eps) +
 beta, and moving = decay * moving + (1 - decay) * batch statistic.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -71,7 +72,8 @@ def test_one_replica_training_matches_numpy(fused, synchronized, rank):
   x = _data(rank)
   layer = _layer(fused, synchronized, rank)
   y = tf.function(lambda v: layer(v, training=True))(x)
-  assert layer.last_path == _expected_path(fused, synchronized, 1, True)
+  assert layer.kernel_path(rank, True, 1) == _expected_path(
+      fused, synchronized, 1, True)
   expected, mean, variance = _reference(x, GAMMA, BETA)
   np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=2e-5)
   np.testing.assert_allclose(layer.moving_mean.numpy(),
@@ -88,7 +90,8 @@ def test_inference_uses_the_moving_statistics_and_leaves_them(fused, rank):
   x = _data(rank)
   layer = _layer(fused, True, rank)
   y = layer(x, training=False)
-  assert layer.last_path == _expected_path(fused, True, 1, False)
+  assert layer.kernel_path(rank, False, 1) == _expected_path(
+      fused, True, 1, False)
   expected, _, _ = _reference(x, GAMMA, BETA, MOVING_MEAN, MOVING_VARIANCE)
   np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=2e-5)
   np.testing.assert_allclose(layer.moving_mean.numpy(), MOVING_MEAN)
@@ -153,7 +156,8 @@ def test_synchronized_on_two_replicas_uses_global_statistics(
   x = _data(rank)
   layer, halves = _run_on_two_replicas(
       two_replica_strategy, lambda: _layer(fused, True, rank), x, True)
-  assert layer.last_path == _expected_path(fused, True, 2, True)
+  assert layer.kernel_path(rank, True, 2) == _expected_path(
+      fused, True, 2, True)
   # Each replica held 4 rows but normalised with the statistics of all 8.
   expected, mean, variance = _reference(x, GAMMA, BETA)
   np.testing.assert_allclose(np.concatenate(halves), expected, rtol=1e-5,
@@ -172,7 +176,8 @@ def test_unsynchronized_on_two_replicas_uses_each_replicas_statistics(
   x = _data(4)
   layer, halves = _run_on_two_replicas(
       two_replica_strategy, lambda: _layer(fused, False, 4), x, True)
-  assert layer.last_path == _expected_path(fused, False, 2, True)
+  assert layer.kernel_path(4, True, 2) == _expected_path(
+      fused, False, 2, True)
   for half, rows in zip(halves, (x[:4], x[4:])):
     expected, _, _ = _reference(rows, GAMMA, BETA)
     np.testing.assert_allclose(half, expected, rtol=1e-5, atol=2e-5)
@@ -183,7 +188,8 @@ def test_inference_on_two_replicas(two_replica_strategy, fused):
   x = _data(4)
   layer, halves = _run_on_two_replicas(
       two_replica_strategy, lambda: _layer(fused, True, 4), x, False)
-  assert layer.last_path == _expected_path(fused, True, 2, False)
+  assert layer.kernel_path(4, False, 2) == _expected_path(
+      fused, True, 2, False)
   expected, _, _ = _reference(x, GAMMA, BETA, MOVING_MEAN, MOVING_VARIANCE)
   np.testing.assert_allclose(np.concatenate(halves), expected, rtol=1e-5,
                              atol=2e-5)
@@ -255,7 +261,8 @@ def test_synchronized_gradients_on_two_replicas_match_the_global_ones(
       tf.data.Dataset.from_tensors((x, weights)))
   inputs, w = next(iter(dataset))
   dx, dgamma, dbeta = two_replica_strategy.run(step, args=(inputs, w))
-  assert layer.last_path == _expected_path(fused, True, 2, True)
+  assert layer.kernel_path(rank, True, 2) == _expected_path(
+      fused, True, 2, True)
   local = two_replica_strategy.experimental_local_results
   dx = np.concatenate([part.numpy() for part in local(dx)])
   # Each replica's gamma and beta gradients are its own rows' sums.
@@ -297,7 +304,7 @@ def test_bfloat16_synchronized_on_two_replicas(two_replica_strategy):
   dataset = two_replica_strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((x, weights)))
   y, dx = two_replica_strategy.run(step, args=next(iter(dataset)))
-  assert layer.last_path == batch_norm.SYNCHRONIZED_FUSED
+  assert layer.kernel_path(4, True, 2) == batch_norm.SYNCHRONIZED_FUSED
   local = two_replica_strategy.experimental_local_results
   y = np.concatenate([tf.cast(p, tf.float32).numpy() for p in local(y)])
   dx = np.concatenate([tf.cast(p, tf.float32).numpy() for p in local(dx)])
@@ -313,3 +320,22 @@ def test_bfloat16_synchronized_on_two_replicas(two_replica_strategy):
   # dx is rounded to bfloat16 once: 8 bits of mantissa.
   np.testing.assert_allclose(dx, expected_dx, rtol=2e-2,
                              atol=2e-2 * np.abs(expected_dx).max())
+
+
+def test_what_the_fused_kernel_cannot_do_falls_back_to_keras():
+  layer = batch_norm.BatchNormalization(synchronized=True)
+  assert layer.kernel_path(3, True, 1) == batch_norm.KERAS  # rank 3
+  assert layer.kernel_path(4, True, 1, masked=True) == batch_norm.KERAS
+  channels_first = batch_norm.BatchNormalization(axis=1)
+  assert channels_first.kernel_path(4, True, 1) == batch_norm.KERAS
+  assert channels_first.kernel_path(2, False, 1) == batch_norm.FUSED
+  frozen = batch_norm.BatchNormalization(synchronized=True)
+  frozen.trainable = False  # a frozen layer normalises with its averages
+  assert frozen.kernel_path(4, True, 2) == batch_norm.FUSED
+  # Keras' own call on rank 3: the same numbers as Keras' layer.
+  x = np.random.default_rng(1).normal(2.0, 3.0, (8, 5, CHANNELS)).astype(
+      "float32")
+  keras_layer = keras.layers.BatchNormalization()
+  np.testing.assert_allclose(layer(x, training=True).numpy(),
+                             keras_layer(x, training=True).numpy(),
+                             rtol=1e-5, atol=1e-5)

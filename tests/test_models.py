@@ -254,34 +254,6 @@ class _PerBatchLoss(keras.callbacks.Callback):
     self.model.batch_losses.append(running * (seen + 1) - previous_sum)
 
 
-def test_sync_batch_norm_uses_global_batch_statistics(two_replica_strategy):
-  rng = np.random.default_rng(5)
-  data = rng.normal(loc=2.0, scale=3.0, size=(8, 6)).astype("float32")
-  with two_replica_strategy.scope():
-    layer = keras.layers.BatchNormalization(
-        synchronized=True, momentum=0.9, epsilon=1e-5)
-    layer.build((None, 6))
-
-  @tf.function
-  def step(inputs):
-    return layer(inputs, training=True)
-
-  dataset = two_replica_strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors(data))
-  outputs = two_replica_strategy.run(step, args=(next(iter(dataset)),))
-  halves = [x.numpy() for x in
-            two_replica_strategy.experimental_local_results(outputs)]
-  # Each replica held 4 rows but normalised with the 8-row statistics.
-  mean, var = data.mean(0), data.var(0)
-  expected = (data - mean) / np.sqrt(var + 1e-5)
-  np.testing.assert_allclose(np.concatenate(halves), expected, rtol=1e-4,
-                             atol=1e-4)
-  np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean,
-                             rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * var,
-                             rtol=1e-4, atol=1e-5)
-
-
 def _fit_one_step(model, images, labels):
   model.compile(optimizer=optimizers.LARS(
       1.0, weight_decay=1e-3,

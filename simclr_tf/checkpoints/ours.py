@@ -137,7 +137,7 @@ def save(manager, step):
     write_errors.WriteFailedError: the checkpoint could not be written.
   """
   try:
-    return _save_files(manager, step)
+    return manager.save(checkpoint_number=step)
   except (tf.errors.OpError, OSError) as error:
     prefix = os.path.join(manager.directory, f"{CHECKPOINT_NAME}-{step}")
     _remove_unfinished(prefix, manager.directory)
@@ -168,12 +168,6 @@ def _remove_quietly(path):
       tf.io.gfile.remove(path)
   except (tf.errors.OpError, OSError):
     pass  # Not in the state file, so never read; best effort.
-
-
-def _save_files(manager, step):
-  """The save itself, apart from the error handling in `save` (the tests
-  kill a run in the middle of it)."""
-  return manager.save(checkpoint_number=step)
 
 
 def restore_latest(model, prefix):

@@ -37,8 +37,7 @@ import keras
 if keras.backend.backend() == "tensorflow":
   import tensorflow as tf
 
-# What `call` ran in the last trace, for tests that must know which path a
-# configuration takes.
+# The computation `call` takes (`BatchNormalization.kernel_path`).
 FUSED = "fused"
 SYNCHRONIZED_FUSED = "synchronized_fused"
 UNFUSED = "unfused"
@@ -68,30 +67,45 @@ class BatchNormalization(keras.layers.BatchNormalization):
     if not isinstance(fused, bool):
       raise ValueError(f"`fused` must be a bool. Received: fused={fused!r}")
     self.fused = fused
-    self.last_path = None
 
-  def _fusable_rank(self, inputs):
-    rank = len(inputs.shape)
-    channels_last = self.axis in (-1, rank - 1)
-    return channels_last and rank in (2, 4)
+  def kernel_path(self, input_rank, training, replicas, masked=False):
+    """Which computation `call` runs for such an input.
 
-  def call(self, inputs, training=None, mask=None):
-    if (mask is not None or self.renorm or keras.backend.backend() !=
-        "tensorflow" or not self._fusable_rank(inputs)):
-      self.last_path = KERAS
-      return super().call(inputs, training=training, mask=mask)
+    Args:
+      input_rank: the input's rank.
+      training: whether the call is in training mode.
+      replicas: the replicas in sync (1 outside a strategy's replica
+        context).
+      masked: whether a mask is passed.
+
+    Returns:
+      `FUSED`, `SYNCHRONIZED_FUSED`, `UNFUSED` or `KERAS`.
+    """
+    channels_last = self.axis in (-1, input_rank - 1)
+    if (masked or self.renorm or keras.backend.backend() != "tensorflow" or
+        not (channels_last and input_rank in (2, 4))):
+      return KERAS
     training = bool(training) and self.trainable
-    replicas = tf.distribute.get_replica_context()
-    # None in a cross-replica context: the strategy's whole batch is here.
-    replicas = 1 if replicas is None else replicas.num_replicas_in_sync
     local_statistics = not self.synchronized or replicas == 1
     if self.fused and (not training or local_statistics):
-      self.last_path = FUSED
+      return FUSED
+    return SYNCHRONIZED_FUSED if self.fused else UNFUSED
+
+  def call(self, inputs, training=None, mask=None):
+    replicas = None
+    if keras.backend.backend() == "tensorflow":
+      replicas = tf.distribute.get_replica_context()
+    # None in a cross-replica context: the strategy's whole batch is here.
+    replicas = 1 if replicas is None else replicas.num_replicas_in_sync
+    path = self.kernel_path(len(inputs.shape), training, replicas,
+                            masked=mask is not None)
+    if path == KERAS:
+      return super().call(inputs, training=training, mask=mask)
+    training = bool(training) and self.trainable
+    if path == FUSED:
       return self._fused_call(inputs, training)
-    if self.fused:
-      self.last_path = SYNCHRONIZED_FUSED
+    if path == SYNCHRONIZED_FUSED:
       return self._synchronized_fused_call(inputs)
-    self.last_path = UNFUSED
     return self._statistics_call(inputs, training)
 
   def _scale_and_offset(self, channels):
