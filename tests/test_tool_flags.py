@@ -13,12 +13,13 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from simclr_tf import settings
+from simclr_tf.config import AugmentConfig
 from simclr_tf.config import DataConfig
 
 import command_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = ("embed", "linear_probe")
+TOOLS = ("embed", "linear_probe", "show_augmentations")
 # The DataConfig settings a tool reads its images with.
 DATASET_SETTINGS = ("dataset", "data_dir", "synthetic_train_examples",
                     "synthetic_test_examples", "synthetic_seed")
@@ -33,10 +34,35 @@ def _tool(name, args):
       env=dict(os.environ, PYTHONPATH=REPO))
 
 
-def _declared(name):
-  field, = [f for f in settings.fields(DataConfig)
-            if settings.flag_name(DataConfig, f) == name]
+def _declared(name, section=DataConfig):
+  field, = [f for f in settings.fields(section)
+            if settings.flag_name(section, f) == name]
   return field
+
+
+def _defined_flags(tool):
+  result = _tool(tool, ["--helpxml"])  # absl exits 1 after printing it
+  assert result.stdout.startswith("<?xml"), result.stderr[-2000:]
+  return {flag.findtext("name"): flag for flag in
+          ElementTree.fromstring(result.stdout).iter("flag")}
+
+
+@pytest.mark.parametrize("tool,section,names", [
+    ("linear_probe", DataConfig, ("train_split", "eval_split")),
+    ("show_augmentations", DataConfig, ("train_split", "image_size")),
+    ("show_augmentations", AugmentConfig,
+     ("color_jitter_strength", "use_blur", "crop_area_range",
+      "blur_probability", "grayscale_probability")),
+])
+def test_tools_take_the_programs_names_and_defaults(tool, section, names):
+  defined = _defined_flags(tool)
+  for name in names:
+    field = _declared(name, section)
+    assert defined[name].findtext("meaning") == settings.help_of(field), name
+    if isinstance(field.default, (bool, int, float, str)):
+      expected = (str(field.default).lower() if isinstance(field.default, bool)
+                  else str(field.default))
+      assert defined[name].findtext("default") == expected, name
 
 
 @pytest.mark.parametrize("tool", TOOLS)

@@ -34,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
+from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf.tools import cli  # noqa: E402
 from simclr_tf.tools import dataset_flags  # noqa: E402
 from simclr_tf.tools import setting_flags  # noqa: E402
@@ -63,9 +64,15 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random init, of "
 _OUTPUT = flags.DEFINE_string("output", None, "JSON result file to write.")
 _OUTPUT_KEY = flags.DEFINE_string(
     "output_key", "final_avg_pool", "The model output probed.")
-_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split the probe "
-                                   "is fitted (and its strength chosen) on.")
-_TEST_SPLIT = flags.DEFINE_string("test_split", "test", "Split scored.")
+# The program's split settings (names, defaults, help): the probe is fitted,
+# and its strength chosen, on --train_split and scored on --eval_split.
+_SPLIT_FLAGS = setting_flags.define_setting_flags(
+    [("data", config_lib.DataConfig)], flags.FLAGS,
+    only=("train_split", "eval_split"))
+# The name this tool gave --eval_split before it took the program's.
+flags.DEFINE_alias("test_split", "eval_split")
+_TRAIN_SPLIT = flags.FLAGS["train_split"]
+_TEST_SPLIT = flags.FLAGS["eval_split"]
 _IMAGE_SIZE = dataset_flags.IMAGE_SIZE
 _BATCH_SIZE = dataset_flags.BATCH_SIZE
 _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(

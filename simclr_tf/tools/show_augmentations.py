@@ -4,44 +4,50 @@ Each row is one image: the original (resized to --image_size), then
 --num_views independent train-time views. This is what the model sees.
 
   python -m simclr_tf.tools.show_augmentations --dataset=synthetic_shapes \
-      --output=augmentations.png
+      --image_size=32 --output=augmentations.png
   python -m simclr_tf.tools.show_augmentations --dataset=image_folder \
-      --data_dir=/path/to/root --split=train --image_size=96 --use_blur
+      --data_dir=/path/to/root --train_split=train --image_size=96
+
+The dataset, image and augmentation flags are the program's own (same names,
+defaults and checks), so a `simclr-tf` command line's settings show its
+views here.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from simclr_tf import config as config_lib  # noqa: E402
+from simclr_tf import settings  # noqa: E402
 from simclr_tf.augment import host as augment  # noqa: E402
 from simclr_tf.config import AugmentConfig  # noqa: E402
 from simclr_tf.config import DataConfig  # noqa: E402
 from simclr_tf.data import registry  # noqa: E402
 from simclr_tf.data import source as source_lib  # noqa: E402
+from simclr_tf.tools import cli  # noqa: E402
+from simclr_tf.tools import setting_flags  # noqa: E402
 
-_DATASET = flags.DEFINE_string(
-    "dataset", "synthetic_shapes",
-    "synthetic_shapes, sklearn_digits, image_folder or a prepared tfds "
-    "dataset name.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "tfds data_dir, or the image folder root.")
-_SPLIT = flags.DEFINE_string("split", "train", "Split to draw images from.")
+TOOL = "show_augmentations"
+# The program's settings that say which images are read, at what size, and
+# how they are augmented (where the augmentation runs changes nothing here).
+_SETTING_FLAGS = setting_flags.define_setting_flags(
+    [("data", config_lib.DataConfig), ("augment", config_lib.AugmentConfig)],
+    flags.FLAGS, only=settings.names_with(
+        config_lib.DataConfig, settings.READS_IMAGES) + (
+            "train_split", "image_size") + tuple(
+                settings.flag_name(config_lib.AugmentConfig, field)
+                for field in settings.fields(config_lib.AugmentConfig)
+                if field.name != "augment_on_device"))
+flags.adopt_module_key_flags(setting_flags)
 _OUTPUT = flags.DEFINE_string("output", "augmentations.png",
                               "PNG file to write.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Rows (images).")
 _NUM_VIEWS = flags.DEFINE_integer("num_views", 2, "Augmented views per image.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 32,
-                                   "Side of the augmented views.")
-_COLOR_JITTER_STRENGTH = flags.DEFINE_float(
-    "color_jitter_strength", 0.5, "Colour distortion strength s.")
-_USE_BLUR = flags.DEFINE_bool("use_blur", False, "Apply Gaussian blur.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the augmentations.")
 _MIN_TILE = flags.DEFINE_integer(
     "min_tile", 96, "Small views are enlarged (nearest) to at least this.")
@@ -104,43 +110,38 @@ def make_grid(num_images: int, num_views: int, data_config: DataConfig,
   return np.round(grid * 255).astype(np.uint8)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> int:
+  del argv  # cli.run refuses positional arguments
   _check_flags()
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # tfds' info lines are noise here.
-  data_config = DataConfig(dataset=_DATASET.value, data_dir=_DATA_DIR.value,
-                           train_split=_SPLIT.value, eval_split=_SPLIT.value,
-                           image_size=_IMAGE_SIZE.value)
-  augment_config = AugmentConfig(
-      color_jitter_strength=_COLOR_JITTER_STRENGTH.value,
-      use_blur=_USE_BLUR.value)
+  values = setting_flags.section_values(_SETTING_FLAGS)
+  data = values["data"]
+  data_config = DataConfig(eval_split=data["train_split"], **data)
+  augment_config = AugmentConfig(**values["augment"])
   data_config.validate()
   augment_config.validate()
+  split = data_config.train_split
   grid = make_grid(_NUM_IMAGES.value, _NUM_VIEWS.value, data_config,
-                   augment_config, _SPLIT.value, _SEED.value)
+                   augment_config, split, _SEED.value)
   output = os.path.abspath(_OUTPUT.value)
   os.makedirs(os.path.dirname(output), exist_ok=True)
   tf.io.write_file(output, tf.io.encode_png(grid))
   print(f"Wrote {output} ({grid.shape[1]}x{grid.shape[0]} px): "
-        f"{_NUM_IMAGES.value} images of {_DATASET.value}/{_SPLIT.value}, "
+        f"{_NUM_IMAGES.value} images of {data_config.dataset}/{split}, "
         f"original then {_NUM_VIEWS.value} views each.")
+  return 0
 
 
-def run(argv):
-  """`main` with user errors as one line on stderr and exit code 1."""
-  try:
-    main(argv)
-  except (ValueError, OSError, tf.errors.OpError) as e:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-    sys.stderr.write(f"show_augmentations: error: {message}\n")
-    sys.exit(1)
+def _user_errors():
+  from simclr_tf.data.errors import DataError  # pylint: disable=g-import-not-at-top
+  return (ValueError, OSError, tf.errors.OpError, config_lib.ConfigError,
+          DataError)
 
 
 def entry():
   """Console-script entry point."""
-  app.run(run)
+  cli.run(TOOL, main, _user_errors)
 
 
 if __name__ == "__main__":
