@@ -339,3 +339,28 @@ def test_what_the_fused_kernel_cannot_do_falls_back_to_keras():
   np.testing.assert_allclose(layer(x, training=True).numpy(),
                              keras_layer(x, training=True).numpy(),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_statistics_stay_exact_where_the_authors_layer_cancels(fused):
+  """Where the mean is large against the spread, E[x^2] - E[x]^2 in float32
+  (tf-keras' SyncBatchNormalization, which the authors' code uses with
+  global_bn) loses the variance; our two-pass statistics do not. float64 is
+  the reference."""
+  tf_keras = pytest.importorskip("tf_keras")
+  rng = np.random.default_rng(4)
+  x = (1000.0 + rng.standard_normal((64, 4, 4, CHANNELS))).astype("float32")
+  x64 = x.astype(np.float64)
+  expected = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) +
+                                                  EPSILON)
+  ours = batch_norm.BatchNormalization(fused=fused, synchronized=True,
+                                       epsilon=EPSILON)
+  theirs = tf_keras.layers.experimental.SyncBatchNormalization(
+      epsilon=EPSILON)
+  ours_error = np.abs(ours(x, training=True).numpy() - expected).max()
+  theirs_error = np.abs(theirs(tf.constant(x), training=True).numpy() -
+                        expected).max()
+  scale = np.abs(expected).max()
+  # float32 holds x - mean to about 1000 * 6e-8: 1e-4 of the output's scale.
+  assert ours_error < 1e-3 * scale
+  assert theirs_error > 0.05 * scale  # measured 0.5 here
