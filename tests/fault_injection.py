@@ -116,8 +116,7 @@ def _faulty_save(manager, checkpoint_number=None, **kwargs):
   kwargs["options"] = checkpoint_options(checkpoint_number)
   prefix = _ORIGINALS[(tf.train.CheckpointManager, "save")](
       manager, checkpoint_number=checkpoint_number, **kwargs)
-  step = checkpoint_number
-  if _current.hold_after_saving == step:
+  if _current.hold_after_saving == checkpoint_number:
     while True:
       time.sleep(1)
   return prefix

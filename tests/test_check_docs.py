@@ -85,5 +85,8 @@ def test_the_tool_exits_non_zero_on_a_stale_command(tmp_path, capsys):
   page.write_text("```bash\nsimclr-tf --train_epochz=3\n```\n")
   assert check_docs.main([str(page)]) == 1
   assert "1 fail" in capsys.readouterr().out
+  page.write_text("```bash\nsimclr-tf --train_epochs=3 stray\n```\n")
+  assert check_docs.main([str(page)]) == 1
+  assert "unexpected arguments ['stray']" in capsys.readouterr().out
   assert check_docs.main([str(tmp_path / "missing.md")]) == 2
   assert "no such file" in capsys.readouterr().err

@@ -24,6 +24,7 @@ bad arguments.
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -36,8 +37,7 @@ from typing import Dict, List, Optional, Sequence
 PROGRAM_MODULE = "simclr_tf.run"
 STUDY_MODULE = "simclr_tf.tools.study"
 _REPO = pathlib.Path(__file__).resolve().parent.parent.parent
-# Console scripts of pyproject.toml, read from the package's metadata when it
-# is installed and from pyproject.toml in a checkout that is not.
+# The console scripts of pyproject.toml (the docs are in a checkout, so is it).
 _SCRIPT_LINE = re.compile(r'^(simclr-tf[\w-]*)\s*=\s*"([\w.]+):\w+"')
 _PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -62,7 +62,7 @@ class Command:
     path: the Markdown file, relative to the root.
     line: the line of the command's first line in that file (1-based).
     text: the command as written, continuation lines joined.
-      module: the package module that it runs, or None for another program.
+    module: the package module that it runs, or None for another program.
     argv: the arguments after the program, the module's name first.
     expected_error: for a `$ command` shown with the `error: ...` line that
       it prints, that line's message; the command must be refused with it.
@@ -76,26 +76,20 @@ class Command:
 
 
 def console_scripts(root: pathlib.Path = _REPO) -> Dict[str, str]:
-  """The package's console scripts.
+  """The package's console scripts, from the checkout's pyproject.toml.
 
   Args:
-    root: the checkout, whose pyproject.toml is read when present.
+    root: the checkout.
 
   Returns:
     {script name: module}.
   """
   scripts = {}
-  pyproject = root / "pyproject.toml"
-  if pyproject.is_file():
-    for line in pyproject.read_text(encoding="utf-8").splitlines():
-      match = _SCRIPT_LINE.match(line.strip())
-      if match:
-        scripts[match.group(1)] = match.group(2)
-  if not scripts:
-    from importlib import metadata  # pylint: disable=g-import-not-at-top
-    for point in metadata.entry_points(group="console_scripts"):
-      if point.name.startswith("simclr-tf"):
-        scripts[point.name] = point.value.split(":")[0]
+  for line in (root / "pyproject.toml").read_text(
+      encoding="utf-8").splitlines():
+    match = _SCRIPT_LINE.match(line.strip())
+    if match:
+      scripts[match.group(1)] = match.group(2)
   return scripts
 
 
@@ -232,22 +226,27 @@ def _parse_one(module_name: str, argv: List[str]) -> Optional[str]:
     # An argparse tool (the launcher): its parser exits on bad input.
     module.parse_args(argv[1:])
     return None
+  from simclr_tf.tools import cli  # pylint: disable=g-import-not-at-top
+  program_flags = None
+  if module_name == PROGRAM_MODULE:
+    # Imported by the program only: it defines the program's flags, which
+    # a tool's own would clash with.
+    from simclr_tf.tools import program_flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS
   flag_values.unparse_flags()
   # The program prints a line when the demo preset applies; this process's
   # stdout is the report.
   with contextlib.redirect_stdout(sys.stderr):
-    if module_name == PROGRAM_MODULE:
-      from simclr_tf.tools import program_flags  # pylint: disable=g-import-not-at-top
+    if program_flags:
       argv = program_flags.argv_with_preset(argv)
     elif module_name == STUDY_MODULE:
       argv = module.argv_to_parse(argv)
     left = flag_values(argv)
-    if len(left) > 1:
-      return (f"unexpected arguments {left[1:]}: flags look like "
-              "--name=value.")
-    if module_name == PROGRAM_MODULE:
-      from simclr_tf.tools import program_flags  # pylint: disable=g-import-not-at-top
+    refusal = io.StringIO()
+    with contextlib.redirect_stderr(refusal):
+      if cli.reject_positional(left) is not None:
+        return _ERROR_LINE.match(refusal.getvalue().strip()).group(1)
+    if program_flags:
       program_flags.config_from_flags().validate()
     elif module_name == STUDY_MODULE and flag_values["study"].value:
       from simclr_tf.evaluation import studies  # pylint: disable=g-import-not-at-top

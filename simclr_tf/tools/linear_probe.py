@@ -66,13 +66,13 @@ _OUTPUT_KEY = flags.DEFINE_string(
     "output_key", "final_avg_pool", "The model output probed.")
 # The program's split settings (names, defaults, help): the probe is fitted,
 # and its strength chosen, on --train_split and scored on --eval_split.
-_SPLIT_FLAGS = setting_flags.define_setting_flags(
+setting_flags.define_setting_flags(
     [("data", config_lib.DataConfig)], flags.FLAGS,
     only=("train_split", "eval_split"))
 # The name this tool gave --eval_split before it took the program's.
 flags.DEFINE_alias("test_split", "eval_split")
 _TRAIN_SPLIT = flags.FLAGS["train_split"]
-_TEST_SPLIT = flags.FLAGS["eval_split"]
+_EVAL_SPLIT = flags.FLAGS["eval_split"]
 _IMAGE_SIZE = dataset_flags.IMAGE_SIZE
 _BATCH_SIZE = dataset_flags.BATCH_SIZE
 _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
@@ -138,7 +138,7 @@ def main(argv) -> int:
   image_size = _IMAGE_SIZE.value or model.image_size
   augment_config = run_config.augment if run_config else AugmentConfig()
   data_config = dataset_flags.data_config(
-      train_split=_TRAIN_SPLIT.value, eval_split=_TEST_SPLIT.value,
+      train_split=_TRAIN_SPLIT.value, eval_split=_EVAL_SPLIT.value,
       image_size=image_size)
   if _BASELINE.value == "raw_pixels":
     forward, what = baselines.raw_pixels, "raw pixels"
@@ -161,13 +161,13 @@ def main(argv) -> int:
     what = f"{_CHECKPOINT.value} ({_OUTPUT_KEY.value})"
   splits = features_lib.split_features(
       forward, data_config, augment_config,
-      splits=(_TRAIN_SPLIT.value, _TEST_SPLIT.value),
+      splits=(_TRAIN_SPLIT.value, _EVAL_SPLIT.value),
       batch_size=_BATCH_SIZE.value, log=say, log_every=20)
   train_x, train_y = splits[_TRAIN_SPLIT.value]
   keep = sampling.capped_indices(train_y, _MAX_TRAIN_EXAMPLES.value,
                                  seed=_SEED.value)
   train_x, train_y = train_x[keep], train_y[keep]
-  test_x, test_y = splits[_TEST_SPLIT.value]
+  test_x, test_y = splits[_EVAL_SPLIT.value]
   strengths = [float(s) for s in np.logspace(
       np.log10(_MIN_STRENGTH.value), np.log10(_MAX_STRENGTH.value),
       _NUM_STRENGTHS.value)]
@@ -179,7 +179,7 @@ def main(argv) -> int:
       features=what, baseline=_BASELINE.value,
       checkpoint=_CHECKPOINT.value and os.path.abspath(_CHECKPOINT.value),
       dataset=data_config.dataset, train_split=_TRAIN_SPLIT.value,
-      test_split=_TEST_SPLIT.value, image_size=image_size,
+      test_split=_EVAL_SPLIT.value, image_size=image_size,
       random_init_bn=(_RANDOM_INIT_BN.value
                       if _BASELINE.value == "random_init" else None),
       command=" ".join(sys.argv))
