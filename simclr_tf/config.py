@@ -26,7 +26,9 @@ __all__ = ["ConfigError", "DataConfig", "AugmentConfig", "ModelConfig",
            "LossConfig", "OptimizerConfig", "LinearEvalConfig", "RunConfig",
            "ExperimentConfig"]
 
-TRAIN_MODES = ("pretrain", "finetune", "linear_eval")
+# distill: SimCLRv2's third step, a student trained on a fixed teacher's
+# predictions (arXiv 2006.10029, section 2, eq. 2 and 3).
+TRAIN_MODES = ("pretrain", "finetune", "linear_eval", "distill")
 RUN_MODES = ("train", "eval", "train_then_eval")
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
@@ -333,6 +335,14 @@ class LossConfig:
       "for nt_logistic and margin_triplet: each anchor uses only the "
       "negatives less similar than its positive (and, for margin_triplet, "
       "within the margin), else its least similar negative.")
+  distill_temperature: float = setting(
+      1.0, "train_mode=distill: temperature tau of the teacher's and the "
+      "student's softmax in the distillation loss (SimCLRv2 eq. 2; the "
+      "paper uses 1).", above=0.0)
+  distill_label_weight: float = setting(
+      0.0, "train_mode=distill: weight of the labelled cross-entropy on the "
+      "label subset, 1 - alpha of SimCLRv2 eq. 3; 0 is the paper's "
+      "distillation-only loss (eq. 2).", at_least=0.0, at_most=1.0)
   margin: float = setting(
       0.4, "Margin m of margin_triplet. The paper tunes it over "
       "{0, 0.4, 0.8, 1.6} (appendix B.10) without naming the best; 0.4 is "
@@ -441,8 +451,9 @@ class RunConfig:
   mode: str = setting("train_then_eval", "train, eval or train_then_eval.",
                       choices=RUN_MODES)
   train_mode: str = setting(
-      "pretrain", "pretrain (contrastive), finetune, or linear_eval (frozen "
-      "encoder, linear head).", choices=TRAIN_MODES,
+      "pretrain", "pretrain (contrastive), finetune, linear_eval (frozen "
+      "encoder, linear head), or distill (a student trained on the "
+      "predictions of --teacher_checkpoint).", choices=TRAIN_MODES,
       roles=(FIXED_ON_RESUME,))
   model_dir: str = setting("runs/simclr", "Where checkpoints, TensorBoard "
                            "logs, results and exports go.",
@@ -451,6 +462,10 @@ class RunConfig:
       None, "Checkpoint to start fine-tuning or linear eval from (a "
       "pretraining model_dir, checkpoint prefix or SavedModel export), or "
       "to evaluate.")
+  teacher_checkpoint: Optional[str] = setting(
+      None, "train_mode=distill: the fixed teacher, a classifier: a "
+      "fine-tuning run's model_dir or checkpoint, its export, or the "
+      "authors' fine-tuned checkpoint.")
   from_scratch: bool = setting(False, "Fine-tune from random "
                                "initialisation: the supervised baseline.")
   lineareval_while_pretraining: bool = setting(
@@ -590,11 +605,19 @@ class ExperimentConfig:
              "train_mode=finetune needs --checkpoint (a pretraining "
              "model_dir, checkpoint or export); pass --from_scratch to train "
              "the supervised baseline from random initialisation.")
+    if run.train_mode == "distill" and "train" in run.mode:
+      _check(bool(run.teacher_checkpoint),
+             "train_mode=distill needs --teacher_checkpoint: a fine-tuning "
+             "run's model_dir, checkpoint or export (the teacher).")
+    _check(not run.teacher_checkpoint or run.train_mode == "distill",
+           "--teacher_checkpoint is the teacher of train_mode=distill. "
+           f"Received: train_mode={run.train_mode}")
     _check(not (run.from_scratch and run.checkpoint),
            "--from_scratch and --checkpoint contradict each other: drop one.")
-    _check(not run.from_scratch or run.train_mode == "finetune",
-           "--from_scratch trains the supervised baseline: use it with "
-           f"train_mode=finetune. Received: train_mode={run.train_mode}")
+    _check(not run.from_scratch or run.train_mode in ("finetune", "distill"),
+           "--from_scratch starts the network at random initialisation: use "
+           "it with train_mode=finetune or distill. Received: "
+           f"train_mode={run.train_mode}")
     # linear_eval_after_pretraining only means something after pretraining;
     # other train modes ignore it, so a preset that sets it can still run a
     # linear evaluation or a fine-tune without contradicting flags.

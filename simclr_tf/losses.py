@@ -1,5 +1,5 @@
-"""The pretraining losses (NT-Xent and the paper's Table 2 variants) and the
-supervised loss.
+"""The pretraining losses (NT-Xent and the paper's Table 2 variants), the
+supervised loss and SimCLRv2's distillation loss.
 
 The math is written with `keras.ops` and runs on every Keras backend; the
 cross-replica gather is `simclr_tf.replicas`'s.
@@ -290,3 +290,37 @@ def supervised_loss(labels, logits, mask=None):
     return ops.mean(losses)
   mask = ops.cast(mask, "float32")
   return ops.sum(losses * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def distillation_loss(teacher_logits, student_logits, *, temperature: float):
+  """SimCLRv2's distillation loss (arXiv 2006.10029, eq. 2), per example mean.
+
+  The cross-entropy of the student's tempered softmax against the
+  teacher's: -sum_y P_T(y | x; tau) log P_S(y | x; tau), averaged over the
+  batch. There is no tau^2 factor: the paper's loss has none, and at its
+  tau = 1 Hinton et al.'s factor is 1 too.
+
+  Args:
+    teacher_logits: (B, C) logits of the fixed teacher; no gradient flows
+      into them.
+    student_logits: (B, C) logits of the student.
+    temperature: tau, positive.
+
+  Returns:
+    A scalar float32; 0 for an empty batch.
+  """
+  if temperature <= 0:
+    raise ValueError(
+        f"`temperature` must be positive. Received: temperature={temperature}")
+  if tuple(teacher_logits.shape[1:]) != tuple(student_logits.shape[1:]):
+    raise ValueError(
+        "The teacher and the student must predict the same classes. "
+        f"Received: teacher_logits.shape={tuple(teacher_logits.shape)}, "
+        f"student_logits.shape={tuple(student_logits.shape)}")
+  teacher = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+  targets = ops.softmax(teacher / temperature, axis=-1)
+  log_student = ops.log_softmax(
+      ops.cast(student_logits, "float32") / temperature, axis=-1)
+  per_example = -ops.sum(targets * log_student, axis=-1)
+  count = ops.cast(ops.shape(per_example)[0], "float32")
+  return ops.sum(per_example) / ops.maximum(count, 1.0)

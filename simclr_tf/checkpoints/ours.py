@@ -560,7 +560,7 @@ def supervised_head_start(head, model_config, train_mode,
   Args:
     head: this model's `SupervisedHead`.
     model_config: this run's `ModelConfig`.
-    train_mode: "finetune" or "linear_eval".
+    train_mode: "finetune", "distill" or "linear_eval".
     saved_shapes: the checkpoint's head variable shapes from
       `saved_part_shapes` (or the authors' equivalent), or None.
 
@@ -569,7 +569,7 @@ def supervised_head_start(head, model_config, train_mode,
   """
   if model_config.zero_init_logits_layer:
     return "supervised head at zero (--zero_init_logits_layer)"
-  if train_mode != "finetune":
+  if train_mode not in ("finetune", "distill"):
     return "supervised head (linear evaluation trains its own)"
   if saved_shapes is None:
     return ("supervised head (the checkpoint has none: pretrained without "

@@ -9,7 +9,7 @@ from simclr_tf import optimizers
 from simclr_tf.models import heads as heads_lib
 from simclr_tf.models import resnet_encoder as resnet_lib
 
-TRAIN_MODES = ("pretrain", "finetune", "linear_eval")
+TRAIN_MODES = ("pretrain", "finetune", "linear_eval", "distill")
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 # Keys of the dict SimCLRModel.call returns.
@@ -25,6 +25,10 @@ CONTRAST_ACC = "contrast_acc"
 CONTRAST_ENTROPY = "contrast_entropy"
 SUPERVISED_LOSS = "supervised_loss"
 SUPERVISED_ACC = "supervised_acc"
+# train_mode=distill: SimCLRv2's loss against the teacher, and how often the
+# student's top class is the teacher's.
+DISTILL_LOSS = "distill_loss"
+DISTILL_AGREEMENT = "distill_agreement"
 WEIGHT_DECAY = "weight_decay"
 TOTAL_LOSS = "total_loss"
 # Logged by the JAX train step: 1.0 while every weight and moving statistic
@@ -37,6 +41,8 @@ GRAD_NORM = "grad_norm"
 _GRAD_NORM_WEIGHT = "grad_norm_weight"
 EVAL_TOP_1 = "label_top_1_accuracy"
 EVAL_TOP_5 = "label_top_5_accuracy"
+# Evaluation of a distillation stage: the teacher's top-1 on the same batches.
+TEACHER_TOP_1 = "teacher_top_1_accuracy"
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -60,6 +66,9 @@ class SimCLRModel(keras.Model):
       what `fine_tune_after_block` froze (see `resnet.freeze_through_block`).
     linear_eval: encoder and the projection layers feeding the head are
       frozen (BatchNorm in inference mode); only the head trains.
+    distill: trains like finetune, on SimCLRv2's distillation loss against
+      the predictions of a fixed teacher (`set_teacher`), optionally mixed
+      with the supervised loss on the labelled examples.
 
   The loss for gradients is divided by the replica count once, here, because
   the train step sums gradients over replicas. Metrics report unscaled values.
@@ -83,13 +92,17 @@ class SimCLRModel(keras.Model):
     semihard_negatives: semi-hard negative mining (nt_logistic and
       margin_triplet only).
     margin: the margin of margin_triplet.
+    distill_temperature: tau of the distillation loss (train_mode=distill).
+    distill_label_weight: weight of the labelled cross-entropy beside the
+      distillation loss, 1 - alpha of SimCLRv2's eq. 3 (train_mode=distill).
   """
 
   def __init__(self, encoder, projection_head, supervised_head=None,
                train_mode="pretrain", temperature=0.1, hidden_norm=True,
                weight_decay=0.0, optimizer_name="lars",
                loss_type=losses.NT_XENT, semihard_negatives=False,
-               margin=0.4, **kwargs):
+               margin=0.4, distill_temperature=1.0, distill_label_weight=0.0,
+               **kwargs):
     super().__init__(**kwargs)
     if train_mode not in TRAIN_MODES:
       raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. "
@@ -117,13 +130,24 @@ class SimCLRModel(keras.Model):
     self.optimizer_name = optimizer_name
     self.loss_type = loss_type
     self.semihard_negatives = semihard_negatives
+    if distill_temperature <= 0:
+      raise ValueError("`distill_temperature` must be positive. Received: "
+                       f"distill_temperature={distill_temperature}")
+    if not 0.0 <= distill_label_weight <= 1.0:
+      raise ValueError("`distill_label_weight` must be in [0, 1]. Received: "
+                       f"distill_label_weight={distill_label_weight}")
     self.margin = margin
+    self.distill_temperature = distill_temperature
+    self.distill_label_weight = distill_label_weight
+    self._teacher = None
     self._metric_trackers = {
         name: keras.metrics.Mean(name=name) for name in self._metric_names()}
     # Top-1 by argmax as the authors do: in_top_k would count ties as hits.
     self._top_1 = keras.metrics.CategoricalAccuracy(name=EVAL_TOP_1)
     self._top_5 = keras.metrics.TopKCategoricalAccuracy(5, name=EVAL_TOP_5)
     self._eval_loss = keras.metrics.Mean(name=SUPERVISED_LOSS)
+    self._teacher_top_1 = keras.metrics.CategoricalAccuracy(
+        name=TEACHER_TOP_1)
     # Set by `compile`; see there.
     self._stop_at_step = None
     self._xla_train_step = False
@@ -150,6 +174,8 @@ class SimCLRModel(keras.Model):
     names = []
     if self.train_mode == "pretrain":
       names += [CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY]
+    if self.train_mode == "distill":
+      names += [DISTILL_LOSS, DISTILL_AGREEMENT]
     if self.supervised_head is not None:
       names += [SUPERVISED_LOSS, SUPERVISED_ACC]
     names += [WEIGHT_DECAY, TOTAL_LOSS]
@@ -160,7 +186,10 @@ class SimCLRModel(keras.Model):
   @property
   def metrics(self):
     if self._is_evaluating:
-      return [self._eval_loss, self._top_1, self._top_5]
+      evaluated = [self._eval_loss, self._top_1, self._top_5]
+      if self._teacher is not None:
+        evaluated.append(self._teacher_top_1)
+      return evaluated
     return list(self._metric_trackers.values())
 
   @property
@@ -243,12 +272,75 @@ class SimCLRModel(keras.Model):
           ops.equal(ops.argmax(labels, -1), ops.argmax(logits, -1)),
           "float32")
       terms["label_mask"] = mask
-      total += loss
+      if self.train_mode == "distill":
+        teacher_logits = self.teacher_logits(images)
+        distill = losses.distillation_loss(
+            teacher_logits, logits, temperature=self.distill_temperature)
+        terms[DISTILL_LOSS] = distill
+        terms[DISTILL_AGREEMENT] = ops.cast(
+            ops.equal(ops.argmax(teacher_logits, -1), ops.argmax(logits, -1)),
+            "float32")
+        # SimCLRv2 eq. 3 with alpha = 1 - distill_label_weight.
+        weight = self.distill_label_weight
+        total += (1.0 - weight) * distill + weight * loss
+      else:
+        total += loss
     decay = optimizers.l2_weight_decay(self.trainable_variables,
                                        self.weight_decay, self.optimizer_name)
     terms[WEIGHT_DECAY] = decay
     terms[TOTAL_LOSS] = total + decay
     return terms
+
+  def set_teacher(self, teacher):
+    """Sets the fixed teacher of train_mode=distill.
+
+    The teacher is kept out of this model's tracking: its weights are not
+    this model's variables, so they are neither trained, nor saved in its
+    checkpoints, nor exported. It runs in inference mode and is frozen.
+
+    Args:
+      teacher: a built `SimCLRModel` with a supervised head of this model's
+        classes, made in the same strategy scope; None removes it.
+
+    Raises:
+      ValueError: a teacher without a supervised head, or of other classes.
+    """
+    if teacher is not None:
+      if teacher.supervised_head is None:
+        raise ValueError("The teacher needs a supervised head. Received: "
+                         "a teacher without one")
+      ours, theirs = (self.supervised_head.num_classes,
+                      teacher.supervised_head.num_classes)
+      if ours != theirs:
+        raise ValueError("The teacher must predict the student's classes. "
+                         f"Received: teacher classes={theirs}, student "
+                         f"classes={ours}")
+      teacher.trainable = False
+    # Set past Keras' and tf.Module's attribute tracking on purpose.
+    object.__setattr__(self, "_teacher", teacher)
+
+  @property
+  def teacher(self):
+    """The teacher given to `set_teacher`, or None."""
+    return self._teacher
+
+  def teacher_logits(self, images):
+    """The teacher's logits for `images`, in inference mode, no gradient.
+
+    Args:
+      images: a batch as `call` takes it.
+
+    Returns:
+      (B, classes) float32 logits.
+
+    Raises:
+      ValueError: no teacher was set.
+    """
+    if self._teacher is None:
+      raise ValueError("train_mode=distill needs a teacher: call "
+                       "`set_teacher` before training.")
+    logits = self._teacher(images, training=False)[LOGITS_SUP]
+    return ops.stop_gradient(ops.cast(logits, "float32"))
 
   def _update_train_metrics(self, terms):
     for name, tracker in self._metric_trackers.items():
@@ -497,6 +589,9 @@ class SimCLRModel(keras.Model):
     def update():
       logits = self(images, training=False)[LOGITS_SUP]
       self._update_eval_metrics(labels, logits)
+      if self._teacher is not None:
+        self._teacher_top_1.update_state(ops.cast(labels, "float32"),
+                                         self.teacher_logits(images))
       return ops.zeros(())
 
     # At the end of a split some replicas get an empty batch. Skip it: the
@@ -527,7 +622,9 @@ class SimCLRModel(keras.Model):
         train_mode=self.train_mode, temperature=self.temperature,
         hidden_norm=self.hidden_norm, weight_decay=self.weight_decay,
         optimizer_name=self.optimizer_name, loss_type=self.loss_type,
-        semihard_negatives=self.semihard_negatives, margin=self.margin)
+        semihard_negatives=self.semihard_negatives, margin=self.margin,
+        distill_temperature=self.distill_temperature,
+        distill_label_weight=self.distill_label_weight)
     return config
 
   @classmethod
@@ -564,14 +661,17 @@ def build_from_experiment(config, *, num_classes: int,
       optimizer_name=config.optimizer.optimizer,
       loss_type=config.loss.loss_type,
       semihard_negatives=config.loss.semihard_negatives,
-      margin=config.loss.margin)
+      margin=config.loss.margin,
+      distill_temperature=config.loss.distill_temperature,
+      distill_label_weight=config.loss.distill_label_weight)
 
 
 def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
                        with_supervised_head, temperature=0.1,
                        hidden_norm=True, weight_decay=0.0,
                        optimizer_name="lars", loss_type=losses.NT_XENT,
-                       semihard_negatives=False, margin=0.4):
+                       semihard_negatives=False, margin=0.4,
+                       distill_temperature=1.0, distill_label_weight=0.0):
   """Builds a `SimCLRModel` from a `config.ModelConfig`.
 
   Call it inside `strategy.scope()` so variables are mirrored.
@@ -581,7 +681,7 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
     image_size: input side; picks the CIFAR stem at <= 32 px unless the
       config says otherwise.
     num_classes: classes of the supervised head.
-    train_mode: "pretrain", "finetune" or "linear_eval".
+    train_mode: one of `TRAIN_MODES`.
     with_supervised_head: add the supervised head (always true outside
       pretraining).
     temperature: NT-Xent temperature.
@@ -590,6 +690,8 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
     optimizer_name: optimizer the weight decay is split with.
     loss_type, semihard_negatives, margin: the pretraining loss (see
       `losses.pretraining_loss`).
+    distill_temperature, distill_label_weight: the distillation loss of
+      train_mode=distill (see `SimCLRModel`).
 
   Returns:
     A built `SimCLRModel`.
@@ -601,7 +703,7 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
       sk_ratio=model_config.sk_ratio, se_ratio=model_config.se_ratio,
       sync_bn=model_config.global_bn,
       bn_momentum=model_config.batch_norm_decay, name="encoder")
-  if train_mode == "finetune":
+  if train_mode in ("finetune", "distill"):
     resnet_lib.freeze_through_block(encoder,
                                     model_config.fine_tune_after_block)
   projection_head = heads_lib.ProjectionHead(
@@ -621,6 +723,8 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
                       hidden_norm=hidden_norm, weight_decay=weight_decay,
                       optimizer_name=optimizer_name, loss_type=loss_type,
                       semihard_negatives=semihard_negatives, margin=margin,
+                      distill_temperature=distill_temperature,
+                      distill_label_weight=distill_label_weight,
                       name="simclr")
   num_views = 2 if train_mode == "pretrain" else 1
   model(ops.zeros((1, image_size, image_size, 3 * num_views)))

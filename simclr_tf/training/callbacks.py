@@ -15,7 +15,8 @@ TRAIN_PREFIX = "train/"
 EVAL_PREFIX = "eval/"
 AUGMENTED_VIEWS_TAG = "train/augmented_views"
 # Metrics shown on the console, in this order, when present.
-_CONSOLE_METRICS = ("contrast_loss", "contrast_acc", "supervised_loss",
+_CONSOLE_METRICS = ("contrast_loss", "contrast_acc", "distill_loss",
+                    "distill_agreement", "supervised_loss",
                     "supervised_acc", "total_loss")
 
 

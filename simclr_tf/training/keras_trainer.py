@@ -83,7 +83,7 @@ def run_experiment(config: ExperimentConfig,
   if run.train_mode not in TRAIN_MODES:
     raise ConfigError(
         f"On the {keras.backend.backend()} backend train_mode is "
-        f"{' or '.join(TRAIN_MODES)}; fine-tuning needs "
+        f"{' or '.join(TRAIN_MODES)}; fine-tuning and distillation need "
         f"--backend=tensorflow. Received: train_mode={run.train_mode!r}")
   if run.precision not in ("float32", "mixed_bfloat16"):
     raise ConfigError("On JAX, precision is float32 or mixed_bfloat16. "

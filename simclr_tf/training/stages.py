@@ -30,6 +30,16 @@ def num_views(train_mode: str) -> int:
   return 2 if train_mode == "pretrain" else 1
 
 
+def labelled_only(train_mode: str) -> bool:
+  """Whether a stage trains on the labelled examples alone.
+
+  Fine-tuning and linear evaluation do; pretraining and distillation see
+  every training image (distillation's labels, with a label subset, only
+  on the subset).
+  """
+  return train_mode in ("finetune", "linear_eval")
+
+
 def plan(config: ExperimentConfig) -> List[Tuple[str, ExperimentConfig]]:
   """The stages of a run, in order.
 

@@ -29,6 +29,7 @@ from simclr_tf.training import preemption
 from simclr_tf.storage import files
 from simclr_tf.storage import run_dir as run_dir_lib
 from simclr_tf.training import stages
+from simclr_tf.training import teacher as teacher_lib
 from simclr_tf.models import train_loop
 from simclr_tf.config import ConfigError
 from simclr_tf.config import ExperimentConfig
@@ -127,8 +128,8 @@ def run_stage(config: ExperimentConfig, strategy,
     The `StageResult`.
   """
   run = config.run
-  info = data_lib.get_dataset_info(config.data,
-                                   supervised=run.train_mode != "pretrain")
+  info = data_lib.get_dataset_info(
+      config.data, supervised=stages.labelled_only(run.train_mode))
   if run.train_mode != "pretrain" or run.lineareval_while_pretraining:
     if info.num_classes < 1:
       raise ConfigError(
@@ -149,7 +150,7 @@ def run_stage(config: ExperimentConfig, strategy,
   # draws Python random numbers, and initial weights must depend on the
   # seed alone, or a worker that generated data would start elsewhere.
   keras.utils.set_random_seed(run.seed)
-  model = build_model(config, strategy, info, total_steps)
+  model = build_model(config, strategy, info, total_steps, log=log)
   emulated = precision.emulation_warning(config.run.precision)
   if emulated:
     log(f"[{config.run.train_mode}] {emulated}")
@@ -213,14 +214,20 @@ def run_stage(config: ExperimentConfig, strategy,
   return result
 
 
-def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
+def build_model(config: ExperimentConfig, strategy, info, total_steps: int,
+                log: Optional[Callable[[str], None]] = None):
   """The stage's compiled model, its optimizer and slots, in `strategy`.
+
+  A distillation stage's model gets its teacher (`teacher.build_teacher`)
+  from `run.teacher_checkpoint`; a distillation evaluated without one
+  reports the student alone.
 
   Args:
     config: the stage's config.
     strategy: the `tf.distribute.Strategy`.
     info: the dataset's `DatasetInfo` (classes, examples per epoch).
     total_steps: the run's optimizer steps, for the learning-rate schedule.
+    log: where the line on the teacher goes.
 
   Returns:
     A compiled `SimCLRModel` (optimizer loss-scaled for float16).
@@ -231,6 +238,9 @@ def build_model(config: ExperimentConfig, strategy, info, total_steps: int):
     model = simclr.build_from_experiment(
         config, num_classes=max(info.num_classes, 1),
         with_supervised_head=run.lineareval_while_pretraining)
+    if run.train_mode == "distill" and run.teacher_checkpoint:
+      model.set_teacher(teacher_lib.build_teacher(
+          config, num_classes=max(info.num_classes, 1), log=log))
     schedule = optimizers.schedule_from_config(
         config.optimizer, batch_size=run.train_batch_size,
         num_examples=info.num_train_examples, total_steps=total_steps)
@@ -309,6 +319,9 @@ def _initialise(model, latest, config, log):
   if run.train_mode == "linear_eval":
     log("NOTE: linear_eval without --checkpoint: the encoder stays at its "
         "RANDOM initialisation. This is the baseline, not a trained model.")
+  elif run.train_mode == "distill":
+    log("[distill] the student starts at random initialisation (no "
+        "--checkpoint).")
   else:
     log("Training the supervised baseline from scratch (--from_scratch).")
   return True
@@ -376,7 +389,8 @@ def training_input_fn(config: ExperimentConfig, *, start_step: int,
   return data_lib.build_input_fn(
       config.data, train_augment_config(config), training=True,
       num_views=num_views, global_batch_size=config.run.train_batch_size,
-      seed=config.run.seed, supervised=config.run.train_mode != "pretrain",
+      seed=config.run.seed,
+      supervised=stages.labelled_only(config.run.train_mode),
       start_step=start_step)
 
 
@@ -516,7 +530,9 @@ def evaluate(model, config, strategy, writer, log, *, num_eval_examples,
   results.update(extra_results or {})
   results.update(global_step=step, num_eval_examples=evaluated)
   write_results(results, write_dir or run.model_dir)
+  teacher = (f"  teacher top-1 {100 * results[simclr.TEACHER_TOP_1]:.2f}%"
+             if simclr.TEACHER_TOP_1 in results else "")
   log(f"[{run.train_mode}] eval at step {step} on {evaluated} examples: "
       f"top-1 {100 * results[simclr.EVAL_TOP_1]:.2f}%  "
-      f"top-5 {100 * results[simclr.EVAL_TOP_5]:.2f}%")
+      f"top-5 {100 * results[simclr.EVAL_TOP_5]:.2f}%{teacher}")
   return results
