@@ -23,8 +23,8 @@ from simclr_tf.settings import section
 from simclr_tf.settings import setting
 
 __all__ = ["ConfigError", "DataConfig", "AugmentConfig", "ModelConfig",
-           "LossConfig", "OptimizerConfig", "LinearEvalConfig", "RunConfig",
-           "ExperimentConfig"]
+           "LossConfig", "OptimizerConfig", "LinearEvalConfig",
+           "SemiSupervisedConfig", "RunConfig", "ExperimentConfig"]
 
 # distill: SimCLRv2's third step, a student trained on a fixed teacher's
 # predictions (arXiv 2006.10029, section 2, eq. 2 and 3).
@@ -444,6 +444,45 @@ class LinearEvalConfig:
         momentum=self.momentum)
 
 
+@section(prefix="semi_supervised_")
+@dataclasses.dataclass(frozen=True)
+class SemiSupervisedConfig:
+  """SimCLRv2's semi-supervised pipeline (arXiv 2006.10029, Figure 3).
+
+  With `pipeline` on, one run trains, each stage in its own subfolder of
+  `model_dir` (`simclr_tf.training.stages`): pretraining on every image
+  (`pretrain/`), fine-tuning from the projection head's first layer on the
+  label subset (`finetune/`), self-distillation of that network into a
+  student of the same architecture on every image (`distill/`), and a
+  supervised network trained from scratch on the same labels
+  (`supervised_baseline/`). Fine-tuning, distillation and the baseline
+  share this section's schedule: Nesterov momentum at `learning_rate`
+  (linear batch scaling), no weight decay, no warm-up, the paper's
+  fine-tuning recipe (arXiv 2002.05709 appendix B.5).
+  """
+  pipeline: bool = setting(
+      False, "Run SimCLRv2's whole semi-supervised pipeline: pretrain, "
+      "fine-tune on the label subset (--label_fraction or "
+      "--labels_per_class), self-distil on all images, and a supervised "
+      "baseline on the same labels, each in a subfolder of model_dir.",
+      flag="semi_supervised", roles=(FIXED_ON_RESUME,))
+  finetune_epochs: int = setting(
+      60, "Pipeline: epochs of fine-tuning and of the supervised baseline, "
+      "over the labelled subset (the paper's 60 at 1%).", at_least=1)
+  distill_epochs: int = setting(
+      60, "Pipeline: epochs of distillation, over every training image.",
+      at_least=1)
+  learning_rate: float = setting(
+      0.05, "Pipeline: base learning rate of fine-tuning, distillation and "
+      "the baseline (x batch / 256).", above=0.0)
+  baseline: bool = setting(
+      True, "Pipeline: also train the supervised baseline from scratch on "
+      "the same labels.")
+
+  def validate(self) -> None:
+    _check_declared(self)
+
+
 @section()
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -577,6 +616,8 @@ class ExperimentConfig:
       default_factory=OptimizerConfig)
   linear_eval: LinearEvalConfig = dataclasses.field(
       default_factory=LinearEvalConfig)
+  semi_supervised: SemiSupervisedConfig = dataclasses.field(
+      default_factory=SemiSupervisedConfig)
   run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
   def validate(self) -> "ExperimentConfig":
@@ -589,9 +630,23 @@ class ExperimentConfig:
       ConfigError: with a one-line message naming the setting to change.
     """
     for section in (self.data, self.augment, self.model, self.loss,
-                    self.optimizer, self.linear_eval, self.run):
+                    self.optimizer, self.linear_eval, self.semi_supervised,
+                    self.run):
       section.validate()
     run, model = self.run, self.model
+    if self.semi_supervised.pipeline:
+      _check(run.train_mode == "pretrain" and run.mode != "eval",
+             "--semi_supervised runs the whole pipeline from pretraining: "
+             "use it with train_mode=pretrain and mode=train or "
+             f"train_then_eval. Received: train_mode={run.train_mode}, "
+             f"mode={run.mode}")
+      _check(self.data.label_fraction is not None or
+             self.data.labels_per_class is not None,
+             "--semi_supervised fine-tunes on a label subset: set "
+             "--label_fraction (e.g. 0.1) or --labels_per_class.")
+      _check(not run.checkpoint,
+             "--semi_supervised pretrains its own encoder: drop "
+             "--checkpoint.")
     if run.train_mode == "pretrain":
       _check(model.fine_tune_after_block == -1,
              "Freezing layers while pretraining is not supported: set "

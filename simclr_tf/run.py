@@ -86,6 +86,13 @@ def format_summary(config, results, saved_models=True):
         line += (" (linear eval of a RANDOMLY INITIALISED encoder)"
                  if result.random_init else
                  " (linear eval of the frozen encoder)")
+      elif result.stage == "distill":
+        teacher = result.eval_results.get("teacher_top_1_accuracy")
+        line += (" (the distilled student"
+                 + (f"; its teacher {100 * teacher:.2f}%)"
+                    if teacher is not None else ")"))
+      elif result.stage == "finetune" and result.random_init:
+        line += " (supervised from scratch on the same labels)"
     lines.append(line)
     if getattr(result, "health", None):
       lines.append(f"{'':12} health (eval split, docs/evaluation.md): "

@@ -319,3 +319,103 @@ def test_the_teacher_architecture_comes_from_its_run(runs):
       config.model, width_multiplier=0.25)).validate()
   model, classes = teacher_lib.teacher_architecture(config)
   assert (model.width_multiplier, classes) == (0.125, 10)
+
+
+def pipeline_config(model_dir, **semi):
+  config = config_lib.ExperimentConfig(
+      data=config_lib.DataConfig(dataset="synthetic_shapes",
+                                 label_fraction=0.1),
+      linear_eval=config_lib.LinearEvalConfig(after_pretraining=True),
+      semi_supervised=config_lib.SemiSupervisedConfig(pipeline=True, **semi),
+      run=config_lib.RunConfig(model_dir=str(model_dir)))
+  return config.validate()
+
+
+def test_the_pipeline_plans_its_stages_in_subfolders(tmp_path):
+  from simclr_tf.training import stages  # pylint: disable=g-import-not-at-top
+  config = pipeline_config(tmp_path, finetune_epochs=7, distill_epochs=9,
+                           learning_rate=0.2)
+  planned = stages.plan(config)
+  assert [name for name, _ in planned] == [
+      "pretrain", os.path.join("pretrain", "linear_eval"), "finetune",
+      "distill", "supervised_baseline"]
+  by_name = dict(planned)
+  assert by_name["pretrain"].run.model_dir == str(tmp_path / "pretrain")
+  assert not by_name["pretrain"].semi_supervised.pipeline
+  finetune, distill = by_name["finetune"], by_name["distill"]
+  baseline = by_name["supervised_baseline"]
+  assert (finetune.run.train_mode, finetune.run.checkpoint) == (
+      "finetune", str(tmp_path / "pretrain"))
+  assert (distill.run.train_mode, distill.run.teacher_checkpoint) == (
+      "distill", str(tmp_path / "finetune"))
+  assert baseline.run.from_scratch and baseline.run.checkpoint is None
+  for stage in (finetune, distill, baseline):
+    # v2: fine-tune from the projection head's first layer.
+    assert stage.model.ft_proj_selector == 1
+    assert (stage.optimizer.optimizer, stage.optimizer.learning_rate,
+            stage.optimizer.weight_decay, stage.optimizer.warmup_epochs) == (
+                "momentum", 0.2, 0.0, 0.0)
+    assert stage.data.label_fraction == 0.1
+  assert finetune.run.train_epochs == baseline.run.train_epochs == 7
+  assert distill.run.train_epochs == 9
+  assert stages.pretraining_stage(config) == by_name["pretrain"]
+  without = pipeline_config(tmp_path, baseline=False)
+  assert "supervised_baseline" not in dict(stages.plan(without))
+
+
+def test_the_pipeline_refuses_what_contradicts_it(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="label subset"):
+    config_lib.ExperimentConfig(
+        semi_supervised=config_lib.SemiSupervisedConfig(pipeline=True),
+        run=config_lib.RunConfig(model_dir=str(tmp_path))).validate()
+  with pytest.raises(config_lib.ConfigError, match="from pretraining"):
+    config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(label_fraction=0.1),
+        semi_supervised=config_lib.SemiSupervisedConfig(pipeline=True),
+        run=config_lib.RunConfig(train_mode="finetune", from_scratch=True,
+                                 model_dir=str(tmp_path))).validate()
+
+
+def test_the_pipeline_killed_while_distilling_resumes_there_and_finishes(
+    tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import command_line  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / "run"
+  args = command_line.tiny_flags(
+      str(tmp_path / "tfds"), str(model_dir), semi_supervised="true",
+      label_fraction=0.25, semi_supervised_finetune_epochs=2,
+      semi_supervised_distill_epochs=3, checkpoint_steps=2,
+      keep_hub_module_max=0, linear_eval_after_pretraining="false",
+      train_epochs=1)
+  process = subprocess.Popen(
+      command_line.PROGRAM + args, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL, cwd=command_line.REPO,
+      env=dict(os.environ, PYTHONPATH=command_line.REPO))
+  distill_dir = model_dir / "distill"
+  deadline = time.time() + 400
+  try:
+    while (command_line.latest_checkpoint_step(distill_dir) or 0) < 2:
+      assert process.poll() is None, "the run ended before distilling"
+      assert time.time() < deadline, "no distillation checkpoint in time"
+      time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+  finally:
+    process.wait()
+  killed_at = command_line.latest_checkpoint_step(distill_dir)
+  # 3 epochs of 128 images at batch 32: 13 steps (the authors' + 1).
+  assert 2 <= killed_at < 13
+
+  result = command_line.run_program(args, timeout=400)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output[-3000:]
+  assert "[pretrain] already at step" in output
+  assert "[finetune] already at step" in output
+  assert f"Resumed from {distill_dir}/ckpt-{killed_at}" in output
+  assert command_line.latest_checkpoint_step(distill_dir) == 13
+  summary = output.split("==== summary ====")[1]
+  for name in ("pretrain", "finetune", "distill", "supervised_baseline"):
+    assert str(model_dir / name) in summary, summary
+  assert "the distilled student; its teacher" in summary
+  assert "supervised from scratch on the same labels" in summary

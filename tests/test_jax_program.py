@@ -132,7 +132,7 @@ def test_sigterm_saves_and_stops_then_a_nan_stops_without_saving(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (dict(dataset="cifar10"), "tfds datasets need the TensorFlow backend"),
     (dict(train_mode="finetune", from_scratch="true"),
-     "fine-tuning needs --backend=tensorflow"),
+     "fine-tuning and distillation need --backend=tensorflow"),
 ])
 def test_what_jax_does_not_run_is_a_one_line_error(tmp_path, overrides,
                                                    message):

@@ -85,6 +85,11 @@ def run_experiment(config: ExperimentConfig,
         f"On the {keras.backend.backend()} backend train_mode is "
         f"{' or '.join(TRAIN_MODES)}; fine-tuning and distillation need "
         f"--backend=tensorflow. Received: train_mode={run.train_mode!r}")
+  if config.semi_supervised.pipeline:
+    raise ConfigError(
+        f"On the {keras.backend.backend()} backend --semi_supervised is not "
+        "available: its fine-tuning and distillation stages need "
+        "--backend=tensorflow.")
   if run.precision not in ("float32", "mixed_bfloat16"):
     raise ConfigError("On JAX, precision is float32 or mixed_bfloat16. "
                       f"Received: precision={run.precision!r}")

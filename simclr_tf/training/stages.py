@@ -6,7 +6,10 @@ in its own directory:
 - the stage that `--train_mode` names, in `model_dir` (for
   `train_mode=linear_eval`, with the linear-evaluation settings applied);
 - after pretraining with `--linear_eval_after_pretraining`, the linear
-  evaluation of the frozen encoder, in `model_dir/linear_eval`.
+  evaluation of the frozen encoder, in `model_dir/linear_eval`;
+- with `--semi_supervised`, SimCLRv2's pipeline instead, each stage in a
+  subfolder: `pretrain/` (and `pretrain/linear_eval/`), `finetune/`,
+  `distill/` and `supervised_baseline/` (`SemiSupervisedConfig`).
 
 This module says which stages run, their configs, how many views a stage's
 training batches hold, and the checks of batch sizes against the devices.
@@ -14,6 +17,7 @@ The TF trainer (`tf_trainer`) and the Keras trainer for other backends
 (`keras_trainer`) each run these stages their own way.
 """
 
+import dataclasses
 import os
 from typing import List, Tuple
 
@@ -23,6 +27,11 @@ from simclr_tf.config import ExperimentConfig
 from simclr_tf.storage import run_dir
 
 LINEAR_EVAL_DIR = run_dir.LINEAR_EVAL_DIR
+# The semi-supervised pipeline's stage directories, under model_dir.
+PRETRAIN_DIR = "pretrain"
+FINETUNE_DIR = "finetune"
+DISTILL_DIR = "distill"
+SUPERVISED_BASELINE_DIR = "supervised_baseline"
 
 
 def num_views(train_mode: str) -> int:
@@ -50,6 +59,8 @@ def plan(config: ExperimentConfig) -> List[Tuple[str, ExperimentConfig]]:
     (directory name relative to model_dir, "" for model_dir itself; the
     stage's config) for each stage.
   """
+  if config.semi_supervised.pipeline:
+    return _semi_supervised_plan(config)
   run = config.run
   first = config
   if run.train_mode == "linear_eval":
@@ -64,9 +75,66 @@ def plan(config: ExperimentConfig) -> List[Tuple[str, ExperimentConfig]]:
   return stages
 
 
-def pretrains(config: ExperimentConfig) -> bool:
-  """Whether the run trains a pretraining stage (probes and plots follow)."""
-  return config.run.train_mode == "pretrain" and "train" in config.run.mode
+def _semi_supervised_plan(config):
+  """SimCLRv2's pipeline: pretrain, fine-tune, self-distil, and a baseline."""
+  run, semi = config.run, config.semi_supervised
+  model_dir = run.model_dir
+
+  def at(name):
+    return os.path.join(model_dir, name)
+
+  pretrain = dataclasses.replace(
+      config, semi_supervised=dataclasses.replace(semi, pipeline=False),
+      run=dataclasses.replace(run, model_dir=at(PRETRAIN_DIR))).validate()
+  # Pretraining and any linear evaluation after it, one level down.
+  stages = [(os.path.join(PRETRAIN_DIR, name), stage)
+            if name else (PRETRAIN_DIR, stage)
+            for name, stage in plan(pretrain)]
+  # v2 fine-tunes from the projection head's first layer (section 2); a
+  # head without layers leaves the encoder output.
+  selector = min(1, config.model.num_proj_head_layers)
+  model = dataclasses.replace(config.model, ft_proj_selector=selector)
+  schedule = dataclasses.replace(
+      config.optimizer, optimizer="momentum",
+      learning_rate=semi.learning_rate, learning_rate_scaling="linear",
+      weight_decay=0.0, warmup_epochs=0.0)
+
+  def supervised(name, train_mode, epochs, **run_settings):
+    return dataclasses.replace(
+        pretrain, model=model, optimizer=schedule,
+        linear_eval=dataclasses.replace(config.linear_eval,
+                                        after_pretraining=False),
+        run=dataclasses.replace(
+            pretrain.run, train_mode=train_mode, model_dir=at(name),
+            mode="train_then_eval", train_epochs=epochs, train_steps=0,
+            lineareval_while_pretraining=False, knn_eval_every_epochs=0,
+            probe_baselines=False, write_plots=False,
+            **run_settings)).validate()
+
+  stages.append((FINETUNE_DIR, supervised(
+      FINETUNE_DIR, "finetune", semi.finetune_epochs,
+      checkpoint=at(PRETRAIN_DIR))))
+  stages.append((DISTILL_DIR, supervised(
+      DISTILL_DIR, "distill", semi.distill_epochs,
+      checkpoint=at(PRETRAIN_DIR), teacher_checkpoint=at(FINETUNE_DIR))))
+  if semi.baseline:
+    stages.append((SUPERVISED_BASELINE_DIR, supervised(
+        SUPERVISED_BASELINE_DIR, "finetune", semi.finetune_epochs,
+        from_scratch=True)))
+  return stages
+
+
+def pretraining_stage(config: ExperimentConfig):
+  """The config of the run's pretraining stage, or None without one.
+
+  Probes and plots follow that stage, in its directory.
+  """
+  if config.run.train_mode != "pretrain" or "train" not in config.run.mode:
+    return None
+  for _, stage in plan(config):
+    if stage.run.train_mode == "pretrain":
+      return stage
+  return None
 
 
 def check_batches_split(config: ExperimentConfig, devices: int,

@@ -86,21 +86,22 @@ def run_experiment(config: ExperimentConfig,
       results.append(run_stage(
           stage_config, strategy, log,
           run_dir=run_dir.child(name) if name else run_dir))
-    if (config.run.probe_baselines and stages.pretrains(config)
+    pretraining = stages.pretraining_stage(config)
+    if (config.run.probe_baselines and pretraining is not None
         and run_dir.is_chief):
       # Imported here: it needs scikit-learn, which nothing else does.
       from simclr_tf.evaluation import probe_baselines  # pylint: disable=g-import-not-at-top
       start = time.time()
       results[0].probe = probe_baselines.compare(
-          config, config.run.model_dir, log=log)
+          pretraining, pretraining.run.model_dir, log=log)
       log(f"[probe] SimCLR and both baselines probed in "
           f"{time.time() - start:.0f} s.")
-    if (config.run.write_plots and stages.pretrains(config)
+    if (config.run.write_plots and pretraining is not None
         and run_dir.is_chief):
       # Imported here: it needs matplotlib, which nothing else does.
       from simclr_tf.evaluation import plots  # pylint: disable=g-import-not-at-top
       start = time.time()
-      plots.write_for_run(config, log=log)
+      plots.write_for_run(pretraining, log=log)
       log(f"[plots] written in {time.time() - start:.0f} s.")
   return results
 
@@ -309,7 +310,9 @@ def _initialise(model, latest, config, log):
   if latest:
     checkpoints.restore_latest(model, latest)
     log(f"Resumed from {latest} at step {_step(model)}.")
-    return False
+    # A resumed stage that started from random weights still did.
+    return (run.train_mode != "pretrain" and not run.checkpoint
+            and "train" in run.mode)
   if run.mode == "eval" or run.train_mode == "pretrain":
     return run.train_mode == "pretrain" and run.mode == "eval"
   if run.checkpoint:
