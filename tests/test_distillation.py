@@ -419,3 +419,44 @@ def test_the_pipeline_killed_while_distilling_resumes_there_and_finishes(
     assert str(model_dir / name) in summary, summary
   assert "the distilled student; its teacher" in summary
   assert "supervised from scratch on the same labels" in summary
+
+
+AUTHORS_FINETUNED = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "..", "shared", "fixtures", "authors_tf2",
+                                 "r18_cifar_finetune")
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(AUTHORS_FINETUNED),
+    reason=f"the authors' TF2 fixture is not here ({AUTHORS_FINETUNED}): a "
+    "clone without ../shared")
+def test_the_authors_finetuned_checkpoint_is_a_teacher():
+  config = config_lib.ExperimentConfig(
+      data=config_lib.DataConfig(dataset="synthetic_shapes", image_size=32),
+      run=config_lib.RunConfig(train_mode="distill",
+                               teacher_checkpoint=AUTHORS_FINETUNED)
+  ).validate()
+  teacher = teacher_lib.build_teacher(config, num_classes=10)
+  reference = np.load(os.path.join(AUTHORS_FINETUNED,
+                                   "reference_outputs.npz"))
+  logits = teacher(reference["images"], training=False)["logits_sup"]
+  expected = reference["inference/logits_sup"]
+  scale = float(np.abs(expected).max())
+  assert float(np.abs(logits.numpy() - expected).max()) <= 1e-5 * max(
+      scale, 1.0)
+  with pytest.raises(checkpoints.CheckpointError, match="predicts 10"):
+    teacher_lib.build_teacher(config, num_classes=3)
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "train_mode=distill needs --teacher_checkpoint"),
+    (["--teacher_checkpoint=/nonexistent/run"],
+     "--teacher_checkpoint /nonexistent/run: no such file or directory"),
+])
+def test_the_program_refuses_a_missing_teacher_in_one_line(tmp_path, extra,
+                                                           message):
+  import command_line  # pylint: disable=g-import-not-at-top
+  result = command_line.run_program(command_line.tiny_flags(
+      str(tmp_path / "tfds"), str(tmp_path / "run"), train_mode="distill",
+      train_steps=1) + extra)
+  assert message in command_line.one_error_line(result)

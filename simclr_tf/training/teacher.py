@@ -75,7 +75,12 @@ def teacher_architecture(config: config_lib.ExperimentConfig
             teacher_checkpoint=None, from_scratch=False))
     model = authors.adopt_architecture(as_finetune).model
     return model, int(architecture.num_classes)
-  prefix = pretrained.resolve(path)
+  try:
+    prefix = pretrained.resolve(path)
+  except ours.CheckpointError as error:
+    # The router names the flag it usually serves.
+    raise TeacherError(str(error).replace(
+        "--checkpoint", "--teacher_checkpoint", 1)) from error
   shapes = ours.saved_part_shapes(prefix, "supervised_head")
   kernels = [shape for shape in shapes or () if len(shape) == 2]
   if len(kernels) != 1:
@@ -123,7 +128,8 @@ def build_teacher(config: config_lib.ExperimentConfig, *, num_classes: int,
   try:
     pretrained.restore_for_eval(teacher, path)
   except ours.CheckpointError as error:
-    raise TeacherError(f"--teacher_checkpoint: {error}") from error
+    raise TeacherError("--teacher_checkpoint: " + str(error).replace(
+        "--checkpoint ", "", 1)) from error
   if log is not None:
     log(f"[distill] teacher: {path} ({model_config.resnet_depth}-layer "
         f"ResNet, width {model_config.width_multiplier:g}, "
