@@ -460,6 +460,13 @@ class RunConfig:
   train_batch_size: int = setting(
       512, "Global training batch (images; pretraining sees two views of "
       "each).", at_least=1)
+  grad_cache_chunks: int = setting(
+      1, "Pretraining: run each replica's batch through the network in this "
+      "many chunks (cached-gradient steps: the same contrastive loss and "
+      "gradients as one pass, in about 1/K of the activation memory, for "
+      "about a third more compute); BatchNorm then normalises each chunk "
+      "on its own. Must divide the per-replica batch; 1 turns it off.",
+      at_least=1)
   train_epochs: int = setting(100, "Training epochs (when train_steps is "
                               "0).", at_least=0)
   train_steps: int = setting(0, "Training steps; 0 derives them from "
@@ -590,6 +597,11 @@ class ExperimentConfig:
              "train_mode=finetune needs --checkpoint (a pretraining "
              "model_dir, checkpoint or export); pass --from_scratch to train "
              "the supervised baseline from random initialisation.")
+    _check(run.grad_cache_chunks == 1 or run.train_mode == "pretrain",
+           "`grad_cache_chunks` applies to pretraining only: set "
+           "grad_cache_chunks=1 for train_mode="
+           f"{run.train_mode}. Received: grad_cache_chunks="
+           f"{run.grad_cache_chunks}")
     _check(not (run.from_scratch and run.checkpoint),
            "--from_scratch and --checkpoint contradict each other: drop one.")
     _check(not run.from_scratch or run.train_mode == "finetune",
@@ -651,7 +663,7 @@ class ExperimentConfig:
                   else "train_then_eval"),
             train_mode="linear_eval",
             model_dir=model_dir, checkpoint=checkpoint, from_scratch=False,
-            lineareval_while_pretraining=False,
+            lineareval_while_pretraining=False, grad_cache_chunks=1,
             train_batch_size=linear.train_batch_size,
             train_epochs=linear.train_epochs,
             train_steps=linear.train_steps)).validate()

@@ -63,6 +63,9 @@ def check_batches_split(config: ExperimentConfig, devices: int,
                         unit: str = "replicas") -> None:
   """Refuses batch sizes that do not split evenly over the devices.
 
+  Also refuses a `grad_cache_chunks` that does not divide the per-replica
+  training batch.
+
   Args:
     config: a stage's config.
     devices: replicas (TF) or devices (other backends) the batch spans.
@@ -77,6 +80,13 @@ def check_batches_split(config: ExperimentConfig, devices: int,
       raise ConfigError(
           f"`{name}` must split evenly over the {devices} {unit}. "
           f"Received: {name}={batch}")
+  chunks = config.run.grad_cache_chunks
+  per_replica = config.run.train_batch_size // devices
+  if per_replica % chunks:
+    raise ConfigError(
+        f"`grad_cache_chunks` must divide the per-replica batch "
+        f"({config.run.train_batch_size} over {devices} {unit} = "
+        f"{per_replica}). Received: grad_cache_chunks={chunks}")
 
 
 def step_counts(config: ExperimentConfig,
