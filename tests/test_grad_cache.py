@@ -323,3 +323,44 @@ def test_the_keras_trainer_refuses_chunks():
     keras_trainer.run_experiment(_experiment(grad_cache_chunks=2))
   assert str(error.value).startswith(
       "grad_cache_chunks is a TensorFlow-backend feature")
+
+
+# 5. A run saved with chunks continues without them.
+
+def test_a_chunked_run_resumes_unchunked(tmp_path):
+  from simclr_tf.training import tf_trainer
+
+  def config(chunks, steps):
+    return config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(
+            dataset="synthetic_shapes", image_size=SIZE,
+            data_dir=str(tmp_path / "data"), synthetic_train_examples=64,
+            synthetic_test_examples=16),
+        augment=config_lib.AugmentConfig(use_blur=False),
+        model=config_lib.ModelConfig(resnet_depth=18, width_multiplier=0.125,
+                                     proj_out_dim=16),
+        optimizer=config_lib.OptimizerConfig(learning_rate=0.5,
+                                             warmup_epochs=0),
+        run=config_lib.RunConfig(
+            mode="train", model_dir=str(tmp_path / "run"),
+            train_batch_size=16, train_steps=steps, checkpoint_steps=2,
+            steps_per_loop=2, keep_hub_module_max=0, health_examples=0,
+            grad_cache_chunks=chunks)).validate()
+
+  lines = []
+  first = tf_trainer.run_experiment(config(2, 2), log=lines.append)
+  assert first[0].global_step == 2
+  assert any(line.startswith("NOTE: grad_cache_chunks=2: BatchNorm "
+                             "normalises each chunk of 16 views")
+             for line in lines), lines
+  lines = []
+  results = tf_trainer.run_experiment(config(1, 4), log=lines.append)
+  assert any("Resumed from" in line and "ckpt-2 at step 2" in line
+             for line in lines), lines
+  assert results[0].global_step == 4
+  # Resuming names the changed setting and goes on; no chunk NOTE now.
+  assert any("with changed settings: run.grad_cache_chunks" in line
+             for line in lines), lines
+  assert not any(line.startswith("NOTE: grad_cache_chunks") for line in lines)
+  assert [line.split()[2] for line in lines
+          if line.startswith("[pretrain] step")] == ["4/4"]
