@@ -111,8 +111,9 @@ def _reference_step(model, optimizer, images, labels, chunks):
 
   Returns:
     (the total loss, for each chunk the (moving mean, moving variance) of
-    every BatchNorm layer after one update from that chunk alone); the
-    model's moving averages are set to their means over the chunks.
+    every BatchNorm layer after one update from that chunk alone, the
+    gradients' global norm); the model's moving averages are set to their
+    means over the chunks.
   """
   batch = len(images)
   views = [images[..., :3], images[..., 3:]]
@@ -140,11 +141,12 @@ def _reference_step(model, optimizer, images, labels, chunks):
                                        WEIGHT_DECAY, "momentum")
     total = contrast + supervised + decay
   variables = model.trainable_variables
-  optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+  gradients = tape.gradient(total, variables)
+  optimizer.apply_gradients(zip(gradients, variables))
   for index, (mean, variance) in enumerate(pairs):
     mean.assign(np.mean([each[index][0] for each in seen], axis=0))
     variance.assign(np.mean([each[index][1] for each in seen], axis=0))
-  return float(total), seen
+  return float(total), seen, float(tf.linalg.global_norm(gradients))
 
 
 def _chunks_of(indices, chunks):
@@ -156,9 +158,13 @@ def _chunks_of(indices, chunks):
           for k in range(chunks)]
 
 
-def _fit_one_step(model, dataset, strategy=None):
+def _fit_one_step(model, dataset, strategy=None, loss_scale=None):
   with (strategy or tf.distribute.get_strategy()).scope():
-    model.compile(optimizer=_optimizer())
+    optimizer = _optimizer()
+    if loss_scale is not None:
+      optimizer = keras.optimizers.LossScaleOptimizer(
+          optimizer, initial_scale=loss_scale)
+    model.compile(optimizer=optimizer)
     model.build_optimizer_slots()
   history = model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
   return {name: values[-1] for name, values in history.history.items()}
@@ -188,7 +194,10 @@ def _assert_same_weights(model, reference, initial, tolerance,
   print(f"largest difference / update: {worst:.2e}")
 
 
-def test_one_replica_step_equals_the_reference():
+# A loss scale (float16's) must cancel: the cached output gradients are of
+# the scaled loss, and the optimizer unscales the weight gradients once.
+@pytest.mark.parametrize("loss_scale", [None, 64.0])
+def test_one_replica_step_equals_the_reference(loss_scale):
   batch, chunks = 8, 4
   images, labels = _batch(batch)
   model = _model(chunks)
@@ -197,13 +206,15 @@ def test_one_replica_step_equals_the_reference():
   for variable, value in zip(reference.weights, initial):
     variable.assign(value)
   logs = _fit_one_step(
-      model, tf.data.Dataset.from_tensors((images, labels)))
-  total, _ = _reference_step(reference, _optimizer(), images, labels,
-                             _chunks_of(list(range(batch)), chunks))
+      model, tf.data.Dataset.from_tensors((images, labels)),
+      loss_scale=loss_scale)
+  total, _, norm = _reference_step(reference, _optimizer(), images, labels,
+                                   _chunks_of(list(range(batch)), chunks))
   _assert_same_weights(model, reference, initial, 1e-5)
   np.testing.assert_allclose(logs["total_loss"], total, rtol=1e-5)
-  assert "grad_norm" in logs and logs["grad_norm"] > 0
-
+  np.testing.assert_allclose(logs["grad_norm"], norm, rtol=1e-5)
+  if loss_scale is not None:
+    return
   # The chunks matter: an unchunked step (one BatchNorm batch) differs.
   unchunked = _model(1)
   for variable, value in zip(unchunked.weights, initial):
@@ -243,14 +254,15 @@ def test_two_replica_step_equals_the_reference(two_replica_strategy,
     reference_chunks = [halves[0][k] + halves[1][k] for k in range(chunks)]
   else:
     reference_chunks = halves[0] + halves[1]
-  total, seen = _reference_step(reference, _optimizer(), images, labels,
-                                reference_chunks)
+  total, seen, norm = _reference_step(reference, _optimizer(), images,
+                                      labels, reference_chunks)
   # Replicas sum gradients and synchronised statistics in another order
   # than one device: float32 noise, measured 1.5e-5 of an update with
   # global_bn (2e-6 without); test_models' unchunked 2-replica test
   # allows 2e-4.
   _assert_same_weights(model, reference, initial, 1e-4, moving=global_bn)
   np.testing.assert_allclose(logs["total_loss"], total, rtol=1e-5)
+  np.testing.assert_allclose(logs["grad_norm"], norm, rtol=1e-4)
   if not global_bn:
     # Unsynchronised, each replica keeps its own moving averages (the
     # layer's behaviour without chunks too): the mean of its own chunks.
