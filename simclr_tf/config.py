@@ -462,10 +462,10 @@ class RunConfig:
       "each).", at_least=1)
   grad_cache_chunks: int = setting(
       1, "Pretraining: run each replica's batch through the network in this "
-      "many chunks (cached-gradient steps: the same contrastive loss and "
-      "gradients as one pass, in about 1/K of the activation memory, for "
-      "about a third more compute); BatchNorm then normalises each chunk "
-      "on its own. Must divide the per-replica batch; 1 turns it off.",
+      "many chunks, holding one chunk's activations at a time, with the "
+      "exact gradients of the whole batch's loss (cached gradients; about a "
+      "third more compute). BatchNorm normalises each chunk on its own. "
+      "Must divide the per-replica batch; 1 turns it off.",
       at_least=1)
   train_epochs: int = setting(100, "Training epochs (when train_steps is "
                               "0).", at_least=0)
