@@ -514,6 +514,13 @@ class RunConfig:
   train_batch_size: int = setting(
       512, "Global training batch (images; pretraining sees two views of "
       "each).", at_least=1)
+  grad_cache_chunks: int = setting(
+      1, "Pretraining: run each replica's batch through the network in this "
+      "many chunks, holding one chunk's activations at a time, with the "
+      "exact gradients of the whole batch's loss (cached gradients; about a "
+      "third more compute). BatchNorm normalises each chunk on its own. "
+      "Must divide the per-replica batch; 1 turns it off.",
+      at_least=1)
   train_epochs: int = setting(100, "Training epochs (when train_steps is "
                               "0).", at_least=0)
   train_steps: int = setting(0, "Training steps; 0 derives them from "
@@ -667,6 +674,11 @@ class ExperimentConfig:
     _check(not run.teacher_checkpoint or run.train_mode == "distill",
            "--teacher_checkpoint is the teacher of train_mode=distill. "
            f"Received: train_mode={run.train_mode}")
+    _check(run.grad_cache_chunks == 1 or run.train_mode == "pretrain",
+           "`grad_cache_chunks` applies to pretraining only: set "
+           "grad_cache_chunks=1 for train_mode="
+           f"{run.train_mode}. Received: grad_cache_chunks="
+           f"{run.grad_cache_chunks}")
     _check(not (run.from_scratch and run.checkpoint),
            "--from_scratch and --checkpoint contradict each other: drop one.")
     _check(not run.from_scratch or run.train_mode in ("finetune", "distill"),
@@ -729,7 +741,7 @@ class ExperimentConfig:
                   else "train_then_eval"),
             train_mode="linear_eval",
             model_dir=model_dir, checkpoint=checkpoint, from_scratch=False,
-            lineareval_while_pretraining=False,
+            lineareval_while_pretraining=False, grad_cache_chunks=1,
             train_batch_size=linear.train_batch_size,
             train_epochs=linear.train_epochs,
             train_steps=linear.train_steps)).validate()

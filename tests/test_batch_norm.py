@@ -364,3 +364,53 @@ def test_training_statistics_stay_exact_where_the_authors_layer_cancels(fused):
   # float32 holds x - mean to about 1000 * 6e-8: 1e-4 of the output's scale.
   assert ours_error < 1e-3 * scale
   assert theirs_error > 0.05 * scale  # measured 0.5 here
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+@pytest.mark.parametrize("fused", [True, False])
+def test_deferred_updates_record_statistics_and_leave_the_averages(fused,
+                                                                   rank):
+  layer = _layer(fused, False, rank)
+  first, second = _data(rank, seed=1), _data(rank, seed=2)
+  with batch_norm.deferred_moving_updates([layer]) as held:
+    y = layer(first, training=True)
+    layer(second, training=True)
+    layer(first, training=False)  # inference records nothing
+    with pytest.raises(ValueError, match="already deferred"):
+      with batch_norm.deferred_moving_updates([layer]):
+        pass
+  # Normalised with the batch's statistics, as without deferral.
+  np.testing.assert_allclose(y.numpy(), _reference(first, GAMMA, BETA)[0],
+                             rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(layer.moving_mean.numpy(), MOVING_MEAN)
+  np.testing.assert_allclose(layer.moving_variance.numpy(), MOVING_VARIANCE)
+  [(held_layer, statistics)] = held
+  assert held_layer is layer and len(statistics) == 2
+  for (mean, variance), x in zip(statistics, (first, second)):
+    _, expected_mean, expected_variance = _reference(x, GAMMA, BETA)
+    np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(variance.numpy(), expected_variance,
+                               rtol=1e-5, atol=1e-5)
+  # Outside, training updates the averages again.
+  layer(first, training=True)
+  _, mean, _ = _reference(first, GAMMA, BETA)
+  np.testing.assert_allclose(layer.moving_mean.numpy(),
+                             DECAY * MOVING_MEAN + (1 - DECAY) * mean,
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_deferred_updates_refuse_keras_paths_and_keras_layers():
+  layer = batch_norm.BatchNormalization()
+  x = np.ones((4, 5, CHANNELS), "float32")  # rank 3: Keras' own call
+  with batch_norm.deferred_moving_updates([layer]):
+    with pytest.raises(ValueError, match="only on this layer's own"):
+      layer(x, training=True)
+  model = keras.Sequential([keras.Input((CHANNELS,)),
+                            keras.layers.BatchNormalization()])
+  with pytest.raises(ValueError, match="Keras' own BatchNormalization"):
+    batch_norm.batch_norm_layers(model)
+  ours = keras.Sequential([keras.Input((CHANNELS,)),
+                           batch_norm.BatchNormalization(),
+                           batch_norm.BatchNormalization()])
+  assert len(batch_norm.batch_norm_layers(ours)) == 2

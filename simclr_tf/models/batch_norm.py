@@ -32,6 +32,9 @@ batch axis already spans every device (see `simclr_tf.replicas`).
 TensorFlow is imported only on the TensorFlow backend.
 """
 
+import contextlib
+import threading
+
 import keras
 
 if keras.backend.backend() == "tensorflow":
@@ -42,6 +45,16 @@ FUSED = "fused"
 SYNCHRONIZED_FUSED = "synchronized_fused"
 UNFUSED = "unfused"
 KERAS = "keras"
+
+# The layers whose moving-average updates `deferred_moving_updates` holds
+# back, per thread: MirroredStrategy runs each replica's step in its own
+# thread on the same layer objects. Maps id(layer) to its statistics list.
+_DEFERRED = threading.local()
+
+
+def _deferred_statistics(layer):
+  """The list `layer`'s statistics go to in this thread, or None."""
+  return getattr(_DEFERRED, "lists", {}).get(id(layer))
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -100,6 +113,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
     path = self.kernel_path(len(inputs.shape), training, replicas,
                             masked=mask is not None)
     if path == KERAS:
+      if training and _deferred_statistics(self) is not None:
+        raise ValueError(
+            f"{self.name}: moving-average updates can be deferred only on "
+            "this layer's own TensorFlow paths, not Keras' (masks, renorm, "
+            "channels-first or rank other than 2 and 4). Received: "
+            f"input rank {len(inputs.shape)}, renorm={self.renorm}")
       return super().call(inputs, training=training, mask=mask)
     training = bool(training) and self.trainable
     if path == FUSED:
@@ -116,6 +135,19 @@ class BatchNormalization(keras.layers.BatchNormalization):
   def _update_moving(self, mean, variance):
     mean = tf.stop_gradient(mean)
     variance = tf.stop_gradient(variance)
+    deferred = _deferred_statistics(self)
+    if deferred is not None:
+      deferred.append((mean, variance))
+      return
+    self.update_moving_statistics(mean, variance)
+
+  def update_moving_statistics(self, mean, variance):
+    """One moving-average update towards the given batch statistics.
+
+    Args:
+      mean: (channels,) float32 batch mean.
+      variance: (channels,) float32 biased batch variance.
+    """
     self.moving_mean.assign(self.moving_mean * self.momentum
                             + mean * (1.0 - self.momentum))
     self.moving_variance.assign(self.moving_variance * self.momentum
@@ -260,3 +292,66 @@ class BatchNormalization(keras.layers.BatchNormalization):
     config = super().get_config()
     config.update(fused=self.fused, synchronized=self._synchronized_argument)
     return config
+
+
+def batch_norm_layers(model):
+  """This module's BatchNormalization layers inside `model`, in order.
+
+  Args:
+    model: a Keras layer or model.
+
+  Returns:
+    A list of `BatchNormalization` layers.
+
+  Raises:
+    ValueError: `model` holds Keras' own BatchNormalization, whose
+      moving averages `deferred_moving_updates` cannot hold back.
+  """
+  # Keras 3 has no public recursive walk of sublayers.
+  found = []
+  for layer in model._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
+    if isinstance(layer, BatchNormalization):
+      found.append(layer)
+    elif isinstance(layer, keras.layers.BatchNormalization):
+      raise ValueError(
+          f"{layer.name} is Keras' own BatchNormalization; deferred "
+          "moving-average updates need simclr_tf.models.batch_norm's. "
+          f"Received: {type(layer).__name__}")
+  return found
+
+
+@contextlib.contextmanager
+def deferred_moving_updates(layers):
+  """Holds back the moving-average updates of `layers` while inside.
+
+  A training-mode call of a held layer appends its batch statistics
+  (mean, biased variance; float32, no gradient) to the layer's list and
+  leaves the moving averages as they were. The caller decides what, if
+  anything, to apply, with `BatchNormalization.update_moving_statistics`.
+  Statistics are appended when the call is traced, so inside a
+  `tf.function` the lists hold that graph's tensors. It holds them for the
+  calling thread only: under MirroredStrategy each replica defers its own.
+
+  Args:
+    layers: `BatchNormalization` layers, e.g. `batch_norm_layers(model)`.
+
+  Yields:
+    A list of (layer, statistics) pairs, one per layer, statistics being
+    the list of (mean, variance) of its calls, in call order.
+  """
+  layers = list(layers)
+  for layer in layers:
+    if _deferred_statistics(layer) is not None:
+      raise ValueError(f"{layer.name}: moving-average updates are already "
+                       "deferred (nested deferred_moving_updates).")
+  lists = getattr(_DEFERRED, "lists", None)
+  if lists is None:
+    lists = _DEFERRED.lists = {}
+  held = [(layer, []) for layer in layers]
+  try:
+    for layer, statistics in held:
+      lists[id(layer)] = statistics
+    yield held
+  finally:
+    for layer in layers:
+      lists.pop(id(layer), None)

@@ -95,6 +95,10 @@ class SimCLRModel(keras.Model):
     distill_temperature: tau of the distillation loss (train_mode=distill).
     distill_label_weight: weight of the labelled cross-entropy beside the
       distillation loss, 1 - alpha of SimCLRv2's eq. 3 (train_mode=distill).
+    grad_cache_chunks: K > 1 runs each replica's pretraining batch through
+      the network in K chunks with exact cached gradients
+      (`simclr_tf.models.grad_cache`; TensorFlow only); each chunk then is
+      a BatchNorm batch. 1: one pass over the batch.
   """
 
   def __init__(self, encoder, projection_head, supervised_head=None,
@@ -102,7 +106,7 @@ class SimCLRModel(keras.Model):
                weight_decay=0.0, optimizer_name="lars",
                loss_type=losses.NT_XENT, semihard_negatives=False,
                margin=0.4, distill_temperature=1.0, distill_label_weight=0.0,
-               **kwargs):
+               grad_cache_chunks=1, **kwargs):
     super().__init__(**kwargs)
     if train_mode not in TRAIN_MODES:
       raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}. "
@@ -120,6 +124,14 @@ class SimCLRModel(keras.Model):
       raise ValueError("`semihard_negatives` applies to nt_logistic and "
                        "margin_triplet only. Received: loss_type=nt_xent, "
                        "semihard_negatives=True")
+    if not isinstance(grad_cache_chunks, int) or grad_cache_chunks < 1:
+      raise ValueError("`grad_cache_chunks` must be an integer >= 1. "
+                       f"Received: grad_cache_chunks={grad_cache_chunks!r}")
+    if grad_cache_chunks > 1 and train_mode != "pretrain":
+      raise ValueError("`grad_cache_chunks` applies to pretraining only. "
+                       f"Received: train_mode={train_mode!r}, "
+                       f"grad_cache_chunks={grad_cache_chunks}")
+    self.grad_cache_chunks = grad_cache_chunks
     self.encoder = encoder
     self.projection_head = projection_head
     self.supervised_head = supervised_head
@@ -405,6 +417,10 @@ class SimCLRModel(keras.Model):
       # whole step; uncompiled JAX runs op by op, far too slowly to train.
       super().compile(optimizer=optimizer, steps_per_execution=steps_per_loop,
                       jit_compile=True, **kwargs)
+      if self.grad_cache_chunks > 1:
+        raise ValueError("`grad_cache_chunks` is a TensorFlow-backend "
+                         f"feature. Received: backend={backend!r}, "
+                         f"grad_cache_chunks={self.grad_cache_chunks}")
       if stop_at_step is not None:
         raise ValueError("`stop_at_step` is a TensorFlow-backend feature; on "
                          f"{backend} ask `fit` for the steps to run. "
@@ -548,16 +564,25 @@ class SimCLRModel(keras.Model):
   def _tf_train_step(self, data):
     import tensorflow as tf  # Gradient tapes are the TF backend's.
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-    with tf.GradientTape() as tape:
-      outputs = self(images, training=True)
-      terms = self.compute_losses(images, labels, outputs)
-      loss = terms[TOTAL_LOSS] / replicas.num_replicas_in_sync()
-      loss = self.optimizer.scale_loss(loss)
-    variables = self.trainable_variables
+    if self.grad_cache_chunks > 1:
+      from simclr_tf.models import grad_cache  # pylint: disable=g-import-not-at-top
+      keys = [PROJ_HEAD_OUTPUT]
+      if self.supervised_head is not None:
+        keys.append(LOGITS_SUP)
+      terms, gradients, variables = grad_cache.cached_gradients(
+          self, images, labels, self.grad_cache_chunks, keys)
+    else:
+      with tf.GradientTape() as tape:
+        outputs = self(images, training=True)
+        terms = self.compute_losses(images, labels, outputs)
+        loss = terms[TOTAL_LOSS] / replicas.num_replicas_in_sync()
+        loss = self.optimizer.scale_loss(loss)
+      variables = self.trainable_variables
+      gradients = tape.gradient(loss, variables)
     # The replicas' gradients are summed here rather than inside the
     # optimizer, so that the logged norm is the step's global gradient on
     # any number of replicas (one all-reduce, as before).
-    gradients = _sum_over_replicas(tape.gradient(loss, variables))
+    gradients = _sum_over_replicas(gradients)
     _leave_aggregation_to_the_step(self.optimizer)
     self.optimizer.apply_gradients(zip(gradients, variables))
     # A non-finite gradient poisons every weight it touches, but need not
@@ -624,7 +649,8 @@ class SimCLRModel(keras.Model):
         optimizer_name=self.optimizer_name, loss_type=self.loss_type,
         semihard_negatives=self.semihard_negatives, margin=self.margin,
         distill_temperature=self.distill_temperature,
-        distill_label_weight=self.distill_label_weight)
+        distill_label_weight=self.distill_label_weight,
+        grad_cache_chunks=self.grad_cache_chunks)
     return config
 
   @classmethod
@@ -663,7 +689,8 @@ def build_from_experiment(config, *, num_classes: int,
       semihard_negatives=config.loss.semihard_negatives,
       margin=config.loss.margin,
       distill_temperature=config.loss.distill_temperature,
-      distill_label_weight=config.loss.distill_label_weight)
+      distill_label_weight=config.loss.distill_label_weight,
+      grad_cache_chunks=config.run.grad_cache_chunks)
 
 
 def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
@@ -671,7 +698,8 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
                        hidden_norm=True, weight_decay=0.0,
                        optimizer_name="lars", loss_type=losses.NT_XENT,
                        semihard_negatives=False, margin=0.4,
-                       distill_temperature=1.0, distill_label_weight=0.0):
+                       distill_temperature=1.0, distill_label_weight=0.0,
+                       grad_cache_chunks=1):
   """Builds a `SimCLRModel` from a `config.ModelConfig`.
 
   Call it inside `strategy.scope()` so variables are mirrored.
@@ -692,6 +720,8 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
       `losses.pretraining_loss`).
     distill_temperature, distill_label_weight: the distillation loss of
       train_mode=distill (see `SimCLRModel`).
+    grad_cache_chunks: chunks of the cached-gradient step (see
+      `SimCLRModel`); 1 for none.
 
   Returns:
     A built `SimCLRModel`.
@@ -725,7 +755,7 @@ def build_simclr_model(model_config, *, image_size, num_classes, train_mode,
                       semihard_negatives=semihard_negatives, margin=margin,
                       distill_temperature=distill_temperature,
                       distill_label_weight=distill_label_weight,
-                      name="simclr")
+                      grad_cache_chunks=grad_cache_chunks, name="simclr")
   num_views = 2 if train_mode == "pretrain" else 1
   model(ops.zeros((1, image_size, image_size, 3 * num_views)))
   return model

@@ -5,6 +5,8 @@ r"""Measures SimCLR training speed on this machine, one JSON line each.
   python -m simclr_tf.tools.benchmark --resnet_depth=50 --width_multiplier=1 \
       --image_size=224 --train_batch_size=8 --synthetic_train_examples=256 \
       --benchmark_variant=jit_compile=true
+  python -m simclr_tf.tools.benchmark --benchmark_measurements=train_step \
+      --benchmark_variant=grad_cache_chunks=4     # cached-gradient steps
 
 The configuration is given with the training program's own flags
 (`simclr_tf/run.py`: depth, width, image size, batch, --precision,
@@ -51,7 +53,9 @@ MirroredStrategy (one CPU device).
 
 Then the ratios fit_in_memory / handwritten_loop and input / train_step,
 peak host memory (RSS) and peak device memory ("n/a" without GPUs), and a
-table. With --benchmark_variant a second configuration (some flags changed)
+table. Peak memory is the process's, so compare the memory of two
+configurations (e.g. --grad_cache_chunks=1 and 4) in two runs of the tool.
+With --benchmark_variant a second configuration (some flags changed)
 is built in the same process and every measurement alternates between the
 two, giving before/after numbers from one run and their ratios.
 

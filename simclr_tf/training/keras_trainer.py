@@ -93,6 +93,11 @@ def run_experiment(config: ExperimentConfig,
   if run.precision not in ("float32", "mixed_bfloat16"):
     raise ConfigError("On JAX, precision is float32 or mixed_bfloat16. "
                       f"Received: precision={run.precision!r}")
+  if run.grad_cache_chunks > 1:
+    raise ConfigError(
+        f"grad_cache_chunks is a TensorFlow-backend feature: use "
+        f"--backend=tensorflow or grad_cache_chunks=1. Received: "
+        f"grad_cache_chunks={run.grad_cache_chunks}")
   keras.config.set_dtype_policy(run.precision)
   skipped = [name for name, on in (
       ("the kNN monitor", run.knn_eval_every_epochs > 0),

@@ -108,6 +108,7 @@ def _semi_supervised_plan(config):
             pretrain.run, train_mode=train_mode, model_dir=at(name),
             mode="train_then_eval", train_epochs=epochs, train_steps=0,
             lineareval_while_pretraining=False, knn_eval_every_epochs=0,
+            grad_cache_chunks=1,
             probe_baselines=False, write_plots=False,
             **run_settings)).validate()
 
@@ -141,6 +142,9 @@ def check_batches_split(config: ExperimentConfig, devices: int,
                         unit: str = "replicas") -> None:
   """Refuses batch sizes that do not split evenly over the devices.
 
+  Also refuses a `grad_cache_chunks` that does not divide the per-replica
+  training batch.
+
   Args:
     config: a stage's config.
     devices: replicas (TF) or devices (other backends) the batch spans.
@@ -155,6 +159,13 @@ def check_batches_split(config: ExperimentConfig, devices: int,
       raise ConfigError(
           f"`{name}` must split evenly over the {devices} {unit}. "
           f"Received: {name}={batch}")
+  chunks = config.run.grad_cache_chunks
+  per_replica = config.run.train_batch_size // devices
+  if per_replica % chunks:
+    raise ConfigError(
+        f"`grad_cache_chunks` must divide the per-replica batch "
+        f"({config.run.train_batch_size} over {devices} {unit} = "
+        f"{per_replica}). Received: grad_cache_chunks={chunks}")
 
 
 def step_counts(config: ExperimentConfig,

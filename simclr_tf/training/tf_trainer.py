@@ -415,6 +415,17 @@ def _train(model, manager, config, strategy, writer, log, *, total_steps,
     log(f"NOTE: jit_compile under {type(strategy).__name__} on CPU devices "
         f"compiles {compiled}: XLA on CPU cannot hold the cross-replica sums "
         "and gathers. The rest of the step runs uncompiled.")
+  if run.grad_cache_chunks > 1:
+    replicas = strategy.num_replicas_in_sync
+    per_replica = run.train_batch_size // replicas
+    where = (f"gathered over the {replicas} replicas' chunks"
+             if config.model.global_bn and replicas > 1 else
+             "per replica")
+    log(f"NOTE: grad_cache_chunks={run.grad_cache_chunks}: BatchNorm "
+        f"normalises each chunk of {2 * per_replica // run.grad_cache_chunks}"
+        f" views (never both views of an image) on its own, {where}, not "
+        "the whole batch; "
+        "the loss and its negatives still span the global batch.")
   if run_dir.is_chief:
     _write_example_views(input_fn, writer, start_step,
                          model.train_augmentation)
