@@ -142,7 +142,7 @@ def run_stage(config: ExperimentConfig, log: Callable[[str], None], *,
   run = config.run
   data = config.data
   os.makedirs(run.model_dir, exist_ok=True)
-  supervised = run.train_mode != "pretrain"
+  supervised = stages.labelled_only(run.train_mode)
   train_split = host_data.load_split(data, data.train_split)
   eval_split = host_data.load_split(data, data.eval_split)
   num_classes = max(train_split.num_classes, 1)
