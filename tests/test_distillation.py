@@ -352,11 +352,14 @@ def test_the_pipeline_plans_its_stages_in_subfolders(tmp_path):
       "distill", str(tmp_path / "finetune"))
   assert baseline.run.from_scratch and baseline.run.checkpoint is None
   for stage in (finetune, distill, baseline):
-    # v2: fine-tune from the projection head's first layer.
+    # v2: fine-tune from the projection head's first layer, the logits
+    # layer at zero, LARS with square-root scaling (the authors' command).
     assert stage.model.ft_proj_selector == 1
+    assert stage.model.zero_init_logits_layer
     assert (stage.optimizer.optimizer, stage.optimizer.learning_rate,
+            stage.optimizer.learning_rate_scaling,
             stage.optimizer.weight_decay, stage.optimizer.warmup_epochs) == (
-                "momentum", 0.2, 0.0, 0.0)
+                "lars", 0.2, "sqrt", 0.0, 0.0)
     assert stage.data.label_fraction == 0.1
   assert finetune.run.train_epochs == baseline.run.train_epochs == 7
   assert distill.run.train_epochs == 9

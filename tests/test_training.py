@@ -226,6 +226,13 @@ def test_finetune_restores_the_pretraining_head_unless_zero_init(
   dense, line = load(7)
   assert dense.kernel.shape[-1] == 7 and np.any(dense.kernel.numpy())
   assert "maps 64 features to 10 classes, this run's 64 to 7" in line
+  # A head fitted to h does not fit projection layer 1's output, although
+  # the shapes agree here: it starts fresh, saying why.
+  dense, line = load(10, ft_proj_selector=1)
+  assert dense.kernel.shape == saved_kernel.shape
+  assert not np.array_equal(dense.kernel.numpy(), saved_kernel)
+  assert ("supervised head (the checkpoint's read projection layer 0, this "
+          "run's reads layer 1: --ft_proj_selector)") in line
   # A linear evaluation trains its own head, as its random-encoder baseline.
   dense, line = load(10, train_mode="linear_eval")
   assert not np.array_equal(dense.kernel.numpy(), saved_kernel)

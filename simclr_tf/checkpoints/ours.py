@@ -545,7 +545,8 @@ def saved_part_shapes(prefix, part_name) -> Optional[List[tuple]]:
 
 
 def supervised_head_start(head, model_config, train_mode,
-                          saved_shapes: Optional[List[tuple]]):
+                          saved_shapes: Optional[List[tuple]],
+                          saved_feature_layer: Optional[int] = None):
   """How the supervised head of a stage loading `--checkpoint` starts.
 
   Fine-tuning follows the authors' rule: they restore the whole model from
@@ -554,6 +555,10 @@ def supervised_head_start(head, model_config, train_mode,
   checkpoint without a head, or whose head has other shapes (another class
   count, feature width or feature normalisation), leaves this head at its
   initialisation, so transfer to a dataset with other classes still works.
+  So does a head trained on another projection layer's output than this
+  run reads (v2 fine-tunes from layer 1, beside pretraining the head reads
+  layer 0): the shapes can agree, but the weights were fitted to other
+  features, and restored they start fine-tuning far worse than a fresh head.
   A linear evaluation always trains its own head: its figure then measures
   the encoder with the same head training as the random-encoder baseline.
 
@@ -563,6 +568,9 @@ def supervised_head_start(head, model_config, train_mode,
     train_mode: "finetune", "distill" or "linear_eval".
     saved_shapes: the checkpoint's head variable shapes from
       `saved_part_shapes` (or the authors' equivalent), or None.
+    saved_feature_layer: the projection layer whose output the checkpoint's
+      head read (`ModelConfig.proj_selector` of its run), or None where the
+      checkpoint does not record it (the authors' formats).
 
   Returns:
     None to restore the head; otherwise the line saying how it starts.
@@ -574,6 +582,11 @@ def supervised_head_start(head, model_config, train_mode,
   if saved_shapes is None:
     return ("supervised head (the checkpoint has none: pretrained without "
             "--lineareval_while_pretraining)")
+  layer = model_config.proj_selector
+  if saved_feature_layer is not None and saved_feature_layer != layer:
+    return (f"supervised head (the checkpoint's read projection layer "
+            f"{saved_feature_layer}, this run's reads layer {layer}: "
+            "--ft_proj_selector)")
   ours = sorted(tuple(weight.shape) for weight in head.weights)
   if ours == saved_shapes:
     return None

@@ -106,7 +106,8 @@ def load_pretrained(model, path, model_config, log=None, *, image_size):
 
   The encoder and projection head are loaded, and the supervised head as
   `supervised_head_start` says: when fine-tuning, restored unless
-  `zero_init_logits_layer` or the checkpoint's head does not fit. The
+  `zero_init_logits_layer`, the checkpoint's head does not fit, or it read
+  another projection layer than this run's `ft_proj_selector`. The
   optimizer state starts fresh.
 
   Args:
@@ -135,7 +136,8 @@ def load_pretrained(model, path, model_config, log=None, *, image_size):
   if head is not None:
     head_start = ours.supervised_head_start(
         head, model_config, model.train_mode,
-        ours.saved_part_shapes(prefix, "supervised_head"))
+        ours.saved_part_shapes(prefix, "supervised_head"),
+        config_file.head_feature_layer(stored_config(prefix)))
     if head_start is None:
       parts["supervised_head"] = head
   try:

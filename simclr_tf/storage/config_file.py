@@ -6,6 +6,7 @@ into every `model_dir`; resuming, fine-tuning, evaluating and exporting read
 it back to rebuild the model the checkpoints hold.
 """
 
+import dataclasses
 import json
 import os
 from typing import List, Optional
@@ -87,6 +88,31 @@ def comparable_stored(stored: dict) -> dict:
   if model.get("cifar_stem", "missing") is None and image_size is not None:
     model["cifar_stem"] = image_size <= 32
   return values
+
+
+def head_feature_layer(stored: Optional[dict]) -> Optional[int]:
+  """The projection layer a stored run's supervised head read, or None.
+
+  `ModelConfig.proj_selector` of the run that wrote `stored`: 0 for the
+  encoder output, which is what a pretraining run's side head reads unless
+  it set `ft_proj_selector`.
+
+  Args:
+    stored: a stored config dict (or None).
+
+  Returns:
+    The layer index, or None when `stored` does not say.
+  """
+  model = (stored or {}).get("model", {})
+  if "ft_proj_selector" not in model:
+    return None
+  fields = {field.name for field in dataclasses.fields(config_lib.ModelConfig)}
+  try:
+    return config_lib.ModelConfig(**{name: value for name, value in
+                                     model.items() if name in fields}
+                                  ).proj_selector
+  except (TypeError, ValueError, KeyError):
+    return None
 
 
 def architecture_differences(stored: Optional[dict], model_config,

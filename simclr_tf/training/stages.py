@@ -92,11 +92,17 @@ def _semi_supervised_plan(config):
             for name, stage in plan(pretrain)]
   # v2 fine-tunes from the projection head's first layer (section 2); a
   # head without layers leaves the encoder output.
+  # The authors' command for it (their README, "fine-tune the whole network
+  # on ImageNet (1% of labels)"): the logits layer starts at zero rather
+  # than as the head trained beside pretraining, which read h and not this
+  # layer; LARS at 0.005 with square-root batch scaling; no weight decay and
+  # no warm-up.
   selector = min(1, config.model.num_proj_head_layers)
-  model = dataclasses.replace(config.model, ft_proj_selector=selector)
+  model = dataclasses.replace(config.model, ft_proj_selector=selector,
+                              zero_init_logits_layer=True)
   schedule = dataclasses.replace(
-      config.optimizer, optimizer="momentum",
-      learning_rate=semi.learning_rate, learning_rate_scaling="linear",
+      config.optimizer, optimizer="lars",
+      learning_rate=semi.learning_rate, learning_rate_scaling="sqrt",
       weight_decay=0.0, warmup_epochs=0.0)
 
   def supervised(name, train_mode, epochs, **run_settings):
