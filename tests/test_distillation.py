@@ -15,7 +15,9 @@ import tensorflow as tf
 
 from simclr_tf import config as config_lib
 from simclr_tf import losses
+from simclr_tf import export
 from simclr_tf.checkpoints import ours as checkpoints
+from simclr_tf.checkpoints import pretrained
 from simclr_tf.models import simclr
 from simclr_tf.training import teacher as teacher_lib
 from simclr_tf.training import tf_trainer as training
@@ -294,6 +296,31 @@ def test_a_distillation_stage_trains_evaluates_and_exports_the_student(runs):
   student = simclr.build_from_experiment(config, num_classes=10,
                                          with_supervised_head=True)
   assert len(module.variables) == len(student.weights)
+  # Every client serves the student's own logits, those of its checkpoint.
+  pretrained.restore_for_eval(student, config.run.model_dir)
+  expected = student(images, training=False)[simclr.LOGITS_SUP].numpy()
+  served = {"tf.saved_model.load": module(images)[simclr.LOGITS_SUP],
+            "TFSMLayer": keras.layers.TFSMLayer(
+                export_dir, call_endpoint=export.SERVING_SIGNATURE)(
+                    images)[simclr.LOGITS_SUP]}
+  try:
+    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+    served["hub.KerasLayer"] = hub.KerasLayer(export_dir)(
+        images, training=False)[simclr.LOGITS_SUP]
+  except ImportError:  # test-only dependency (requirements-test.txt)
+    pass
+  for client, logits in served.items():
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5,
+                               err_msg=client)
+  # And the program evaluates the export as --checkpoint to the student's
+  # own top-1 on the same split.
+  evaluated = dataclasses.replace(config, run=dataclasses.replace(
+      config.run, mode="eval", checkpoint=export_dir,
+      teacher_checkpoint=None, train_mode="finetune",
+      model_dir=str(runs["root"] / "distill_export_eval"))).validate()
+  [from_export] = training.run_experiment(evaluated, log=lambda _: None)
+  assert from_export.eval_results[simclr.EVAL_TOP_1] == pytest.approx(
+      results[simclr.EVAL_TOP_1])
 
 
 def test_a_teacher_without_a_supervised_head_is_refused(runs):
