@@ -11,9 +11,9 @@
 - `image_folder`: root/<split>/<class>/<image> (or root/<split>/<image>,
   unlabeled), as the TensorFlow path reads it. Files are listed, not
   decoded, when the split opens. Pillow decodes each file when its batch is
-  read (Pillow: the decoder tf-free hosts already have, with
-  `Image.draft` to decode JPEGs at reduced size, and the same
-  decompression-bomb guard). Unreadable files are skipped and counted.
+  read, at full resolution (Pillow: the decoder tf-free hosts already have,
+  with the same decompression-bomb guard). Unreadable files are skipped
+  and counted.
 
 Training batches for pretraining hold uint8 images; the train step makes
 the views on the device (`device_augment`). Same-size images (the built-in
