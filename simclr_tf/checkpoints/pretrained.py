@@ -130,6 +130,7 @@ def load_pretrained(model, path, model_config, log=None, *, image_size):
     return authors.load_pretrained(model, source, model_config, log)
   prefix = resolve(path)
   _verify_given(path, prefix)
+  stored = stored_config(prefix)
   parts = dict(encoder=model.encoder, projection_head=model.projection_head)
   head = model.supervised_head
   head_start = None
@@ -137,14 +138,14 @@ def load_pretrained(model, path, model_config, log=None, *, image_size):
     head_start = ours.supervised_head_start(
         head, model_config, model.train_mode,
         ours.saved_part_shapes(prefix, "supervised_head"),
-        config_file.head_feature_layer(stored_config(prefix)))
+        config_file.head_feature_layer(stored))
     if head_start is None:
       parts["supervised_head"] = head
   try:
     ours.restore_parts(prefix, parts)
   except (AssertionError, ValueError, tf.errors.OpError) as error:
     differences = config_file.architecture_differences(
-        stored_config(prefix), model_config, image_size)
+        stored, model_config, image_size)
     detail = ("; ".join(differences) if differences else
               str(error).splitlines()[0][:200])
     raise CheckpointError(

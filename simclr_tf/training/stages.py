@@ -90,13 +90,11 @@ def _semi_supervised_plan(config):
   stages = [(os.path.join(PRETRAIN_DIR, name), stage)
             if name else (PRETRAIN_DIR, stage)
             for name, stage in plan(pretrain)]
-  # v2 fine-tunes from the projection head's first layer (section 2); a
-  # head without layers leaves the encoder output.
-  # The authors' command for it (their README, "fine-tune the whole network
-  # on ImageNet (1% of labels)"): the logits layer starts at zero rather
-  # than as the head trained beside pretraining, which read h and not this
-  # layer; LARS at 0.005 with square-root batch scaling; no weight decay and
-  # no warm-up.
+  # v2 fine-tunes from the projection head's first layer (section 2; a head
+  # without layers leaves the encoder output), as the authors' README
+  # command for 1% of ImageNet does: the logits layer at zero (the head
+  # trained beside pretraining read h, not this layer), LARS with
+  # square-root batch scaling, no weight decay and no warm-up.
   selector = min(1, config.model.num_proj_head_layers)
   model = dataclasses.replace(config.model, ft_proj_selector=selector,
                               zero_init_logits_layer=True)
