@@ -149,10 +149,18 @@ def _run_on_two_replicas(strategy, layer_fn, x, training):
   return layer, halves
 
 
+@pytest.fixture(params=["gathered", "two_all_reduces"])
+def statistics_exchange(request, monkeypatch):
+  """Both ways of combining the replicas' statistics, on 2 replicas."""
+  if request.param == "two_all_reduces":
+    monkeypatch.setattr(batch_norm, "GATHER_MAX_REPLICAS", 1)
+  return request.param
+
+
 @pytest.mark.parametrize("rank", [2, 4])
 @pytest.mark.parametrize("fused", [True, False])
 def test_synchronized_on_two_replicas_uses_global_statistics(
-    two_replica_strategy, fused, rank):
+    two_replica_strategy, statistics_exchange, fused, rank):
   x = _data(rank)
   layer, halves = _run_on_two_replicas(
       two_replica_strategy, lambda: _layer(fused, True, rank), x, True)
@@ -240,7 +248,7 @@ def test_fused_must_be_a_bool():
 @pytest.mark.parametrize("rank", [2, 4])
 @pytest.mark.parametrize("fused", [True, False])
 def test_synchronized_gradients_on_two_replicas_match_the_global_ones(
-    two_replica_strategy, fused, rank):
+    two_replica_strategy, statistics_exchange, fused, rank):
   # The loss is sum(w * y) over the global batch; each replica holds half
   # of it. d/dx goes through the global statistics, so a replica's rows
   # depend on the other replica's: the float64 reference differentiates
@@ -364,6 +372,35 @@ def test_training_statistics_stay_exact_where_the_authors_layer_cancels(fused):
   # float32 holds x - mean to about 1000 * 6e-8: 1e-4 of the output's scale.
   assert ours_error < 1e-3 * scale
   assert theirs_error > 0.05 * scale  # measured 0.5 here
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_two_replicas_statistics_stay_exact_where_the_means_are_large(
+    two_replica_strategy, statistics_exchange, fused):
+  """A mean of 1000 against a spread of 1, and replicas whose means differ
+  by 3 spreads: neither the replicas' own moments nor their combination
+  may cancel. float64 is the reference."""
+  rng = np.random.default_rng(5)
+  x = (1000.0 + rng.standard_normal((16, 4, 4, CHANNELS))).astype("float32")
+  x[8:] += 3.0
+  x64 = x.astype(np.float64)
+  mean, variance = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+  expected = (x64 - mean) / np.sqrt(variance + EPSILON)
+  def unit_layer():
+    layer = batch_norm.BatchNormalization(
+        fused=fused, synchronized=True, momentum=0.0, epsilon=EPSILON)
+    layer.build(x.shape)
+    return layer
+
+  layer, halves = _run_on_two_replicas(two_replica_strategy, unit_layer, x,
+                                       True)
+  scale = np.abs(expected).max()
+  # float32 holds x - mean to about 1000 * 6e-8 of a spread near 1.7.
+  np.testing.assert_allclose(np.concatenate(halves), expected,
+                             atol=1e-3 * scale)
+  np.testing.assert_allclose(layer.moving_variance.numpy(), variance,
+                             rtol=1e-4)
+  np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-6)
 
 
 @pytest.mark.parametrize("rank", [2, 4])

@@ -17,10 +17,11 @@ arguments and semantics, whose `call` runs:
   must be channels-last. The kernel returns the variance with Bessel's
   correction; the moving variance gets the biased one, as Keras' layer and
   the authors' code keep it.
-- otherwise statistics over the global batch in two passes, each one
-  all-reduce of per-channel sums (Keras' own sync path makes three
-  all-reduces, counts with a `ones_like` of the whole input and takes the
-  variance as E[x^2] - E[x]^2, which cancels badly in float32), then
+- otherwise statistics over the global batch: each replica's own in two
+  passes, combined by one all-reduce (two beyond `GATHER_MAX_REPLICAS`;
+  Keras' own sync path makes three all-reduces, counts with a `ones_like`
+  of the whole input and takes the variance as E[x^2] - E[x]^2, which
+  cancels badly in float32), then
   `tf.nn.batch_normalization`, as Keras does. Unsynchronised, or on one
   replica, `tf.nn.moments`.
 
@@ -45,6 +46,13 @@ FUSED = "fused"
 SYNCHRONIZED_FUSED = "synchronized_fused"
 UNFUSED = "unfused"
 KERAS = "keras"
+
+# Up to this many replicas, synchronised statistics take one all-reduce (a
+# table of every replica's count, mean and squared deviations, 2C + 1 values
+# a replica); beyond, two all-reduces of C values each
+# (`BatchNormalization._global_moments`). The step waits on every
+# collective, and a ResNet has one BatchNorm layer per convolution.
+GATHER_MAX_REPLICAS = 8
 
 # The layers whose moving-average updates `deferred_moving_updates` holds
 # back, per thread: MirroredStrategy runs each replica's step in its own
@@ -266,10 +274,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
   def _global_moments(self, x):
     """Per-channel mean and biased variance over the global batch.
 
-    Two passes, each one all-reduce of per-channel sums: the mean first,
-    then the mean squared deviation from it. The one-pass E[x^2] - E[x]^2
-    loses the variance to cancellation in float32 when the mean is large
-    against the spread (a mean of 40 and a spread of 0.5 lose 2%).
+    Each replica takes its own count, mean and sum of squared deviations
+    from that mean (two local passes, so nothing cancels). Up to
+    `GATHER_MAX_REPLICAS` replicas, one all-reduce gathers every replica's
+    triple: each writes its own row of an otherwise zero table. They
+    combine as in Chan et al.'s parallel variance,
+
+      M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2,
+
+    whose second term is a sum of squares, not a difference. With more
+    replicas the table would outgrow the statistics, so two all-reduces of
+    per-channel sums are made instead: the mean first, then the squared
+    deviations from it. The one-pass E[x^2] - E[x]^2 loses the variance
+    to cancellation in float32 when the mean is large against the spread
+    (a mean of 40 and a spread of 0.5 lose 2%).
     """
     axes = list(range(len(x.shape) - 1))
     channels = x.shape[-1]
@@ -282,6 +300,30 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def global_sum(tensor):
       return context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
 
+    replicas = context.num_replicas_in_sync
+    if replicas <= GATHER_MAX_REPLICAS:
+      # The corrected two-pass sums (Chan, Golub and LeVeque): the mean's
+      # rounding error, which the between-replica term would carry at
+      # first order, is summed back from the deviations. divide_no_nan:
+      # a replica may hold no rows of a last batch.
+      first_mean = tf.math.divide_no_nan(tf.reduce_sum(x, axes), count)
+      deviation = x - first_mean
+      correction = tf.reduce_sum(deviation, axes)
+      local_mean = first_mean + tf.math.divide_no_nan(correction, count)
+      local_squared = (tf.reduce_sum(tf.square(deviation), axes) -
+                       tf.math.divide_no_nan(tf.square(correction), count))
+      row = tf.concat([count[None], local_mean, local_squared], 0)
+      mine = tf.one_hot(context.replica_id_in_sync_group, replicas,
+                        dtype=tf.float32)
+      table = global_sum(mine[:, None] * row[None, :])
+      counts = table[:, :1]
+      means = table[:, 1:channels + 1]
+      total_count = tf.reduce_sum(counts)
+      mean = tf.math.divide_no_nan(tf.reduce_sum(counts * means, 0),
+                                   total_count)
+      squared = (tf.reduce_sum(table[:, channels + 1:], 0) +
+                 tf.reduce_sum(counts * tf.square(means - mean), 0))
+      return mean, tf.math.divide_no_nan(squared, total_count)
     sums = global_sum(tf.concat([tf.reduce_sum(x, axes), count[None]], 0))
     total_count = sums[-1]
     mean = tf.math.divide_no_nan(sums[:channels], total_count)
