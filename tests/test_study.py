@@ -121,7 +121,9 @@ def _configured(study_name, configuration_name):
 
 def test_the_head_study_builds_no_linear_and_nonlinear_heads():
   from simclr_tf.models import simclr
-  for mode, dense_layers in (("none", 0), ("linear", 1), ("nonlinear", 3)):
+  # The paper's g(h) = W2 relu(W1 h): two layers, whatever the base's
+  # num_proj_layers (the demo's is the authors' 3).
+  for mode, dense_layers in (("none", 0), ("linear", 1), ("nonlinear", 2)):
     config = _configured("projection_head", mode)
     assert config.model.proj_head_mode == mode
     model = simclr.build_from_experiment(config, num_classes=10,
@@ -129,6 +131,33 @@ def test_the_head_study_builds_no_linear_and_nonlinear_heads():
     kernels = [v for v in model.projection_head.trainable_variables
                if "kernel" in v.path]
     assert len(kernels) == dense_layers, mode
+
+
+def test_the_transformation_variants_match_numpy():
+  import tensorflow as tf
+  from simclr_tf.evaluation import study_metrics
+  rng = np.random.default_rng(3)
+  images = rng.uniform(size=(2, 6, 6, 3)).astype(np.float32)
+  variants = [v.numpy() for v in study_metrics.image_variants(
+      tf.constant(images))]
+  assert len(variants) == len(study_metrics.VARIANTS)
+  np.testing.assert_array_equal(variants[0], images)
+  # ITU-R 601 luma, the weights tf.image.rgb_to_grayscale documents.
+  luma = images @ np.array([0.2989, 0.5870, 0.1140], np.float32)
+  np.testing.assert_allclose(variants[1], np.repeat(luma[..., None], 3, -1),
+                             atol=1e-3)
+  for k, variant in zip((1, 2, 3), variants[2:]):
+    np.testing.assert_array_equal(variant, np.rot90(images, k, axes=(1, 2)))
+
+
+def test_the_head_study_probes_each_transformation_on_h_and_g_of_h():
+  findings = {f.better[1]: f for f in studies.get("projection_head").findings}
+  for h_metric, gh_metric in (
+      (studies.GRAYSCALE_PROBE_H_TOP_1, studies.GRAYSCALE_PROBE_GH_TOP_1),
+      (studies.ROTATION_PROBE_H_TOP_1, studies.ROTATION_PROBE_GH_TOP_1)):
+    finding = findings[h_metric]
+    assert finding.better == ("nonlinear", h_metric)
+    assert finding.worse == ("nonlinear", gh_metric)
 
 
 def test_the_temperature_study_sets_norm_and_tau():
@@ -261,9 +290,18 @@ def test_a_tiny_study_killed_between_runs_finishes_on_rerun(tmp_path):
   for run in results["runs"]:
     metrics = run["metrics"]
     for key in (studies.LINEAR_EVAL_TOP_1, studies.PROBE_TOP_1,
-                studies.PROBE_GH_TOP_1, studies.KNN_TOP_1):
+                studies.PROBE_GH_TOP_1, studies.KNN_TOP_1,
+                studies.GRAYSCALE_PROBE_H_TOP_1,
+                studies.GRAYSCALE_PROBE_GH_TOP_1,
+                studies.ROTATION_PROBE_H_TOP_1,
+                studies.ROTATION_PROBE_GH_TOP_1):
       assert 0.0 <= metrics[key] <= 1.0, (run["name"], key)
-    assert run["overrides"] == {"proj_head_mode": run["name"]}
+    # The grayscale task is balanced over every image of the test split.
+    probe = json.loads((output_dir / run["name"] / "seed_0" /
+                        "study_probe.json").read_text())
+    gray = probe["transformations"]["grayscale"]["h"]
+    assert gray["num_test"] == 2 * probe["h"]["num_test"]
+    assert run["overrides"]["proj_head_mode"] == run["name"]
   # One repeat: no standard error, so every verdict is undecided.
   assert {f["verdict"] for f in results["findings"]} == {
       study_tables.UNDECIDED}
@@ -275,5 +313,21 @@ def test_a_tiny_study_killed_between_runs_finishes_on_rerun(tmp_path):
   stored = config_lib.ExperimentConfig.from_dict(json.loads(
       (output_dir / "nonlinear" / "seed_0" / "config.json").read_text()))
   assert stored.model.proj_head_mode == "nonlinear"
+  assert stored.model.num_proj_layers == 2
   assert stored.run.keep_hub_module_max == 0
   assert not (output_dir / "nonlinear" / "seed_0" / "saved_model").exists()
+
+  # --remeasure probes the finished runs again and trains none of them.
+  (output_dir / "none" / "seed_0" / "study_probe.json").unlink()
+  remeasure = subprocess.run(STUDY + args + ["--remeasure"],
+                             capture_output=True, text=True, cwd=REPO,
+                             env=dict(os.environ, PYTHONPATH=REPO),
+                             timeout=400)
+  assert remeasure.returncode == 0, remeasure.stderr[-3000:]
+  assert "measured none seed 0 again" in remeasure.stdout
+  assert (output_dir / "none" / "seed_0" / "study_probe.json").exists()
+  log = (output_dir / "none" / "seed_0" / "study_log.txt").read_text()
+  assert log.count("$ ") == 1
+  again = json.loads((output_dir / "results.json").read_text())
+  for before, after in zip(results["runs"], again["runs"]):
+    assert after["metrics"] == pytest.approx(before["metrics"]), before["name"]

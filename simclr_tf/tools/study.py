@@ -62,10 +62,16 @@ _RUNS = flags.DEFINE_list(
 _LIST = flags.DEFINE_bool(
     "list", False, "Print the study's configurations and findings, run "
     "nothing.")
+_REMEASURE = flags.DEFINE_bool(
+    "remeasure", False, "Measure the finished runs again (the study's "
+    "probes and the metrics read from each run) instead of reading back "
+    "their stored metrics; no run is trained again. For results written "
+    "by an earlier version.")
 
 # The study's own flags; every other flag on the command line is a setting
 # of the program and is passed to each run.
-OWN_FLAGS = ("study", "repeats", "first_seed", "output_dir", "runs", "list")
+OWN_FLAGS = ("study", "repeats", "first_seed", "output_dir", "runs", "list",
+             "remeasure")
 # Set by the study per run.
 PER_RUN_FLAGS = {"model_dir": "--output_dir", "seed": "--first_seed"}
 
@@ -210,6 +216,15 @@ def _write_results(study, output_dir, runs, header):
   return findings
 
 
+def _measure(study, model_dir):
+  """Runs the study's probes on a finished run and reads its metrics."""
+  # Imported here: it needs TensorFlow, which --list does not.
+  from simclr_tf.evaluation import study_metrics  # pylint: disable=g-import-not-at-top
+  study_metrics.probe_run(model_dir, head_output=study.needs_head_probe,
+                          log=lambda line: None)
+  return study_metrics.read_run(model_dir)
+
+
 def main(argv):
   if _STUDY.value is None:
     raise ValueError("--study is required: one of "
@@ -254,7 +269,15 @@ def main(argv):
     done_path = os.path.join(model_dir, RUN_METRICS)
     if os.path.exists(done_path):
       with open(done_path) as handle:
-        runs.append(json.load(handle))
+        record = json.load(handle)
+      if _REMEASURE.value:
+        record["metrics"] = dict(_measure(study, model_dir), **{
+            studies.WALL_SECONDS: record["metrics"][studies.WALL_SECONDS]})
+        files.atomic_write_text(done_path, json.dumps(record, indent=2,
+                                                      sort_keys=True))
+        print(f"[study {study.name}] measured {configuration.name} seed "
+              f"{seed} again.", flush=True)
+      runs.append(record)
       continue
     if child.stop_requested:
       print(f"[study {study.name}] stopped before {configuration.name} "
@@ -281,12 +304,8 @@ def main(argv):
           f"run {configuration.name} seed {seed} failed (exit {status}): "
           f"{_last_error(log_path)} (log: {log_path})",
           status=cli.TRAINING_FAILED, tool=TOOL)
-    # Imported here: it needs TensorFlow, which --list does not.
-    from simclr_tf.evaluation import study_metrics  # pylint: disable=g-import-not-at-top
-    study_metrics.probe_run(model_dir, head_output=study.needs_head_probe,
-                            log=lambda line: None)
+    metrics = _measure(study, model_dir)
     seconds = time.time() - start
-    metrics = study_metrics.read_run(model_dir)
     metrics[studies.WALL_SECONDS] = seconds
     record = {"name": configuration.name, "seed": seed,
               "overrides": dict(configuration.overrides),
