@@ -154,6 +154,11 @@ def main(argv):
   from simclr_tf.storage import write_errors
   tfds.disable_progress_bar()
   cli.quiet_library_logs()
+  from simclr_tf import tools  # pylint: disable=g-import-not-at-top
+  if tools.XLA_CACHE_DIR:
+    _say(f"XLA compiles the batched augmentation once per shape on this "
+         f"machine and keeps it in {tools.XLA_CACHE_DIR} "
+         f"({tools.xla_cache.ENV_VAR}=off: compile in every run).")
   # Keras warns when an evaluation dataset ends, which is how ours end.
   warnings.filterwarnings("ignore", message="Your input ran out of data")
 
