@@ -15,7 +15,9 @@ so a study stopped early has one of each configuration first.
 
 A study killed and rerun continues: finished runs (with their
 `study_metrics.json`) are read back, an unfinished one resumes from its
-checkpoint. After every run `OUTPUT_DIR` gets `results.json`,
+checkpoint; `--remeasure` measures the finished runs again without
+training any (for results written by an earlier version). After every run
+`OUTPUT_DIR` gets `results.json`,
 `results.md` (means ± standard errors, the paper's figure beside, the
 verdict of each finding) and `results.png` (drawn like the paper's figure).
 """
