@@ -107,6 +107,28 @@ def test_other_settings_do_not_collide(tmp_path):
                              for n in (30, 60)]
 
 
+def test_a_worker_that_waited_on_another_reads_its_splits(tmp_path):
+  # A worker's builder made while another worker was still generating, and
+  # checked once that worker's data had landed: tfds reads the DatasetInfo
+  # only when a builder is made, so that builder has no splits.
+  from simclr_tf.data import tfds_prepare
+  config = synthetic_shapes.make_config(8, 6, 4, 0)
+  def make_builder():
+    return synthetic_shapes.SyntheticShapes(config=config,
+                                            data_dir=str(tmp_path))
+  made = []
+  def make_builder_while_another_worker_generates():
+    made.append(make_builder())
+    if len(made) == 1:
+      make_builder().download_and_prepare()  # The other worker.
+    return made[-1]
+  builder = tfds_prepare.prepare_once(
+      make_builder_while_another_worker_generates, synthetic_shapes.NAME)
+  assert made[0].is_prepared() and not made[0].info.splits  # The race.
+  assert builder.info.splits["train"].num_examples == 6
+  assert builder.info.splits["test"].num_examples == 4
+
+
 def test_pretraining_batches(tmp_path):
   registry.clear_caches()
   config = _config(tmp_path)

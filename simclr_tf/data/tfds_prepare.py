@@ -28,7 +28,10 @@ def prepare_once(make_builder: Callable[[], "tfds.core.DatasetBuilder"],
   """
   builder = make_builder()
   if builder.is_prepared():
-    return builder
+    # A fresh builder: one made before another worker's data landed keeps
+    # the code's empty DatasetInfo (no splits) even once is_prepared() says
+    # yes, because tfds reads the info from disk only when it is made.
+    return make_builder()
   # The workers of a multi-worker job start together and would all generate
   # into the same directory, colliding when tfds renames the result into
   # place; one generates while the others wait, then they read its output.
