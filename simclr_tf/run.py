@@ -158,7 +158,8 @@ def main(argv):
   if tools.XLA_CACHE_DIR:
     _say(f"XLA compiles the batched augmentation once per shape on this "
          f"machine and keeps it in {tools.XLA_CACHE_DIR} "
-         f"({tools.xla_cache.ENV_VAR}=off: compile in every run).")
+         f"({tools.xla_cache.ENV_VAR}; TensorFlow logs a false SIGILL "
+         f"warning for each program it loads from there).")
   # Keras warns when an evaluation dataset ends, which is how ours end.
   warnings.filterwarnings("ignore", message="Your input ran out of data")
 

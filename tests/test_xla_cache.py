@@ -9,8 +9,9 @@ from command_line import REPO
 from simclr_tf.tools import xla_cache
 
 
-def test_configure_adds_a_per_version_and_cpu_directory(tmp_path):
-  environ = {"XDG_CACHE_HOME": str(tmp_path), "TF_XLA_FLAGS": "--tf_xla_x=1"}
+def test_on_adds_a_per_version_and_cpu_directory(tmp_path):
+  environ = {"XDG_CACHE_HOME": str(tmp_path), "TF_XLA_FLAGS": "--tf_xla_x=1",
+             xla_cache.ENV_VAR: "on"}
   directory = xla_cache.configure(environ)
   assert os.path.isdir(directory)
   assert directory.startswith(str(tmp_path / "simclr_tf" / "xla") + os.sep)
@@ -18,12 +19,22 @@ def test_configure_adds_a_per_version_and_cpu_directory(tmp_path):
   # The user's flags are kept, the cache flag is added after them.
   assert environ["TF_XLA_FLAGS"] == (
       f"--tf_xla_x=1 {xla_cache.TF_FLAG}={directory}")
+  # A directory instead of "on" holds the same per-version subdirectory.
+  named = {xla_cache.ENV_VAR: str(tmp_path / "mine")}
+  assert xla_cache.configure(named) == str(
+      tmp_path / "mine" / os.path.basename(directory))
 
 
-def test_configure_leaves_the_cache_off_where_asked_or_impossible(tmp_path):
-  off = {xla_cache.ENV_VAR: "off"}
-  assert xla_cache.configure(off) is None and "TF_XLA_FLAGS" not in off
-  own = {"TF_XLA_FLAGS": f"{xla_cache.TF_FLAG}=/elsewhere"}
+def test_the_cache_is_off_unless_asked_and_possible(tmp_path):
+  for value in (None, "", "off", "OFF"):
+    environ = {"XDG_CACHE_HOME": str(tmp_path)}
+    if value is not None:
+      environ[xla_cache.ENV_VAR] = value
+    assert xla_cache.configure(environ) is None, value
+    assert "TF_XLA_FLAGS" not in environ
+  assert not (tmp_path / "simclr_tf").exists()
+  own = {"TF_XLA_FLAGS": f"{xla_cache.TF_FLAG}=/elsewhere",
+         xla_cache.ENV_VAR: "on"}
   assert xla_cache.configure(own) is None
   assert own["TF_XLA_FLAGS"] == f"{xla_cache.TF_FLAG}=/elsewhere"
   blocker = tmp_path / "a_file"
@@ -70,7 +81,7 @@ def _entries(root):
 def test_a_compiled_program_is_kept_and_loaded_by_the_next_process(tmp_path):
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=REPO)
   env.pop("TF_XLA_FLAGS", None)
-  env.pop(xla_cache.ENV_VAR, None)
+  env[xla_cache.ENV_VAR] = "on"
   outputs = []
   for attempt in range(2):
     run = subprocess.run([sys.executable, "-c", _COMPILE], env=env,

@@ -10,9 +10,10 @@ the user set wins:
   to Eigen's elsewhere. On a 2-core AVX2-only EPYC the demo's train step ran
   2.1x the views per CPU-second with them (docs/speed.md).
 
-and turns on XLA's disk cache of compiled programs (`xla_cache`), so that
-the batched augmentation is compiled once per shape on a machine, not once
-per run. `XLA_CACHE_DIR` is its directory, or None where it is off.
+and, where `SIMCLR_TF_XLA_CACHE` asks for it, XLA's disk cache of compiled
+programs (`xla_cache`), so that the batched augmentation is compiled once
+per shape on a machine, not once per run. `XLA_CACHE_DIR` is its
+directory, or None where it is off (the default).
 """
 
 import os

@@ -1,4 +1,4 @@
-"""A disk cache of the programs XLA compiles, shared between runs.
+"""A disk cache of the programs XLA compiles, shared between runs; opt-in.
 
 The batched host augmentation is compiled with XLA once per input shape
 before the first training batch (about 5 s at 224 px on a 2-core CPU).
@@ -6,17 +6,28 @@ TensorFlow can keep each compiled program in a directory and load it in the
 next process that compiles the same program (`TF_XLA_FLAGS`'
 `--tf_xla_persistent_cache_directory`); it checks the whole program against
 the stored one before it uses it, and writes each entry to a temporary file
-that it renames, so concurrent runs are safe. The programs of this package
-turn it on before TensorFlow starts (`simclr_tf.tools` imports this
-module), so a shape is compiled once per machine, not once per run.
+that it renames, so concurrent runs are safe. `SIMCLR_TF_XLA_CACHE=on` (or
+a directory) turns it on for the programs of this package before TensorFlow
+starts (`simclr_tf.tools` imports this module), so a shape is compiled once
+per machine, not once per run.
 
-- Where: `$SIMCLR_TF_XLA_CACHE`, else `$XDG_CACHE_HOME/simclr_tf/xla` (or
-  `~/.cache/simclr_tf/xla`), in a subdirectory per TensorFlow version and
-  CPU: a program compiled for one CPU's instructions must not run on
-  another that shares the home directory.
-- `SIMCLR_TF_XLA_CACHE=off` turns it off; a `TF_XLA_FLAGS` that already
-  names a cache directory is left as it is; a directory that cannot be
-  written turns it off (a failed cache write would fail the compilation).
+It is off by default because TensorFlow 2.20 logs three error lines for
+every program it loads from the cache: a failed text-format parse (it then
+reads the entry as binary) and two "target machine feature
++prefer-no-scatter/+prefer-no-gather is not supported ... could lead to
+SIGILL" lines, each about 2,000 characters long. Those two name LLVM tuning
+hints, not instructions, and the directory is per CPU, so the warning is
+false here; but a console full of SIGILL warnings is worse for a newcomer
+than the 3 s that a warm cache saves on the first batch.
+
+- Where: `$SIMCLR_TF_XLA_CACHE` when it is a directory; for `on`,
+  `$XDG_CACHE_HOME/simclr_tf/xla` (or `~/.cache/simclr_tf/xla`). Either
+  way in a subdirectory per TensorFlow version and CPU: a program compiled
+  for one CPU's instructions must not run on another that shares the home
+  directory.
+- Unset, empty or `off`: no cache. A `TF_XLA_FLAGS` that already names a
+  cache directory is left as it is; a directory that cannot be written
+  turns it off (a failed cache write would fail the compilation).
 - Size: at startup the oldest entries are deleted while the directory holds
   more than `MAX_BYTES` (an entry of the 224 px augmentation is about
   15 MB).
@@ -33,6 +44,7 @@ from typing import MutableMapping, Optional
 
 ENV_VAR = "SIMCLR_TF_XLA_CACHE"
 OFF = "off"
+ON = "on"
 TF_FLAG = "--tf_xla_persistent_cache_directory"
 MAX_BYTES = 1 << 30
 ENTRY_SUFFIX = ".pb"
@@ -58,7 +70,8 @@ def cpu_fingerprint() -> str:
 
 def default_directory(environ: MutableMapping[str, str] = os.environ) -> str:
   """The cache directory for this TensorFlow version and CPU."""
-  root = environ.get(ENV_VAR) or os.path.join(
+  value = environ.get(ENV_VAR, "")
+  root = value if value.lower() not in ("", ON) else os.path.join(
       environ.get("XDG_CACHE_HOME") or os.path.join(
           os.path.expanduser("~"), ".cache"), "simclr_tf", "xla")
   try:
@@ -115,11 +128,11 @@ def configure(environ: MutableMapping[str, str] = os.environ
     environ: the environment to read and change.
 
   Returns:
-    The directory in use, or None where the cache is off (turned off, set
-    by the user's own `TF_XLA_FLAGS`, or not writable).
+    The directory in use, or None where the cache is off (not asked for,
+    set by the user's own `TF_XLA_FLAGS`, or not writable).
   """
   flags_value = environ.get("TF_XLA_FLAGS", "")
-  if TF_FLAG in flags_value or environ.get(ENV_VAR, "").lower() == OFF:
+  if TF_FLAG in flags_value or environ.get(ENV_VAR, "").lower() in ("", OFF):
     return None
   directory = default_directory(environ)
   if any(character.isspace() for character in directory):
