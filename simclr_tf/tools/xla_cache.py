@@ -11,7 +11,7 @@ a directory) turns it on for the programs of this package before TensorFlow
 starts (`simclr_tf.tools` imports this module), so a shape is compiled once
 per machine, not once per run.
 
-It is off by default because TensorFlow 2.20 logs three error lines for
+It is off by default because TensorFlow 2.21 logs three error lines for
 every program it loads from the cache: a failed text-format parse (it then
 reads the entry as binary) and two "target machine feature
 +prefer-no-scatter/+prefer-no-gather is not supported ... could lead to
