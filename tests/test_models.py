@@ -1,6 +1,9 @@
 """ResNet, heads and SimCLRModel: sizes, shapes, freezing, distribution."""
 
+import os
 import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -10,6 +13,7 @@ import tensorflow as tf
 from simclr_tf import config as config_lib
 from simclr_tf import optimizers
 from simclr_tf.models import heads
+from simclr_tf.models import layers as layers_lib
 from simclr_tf.models import resnet_encoder as resnet_lib
 from simclr_tf.models import simclr
 
@@ -444,3 +448,75 @@ def test_ft_proj_selector_minus_one_is_the_last_layer():
   np.testing.assert_array_equal(selected, projection)
   assert head.get_config()["ft_proj_selector"] == -1
   assert head.compute_output_shape((4, 16))[1] == (4, 8)
+
+
+# Run in a child process: the kernel this guards against corrupts the heap,
+# which would take the whole test session down rather than fail one test.
+_FEW_CHANNEL_STRIDED_1X1_PROGRAM = r"""
+import numpy as np
+import tensorflow as tf
+from simclr_tf.models import layers as layers_lib
+from simclr_tf.models import resnet_encoder as resnet_lib
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(4, 56, 56, 8)).astype("float32")
+dy = rng.normal(size=(4, 28, 28, 16)).astype("float32")
+conv = layers_lib.Conv2DFixedPadding(16, 1, 2)
+conv.build(x.shape)
+assert conv.subsample
+kernel = conv.conv.kernel.numpy()[0, 0]
+with tf.GradientTape() as tape:
+  y = conv(x)
+  loss = tf.reduce_sum(y * dy)
+(grad,) = tape.gradient(loss, conv.trainable_weights)
+sampled = x[:, ::2, ::2, :]
+np.testing.assert_allclose(y, sampled @ kernel, rtol=1e-4, atol=1e-4)
+np.testing.assert_allclose(grad.numpy()[0, 0],
+                           np.einsum("bhwc,bhwd->cd", sampled, dy),
+                           rtol=1e-4, atol=1e-3)
+
+encoder = resnet_lib.resnet(18, width_multiplier=0.125)
+images = tf.random.uniform([2, 224, 224, 3])
+@tf.function
+def step(images):
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(encoder(images, training=True))
+  return tape.gradient(loss, encoder.trainable_weights)
+for _ in range(2):
+  step(images)
+print("trained")
+"""
+
+
+def test_a_strided_1x1_convolution_on_few_channels_is_exact_and_trains():
+  # ResNet-18 at width 1/8 and 224 px used to die in its first step inside
+  # oneDNN's filter gradient (see STRIDED_1X1_MIN_CHANNELS).
+  env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(
+      [sys.executable, "-c", _FEW_CHANNEL_STRIDED_1X1_PROGRAM], env=env,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split()[-1] == "trained"
+
+
+def test_a_strided_1x1_convolution_on_many_channels_keeps_the_strided_kernel():
+  x = np.random.default_rng(1).normal(size=(2, 9, 9, 16)).astype("float32")
+  conv = layers_lib.Conv2DFixedPadding(8, 1, 2)
+  conv.build(x.shape)
+  assert not conv.subsample
+  np.testing.assert_allclose(
+      conv(x), tf.nn.conv2d(x, conv.conv.kernel, 2, "VALID"),
+      rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", [9, 10])
+def test_a_subsampled_1x1_convolution_equals_tensorflows_strided_one(side):
+  # Small enough for the strided kernel to be safe as the reference.
+  x = np.random.default_rng(2).normal(size=(2, side, side, 8)).astype(
+      "float32")
+  conv = layers_lib.Conv2DFixedPadding(16, 1, 2)
+  conv.build(x.shape)
+  assert conv.subsample
+  reference = tf.nn.conv2d(x, conv.conv.kernel, 2, "VALID")
+  assert conv.compute_output_shape(x.shape) == tuple(reference.shape)
+  np.testing.assert_allclose(conv(x), reference, rtol=1e-5, atol=1e-5)

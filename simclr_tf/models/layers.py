@@ -94,9 +94,22 @@ def fixed_padding(inputs, kernel_size):
                           [0, 0]])
 
 
+# TensorFlow 2.21's oneDNN filter gradient of a strided 1x1 "valid"
+# convolution corrupts the heap when the input has fewer than this many
+# channels and is at least about 48 px (found at width_multiplier=0.125 and
+# 224 px: the process dies in the first step). Below it, the stride is taken
+# by subsampling first, the same arithmetic; above it the strided kernel is
+# kept, as it is about twice as fast.
+STRIDED_1X1_MIN_CHANNELS = 16
+
+
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class Conv2DFixedPadding(layers.Layer):
   """Bias-free convolution; strided ones pad explicitly instead of "same".
+
+  A strided 1x1 convolution on fewer than `STRIDED_1X1_MIN_CHANNELS` input
+  channels subsamples its input and convolves at stride 1, which computes
+  the same outputs (see the constant for why).
 
   Args:
     filters: output channels.
@@ -109,16 +122,35 @@ class Conv2DFixedPadding(layers.Layer):
     self.filters = filters
     self.kernel_size = kernel_size
     self.strides = strides
-    self.conv = layers.Conv2D(
-        filters, kernel_size, strides=strides,
-        padding="same" if strides == 1 else "valid", use_bias=False,
-        kernel_initializer=conv_initializer(), name="conv2d")
+    self.subsample = False
+    self.conv = None
 
   def build(self, input_shape):
+    channels = input_shape[-1]
+    # Unknown channels take the subsampling route: it is right either way.
+    self.subsample = (self.kernel_size == 1 and self.strides > 1 and
+                      (channels is None or
+                       channels < STRIDED_1X1_MIN_CHANNELS))
+    conv_strides = 1 if self.subsample else self.strides
+    self.conv = layers.Conv2D(
+        self.filters, self.kernel_size, strides=conv_strides,
+        padding="same" if conv_strides == 1 else "valid", use_bias=False,
+        kernel_initializer=conv_initializer(), name="conv2d")
+    if self.subsample:
+      input_shape = self._subsampled_shape(input_shape)
     self.conv.build(input_shape)
 
+  def _subsampled_shape(self, input_shape):
+    def size(side):
+      return None if side is None else -(-side // self.strides)
+    return (input_shape[0], size(input_shape[1]), size(input_shape[2]),
+            input_shape[3])
+
   def call(self, inputs):
-    if self.strides > 1:
+    if self.subsample:
+      # A 1x1 "valid" convolution at stride s reads pixels 0, s, 2s, ...
+      inputs = inputs[:, ::self.strides, ::self.strides, :]
+    elif self.strides > 1:
       inputs = fixed_padding(inputs, self.kernel_size)
     return self.conv(inputs)
 
