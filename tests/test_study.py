@@ -331,3 +331,29 @@ def test_a_tiny_study_killed_between_runs_finishes_on_rerun(tmp_path):
   again = json.loads((output_dir / "results.json").read_text())
   for before, after in zip(results["runs"], again["runs"]):
     assert after["metrics"] == pytest.approx(before["metrics"]), before["name"]
+
+
+def test_a_probe_finding_between_two_chance_level_accuracies_is_at_chance():
+  # Consistent over seeds, so the two-SE rule alone would say "holds".
+  finding = studies.Finding("h keeps rotation", ("c", "h"), ("c", "gh"),
+                            "paper", chance=0.25)
+  h, gh = [0.2551, 0.2550, 0.2553], [0.2500, 0.2502, 0.2499]
+  runs = [_run("c", s, h=x, gh=y) for s, (x, y) in enumerate(zip(h, gh))]
+  assert study_tables.decide(finding, runs)["verdict"] == \
+      study_tables.AT_CHANCE
+  without_chance = studies.Finding("h keeps rotation", ("c", "h"),
+                                   ("c", "gh"), "paper")
+  assert study_tables.decide(without_chance, runs)["verdict"] == \
+      study_tables.HOLDS
+  # One side clearly above guessing: the rule decides as usual.
+  above = [0.2800, 0.2790, 0.2810]
+  runs = [_run("c", s, h=x, gh=y) for s, (x, y) in enumerate(zip(above, gh))]
+  assert study_tables.decide(finding, runs)["verdict"] == study_tables.HOLDS
+
+
+def test_the_head_study_knows_the_chance_level_of_its_transformation_probes():
+  chances = {f.better[1]: f.chance
+             for f in studies.STUDIES["projection_head"].findings}
+  assert chances[studies.GRAYSCALE_PROBE_H_TOP_1] == 0.5
+  assert chances[studies.ROTATION_PROBE_H_TOP_1] == 0.25
+  assert chances[studies.LINEAR_EVAL_TOP_1] is None

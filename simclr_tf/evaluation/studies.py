@@ -109,11 +109,15 @@ class Finding:
     better: the (configuration, metric) the paper says is higher.
     worse: the (configuration, metric) it says is lower.
     paper: the paper's evidence, with its table or figure number.
+    chance: for a probe of balanced classes, the accuracy of guessing
+      (1 / classes); a comparison of two chance-level accuracies says
+      nothing, so such a finding is `at chance` (see `study_tables`).
   """
   claim: str
   better: Tuple[str, str]
   worse: Tuple[str, str]
   paper: str
+  chance: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +156,9 @@ class Study:
 
 
 def _greater(claim, better, worse, paper, metric=LINEAR_EVAL_TOP_1,
-             worse_metric=None):
+             worse_metric=None, chance=None):
   return Finding(claim, (better, metric), (worse, worse_metric or metric),
-                 paper)
+                 paper, chance)
 
 
 _SECTION_4_2_MECHANISM = (
@@ -193,12 +197,12 @@ def _projection_head() -> Study:
                "grayscale (an augmentation; L-BFGS probe, 2 classes).",
                "nonlinear", "nonlinear", _SECTION_4_2_MECHANISM,
                metric=GRAYSCALE_PROBE_H_TOP_1,
-               worse_metric=GRAYSCALE_PROBE_GH_TOP_1),
+               worse_metric=GRAYSCALE_PROBE_GH_TOP_1, chance=1 / 2),
       _greater("h keeps more than g(h) of the image's rotation by 0, 90, "
                "180 or 270 degrees (not an augmentation here; 4 classes).",
                "nonlinear", "nonlinear", _SECTION_4_2_MECHANISM,
                metric=ROTATION_PROBE_H_TOP_1,
-               worse_metric=ROTATION_PROBE_GH_TOP_1),
+               worse_metric=ROTATION_PROBE_GH_TOP_1, chance=1 / 4),
   )
   return Study(
       "projection_head", "Projection head: none, linear, nonlinear (the "
