@@ -357,3 +357,16 @@ def test_the_head_study_knows_the_chance_level_of_its_transformation_probes():
   assert chances[studies.GRAYSCALE_PROBE_H_TOP_1] == 0.5
   assert chances[studies.ROTATION_PROBE_H_TOP_1] == 0.25
   assert chances[studies.LINEAR_EVAL_TOP_1] is None
+
+
+def test_the_batch_study_takes_its_base_epochs_from_the_command_line():
+  from simclr_tf.tools import study as study_tool  # pylint: disable=g-import-not-at-top
+  study = studies.get("batch_size")
+  study_tool.check_tokens(study, ["--train_epochs=20"])
+  with pytest.raises(ValueError, match="--train_batch_size is what"):
+    study_tool.check_tokens(study, ["--train_batch_size=64"])
+  command = study_tool.run_command(
+      ["--train_epochs=20"], study.configuration("batch_64_epochs_x2"),
+      {"train_epochs": "20"}, "/tmp/run", 0)
+  epochs = [t for t in command if t.startswith("--train_epochs=")]
+  assert epochs[-1] == "--train_epochs=40"  # the last one is the one used

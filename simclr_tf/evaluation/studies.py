@@ -154,6 +154,12 @@ class Study:
   def names(self) -> Tuple[str, ...]:
     return tuple(c.name for c in self.configurations)
 
+  def scales(self, setting: str) -> bool:
+    """Whether every configuration sets `setting` as a multiple ("x2") of
+    the base's value, so the command line may choose that base."""
+    values = [c.overrides.get(setting) for c in self.configurations]
+    return all(isinstance(v, str) and v.startswith("x") for v in values)
+
 
 def _greater(claim, better, worse, paper, metric=LINEAR_EVAL_TOP_1,
              worse_metric=None, chance=None):

@@ -93,14 +93,16 @@ def program_tokens(argv):
 
 
 def check_tokens(study, tokens):
-  """Refuses settings the study sets itself.
+  """Refuses settings the study sets itself, but for those it sets as
+  multiples of the base (the batch_size study's train_epochs): for them the
+  command line sets the base.
 
   Raises:
     ValueError: naming the flag and why.
   """
   for token in tokens:
     name = _flag_name(token)
-    if name in study.varies:
+    if name in study.varies and not study.scales(name):
       raise ValueError(
           f"--{name} is what the {study.name} study varies (its "
           f"configurations set {', '.join(study.varies)}); leave it out.")
