@@ -158,7 +158,7 @@ class Study:
     """Whether every configuration sets `setting` as a multiple ("x2") of
     the base's value, so the command line may choose that base."""
     values = [c.overrides.get(setting) for c in self.configurations]
-    return all(isinstance(v, str) and v.startswith("x") for v in values)
+    return all(_is_multiple(v) for v in values)
 
 
 def _greater(claim, better, worse, paper, metric=LINEAR_EVAL_TOP_1,
@@ -395,6 +395,11 @@ def get(name: str) -> Study:
   return STUDIES[name]
 
 
+def _is_multiple(value) -> bool:
+  """Whether an override is relative to the base ("x2"), not absolute."""
+  return isinstance(value, str) and value.startswith("x")
+
+
 def resolve_overrides(overrides: Mapping[str, str],
                       base: Mapping[str, str]) -> Dict[str, str]:
   """A configuration's overrides with relative values made absolute.
@@ -413,7 +418,7 @@ def resolve_overrides(overrides: Mapping[str, str],
   """
   resolved = {}
   for name, value in overrides.items():
-    if isinstance(value, str) and value.startswith("x"):
+    if _is_multiple(value):
       if name not in base:
         raise ValueError(f"{name}={value} scales the base's {name}, which "
                          "this study's base does not set.")

@@ -137,14 +137,10 @@ class Conv2DFixedPadding(layers.Layer):
         padding="same" if conv_strides == 1 else "valid", use_bias=False,
         kernel_initializer=conv_initializer(), name="conv2d")
     if self.subsample:
-      input_shape = self._subsampled_shape(input_shape)
+      # Subsampled, the input has the output's height and width.
+      input_shape = (self.compute_output_shape(input_shape)[:3] +
+                     (input_shape[3],))
     self.conv.build(input_shape)
-
-  def _subsampled_shape(self, input_shape):
-    def size(side):
-      return None if side is None else -(-side // self.strides)
-    return (input_shape[0], size(input_shape[1]), size(input_shape[2]),
-            input_shape[3])
 
   def call(self, inputs):
     if self.subsample:
