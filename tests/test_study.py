@@ -370,3 +370,15 @@ def test_the_batch_study_takes_its_base_epochs_from_the_command_line():
       {"train_epochs": "20"}, "/tmp/run", 0)
   epochs = [t for t in command if t.startswith("--train_epochs=")]
   assert epochs[-1] == "--train_epochs=40"  # the last one is the one used
+
+
+def test_the_recorded_base_names_each_setting_once():
+  from simclr_tf.tools import study as study_tool  # pylint: disable=g-import-not-at-top
+  tokens = study_tool.base_tokens(["--train_epochs=10", "--nowrite_plots"])
+  names = [t.lstrip("-").split("=")[0] for t in tokens]
+  assert tokens.count("--train_epochs=10") == 1
+  assert "--train_epochs=5" not in tokens
+  assert "write_plots" not in names  # given by the user as --nowrite_plots
+  assert names.count("nowrite_plots") == 1
+  assert tokens[0] == f"--preset={studies.BASE_PRESET}"
+  assert "linear_eval_train_epochs" in names  # a base setting not given

@@ -115,12 +115,18 @@ def check_tokens(study, tokens):
 
 
 def base_tokens(tokens):
-  """The settings under every run: the shortened demo, or the --preset."""
-  if any(_flag_name(token) == "preset" for token in tokens):
+  """The settings under every run: the shortened demo, or the --preset.
+
+  A base setting that the command line gives again is left out, so the
+  recorded base names each setting once, with the value the runs use.
+  """
+  given = {_flag_name(token) for token in tokens}
+  if "preset" in given:
     return list(tokens)
   return ([f"--preset={studies.BASE_PRESET}"] +
           [f"--{name}={value}" for name, value in
-           studies.BASE_OVERRIDES.items()] + list(tokens))
+           studies.BASE_OVERRIDES.items() if name not in given] +
+          list(tokens))
 
 
 def run_command(tokens, configuration, base, model_dir, seed):
