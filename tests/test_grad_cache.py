@@ -276,7 +276,7 @@ def test_a_jit_compiled_step_equals_the_reference():
 @pytest.mark.parametrize("global_bn", [True, False])
 def test_two_replica_step_equals_the_reference(two_replica_strategy,
                                                global_bn):
-  batch, chunks = 16, 4
+  batch, chunks = 16, 2
   per_replica = batch // 2
   images, labels = _batch(batch, seed=1)
   with two_replica_strategy.scope():
